@@ -1,0 +1,55 @@
+# dam_dagster: two commands do all the set-up on a fresh machine.
+#   make dev    install, then run the Dagster UI (sensors and automation on) on 127.0.0.1:3000
+#   make test   install, then run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+HOST   ?= 127.0.0.1
+PORT   ?= 3000
+
+# Debian packages for off-screen OpenGL: EGL with Mesa's drivers (llvmpipe where there is no GPU).
+SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libglvnd0
+
+.PHONY: install dev test system-deps sample bench-dedup bench-render clean
+
+install: system-deps $(STAMP)
+
+# Re-installs only when pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+# Mesa's EGL is what pyrender draws with. As root we install it; otherwise we say what to run.
+system-deps:
+	@if ldconfig -p 2>/dev/null | grep -q 'libEGL_mesa.so.0' && \
+	    ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages for off-screen rendering: $(SYSTEM_PACKAGES)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; }; \
+	else \
+	    echo "WARNING: Mesa's EGL is missing, so thumbnails cannot be rendered. Install it with:"; \
+	    echo "    sudo apt-get install -y $(SYSTEM_PACKAGES)"; \
+	fi
+
+dev: install
+	$(BIN)/dam dev --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A small library of real meshes, made with trimesh, under the data folder.
+sample: install
+	$(BIN)/dam sample
+
+bench-dedup: install
+	$(BIN)/python bench/dedup_bench.py
+
+bench-render: install
+	$(BIN)/python bench/render_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,140 @@
+"""Configuration: every setting is an environment variable with a documented default.
+
+Precedence, highest first: the real environment, `.env.local`, `.env` (both looked up in the
+current directory). The Dagster resources and the `dam` command read the same variables, so
+the UI and the terminal always agree. docs/CONFIGURATION.md lists them all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+
+@dataclass(frozen=True)
+class EnvSetting:
+    name: str
+    default: str
+    help: str
+
+
+# The single list of settings: defaults live here and nowhere else.
+SETTINGS: tuple[EnvSetting, ...] = (
+    EnvSetting("DAM_LIBRARY_ROOTS", "", "Library folders to catalogue, separated by ':'."),
+    EnvSetting("DAM_DATA_DIR", "data", "Where the catalogue, thumbnails and Dagster home live."),
+    EnvSetting("DAM_INCLUDE", "", "Comma-separated glob patterns; only matching files are kept."),
+    EnvSetting("DAM_EXCLUDE", "", "Comma-separated glob patterns excluded on top of the defaults."),
+    EnvSetting("DAM_FOLLOW_SYMLINKS", "0", "1 to follow symbolic links (loops are detected)."),
+    EnvSetting("DAM_IO_THREADS", "8", "Threads reading library files at once."),
+    EnvSetting("DAM_HASH_ALL_SIZES", "0", "1 to hash every file, even those of a unique size."),
+    EnvSetting("DAM_LOCK_TIMEOUT_S", "300", "Seconds to wait for the catalogue lock."),
+    EnvSetting("DAM_SENSOR_INTERVAL_S", "120", "Seconds between two looks of the library sensor."),
+    EnvSetting("DAM_SIZE_THRESHOLD_MB", "30", "Files at or over this size go to the slow lane."),
+    EnvSetting("DAM_FAST_WORKERS", "", "Fast-lane render processes (default: CPU count)."),
+    EnvSetting("DAM_SLOW_WORKERS", "", "Slow-lane render processes (default: CPU count / 4)."),
+    EnvSetting("DAM_FAST_TIMEOUT_S", "120", "Per-file render timeout in the fast lane."),
+    EnvSetting("DAM_SLOW_TIMEOUT_S", "600", "Per-file render timeout in the slow lane."),
+    EnvSetting("DAM_THUMBNAIL_SIZE", "256", "Thumbnail width and height in pixels."),
+    EnvSetting("DAM_THUMBNAIL_BACKGROUND", "transparent", "'transparent' or a colour (#rrggbb)."),
+    EnvSetting("DAM_RENDER_MEMORY_MB", "4096", "Address-space cap per render process."),
+    EnvSetting("DAM_WORKER_MAX_FILES", "500", "A render process is recycled after this many."),
+    EnvSetting("DAM_PREFER_EMBEDDED", "1", "1 to use a 3MF's embedded preview instead of rendering."),
+)
+SETTING_NAMES = frozenset(s.name for s in SETTINGS)
+DEFAULTS = {s.name: s.default for s in SETTINGS}
+
+# Folders and files that are never part of a library: version control, NAS and OS litter.
+DEFAULT_EXCLUDES: tuple[str, ...] = (
+    ".git", ".hg", ".svn", "@eaDir", "#recycle", "#snapshot", ".snapshot", "@Recycle",
+    "$RECYCLE.BIN", "System Volume Information", ".Trash-*", ".Trashes", ".Spotlight-V100",
+    ".fseventsd", ".TemporaryItems", ".DS_Store", "._*", "Thumbs.db", "ehthumbs.db",
+    "desktop.ini", ".stfolder", ".stversions", "*.part", "*.crdownload", "~$*",
+)
+
+
+def load_env_files(directory: str | os.PathLike | None = None) -> dict[str, str]:
+    """Put `.env` and `.env.local` values into os.environ without overriding real ones.
+
+    Returns the values that were applied. `.env.local` wins over `.env`.
+    """
+    directory = Path(directory or os.getcwd())
+    merged: dict[str, str] = {}
+    for name in (".env", ".env.local"):
+        path = directory / name
+        if path.is_file():
+            merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    applied = {k: v for k, v in merged.items() if k not in os.environ}
+    os.environ.update(applied)
+    return applied
+
+
+def env(name: str) -> str:
+    """The value of a setting: the environment if set (and not empty), else its default."""
+    if name not in SETTING_NAMES:
+        raise KeyError(f"unknown setting {name}")
+    value = os.environ.get(name, "")
+    return value if value.strip() != "" else DEFAULTS[name]
+
+
+def parse_bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a yes/no value: {value!r}")
+
+
+def parse_patterns(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def parse_roots(value: str) -> tuple[Path, ...]:
+    """`DAM_LIBRARY_ROOTS`: absolute, normalised, in order, without repeats."""
+    roots: list[Path] = []
+    for part in value.split(os.pathsep):
+        part = part.strip()
+        if not part:
+            continue
+        path = Path(os.path.abspath(os.path.expanduser(part)))
+        if path not in roots:
+            roots.append(path)
+    return tuple(roots)
+
+
+def data_dir() -> Path:
+    return Path(os.path.abspath(os.path.expanduser(env("DAM_DATA_DIR"))))
+
+
+def dagster_home() -> Path:
+    """DAGSTER_HOME if set, else `$DAM_DATA_DIR/dagster_home`."""
+    explicit = os.environ.get("DAGSTER_HOME", "").strip()
+    return Path(os.path.abspath(explicit)) if explicit else data_dir() / "dagster_home"
+
+
+def cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work, with the sentence a person needs to fix it."""
+
+
+def check_data_dir_outside_roots(data: Path, roots: tuple[Path, ...]) -> None:
+    """The pipeline never writes inside a library root: refuse a data folder placed there."""
+    data = Path(os.path.realpath(data))
+    for root in roots:
+        real_root = Path(os.path.realpath(root))
+        if data == real_root or real_root in data.parents:
+            raise ConfigError(
+                f"DAM_DATA_DIR ({data}) is inside the library root {root}; the pipeline never "
+                "writes into a library. Point DAM_DATA_DIR somewhere else."
+            )
