@@ -1,0 +1,371 @@
+"""The catalogue: one DuckDB file, owned by this module.
+
+DuckDB allows one writing process per file, while Dagster runs (a backfill starts several),
+sensors and the `dam` command all want the catalogue. So every access is a short transaction
+under an exclusive cross-process lock (`dam.duckdb.lock`, flock) beside the database file:
+wait politely, retry, and fail with a clear message when the lock cannot be had in time.
+Callers compute first (hash, render, walk) and only then open a connection to write one batch,
+so no connection is ever open while library files are read.
+
+The schema is created and migrated on open; `dam_schema` records the version. A newer release
+opens an older file and migrates it in place without losing rows; an older release refuses a
+newer file instead of guessing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import duckdb
+
+DB_NAME = "dam.duckdb"
+SCHEMA_VERSION = 1
+
+
+class CatalogueError(RuntimeError):
+    """Something about the catalogue file a person has to act on."""
+
+
+class CatalogueBusy(CatalogueError):
+    """The lock could not be had within the timeout."""
+
+
+# --- schema -------------------------------------------------------------------------------
+# Each migration moves the schema from version N-1 to N. Never edit one that has shipped:
+# add the next. Views are not migrations; they are re-created on every open (see _VIEWS).
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE SEQUENCE file_id_seq START 1;
+
+    -- file_inventory: one row per path ever seen; ids are stable and never reused,
+    -- files that disappear are marked present = false, never deleted.
+    CREATE TABLE file_inventory (
+        file_id       BIGINT PRIMARY KEY,
+        path          VARCHAR NOT NULL UNIQUE,  -- absolute; bytes that are not UTF-8 as \\xNN
+        raw_path      BLOB,                     -- the exact path bytes when not valid UTF-8
+        root          VARCHAR NOT NULL,
+        rel_path      VARCHAR NOT NULL,
+        extension     VARCHAR NOT NULL,         -- lower case, with the dot; '' when none
+        size_bytes    BIGINT NOT NULL,
+        mtime_ns      BIGINT NOT NULL,
+        present       BOOLEAN NOT NULL,
+        first_seen_at TIMESTAMP NOT NULL,
+        changed_at    TIMESTAMP NOT NULL,       -- first seen, or last seen with a new size/mtime
+        gone_at       TIMESTAMP                 -- when found missing; NULL while present
+    );
+
+    -- What the latest walk could not catalogue, or noticed (replaced by every walk).
+    CREATE TABLE walk_issues (
+        path          VARCHAR NOT NULL,
+        kind          VARCHAR NOT NULL,
+        error_class   VARCHAR,
+        message       VARCHAR,
+        seen_at       TIMESTAMP NOT NULL
+    );
+
+    -- One row per inventory run: the history a person asks about ("when did files change?").
+    CREATE TABLE inventory_scans (
+        started_at    TIMESTAMP NOT NULL,
+        finished_at   TIMESTAMP NOT NULL,
+        roots         VARCHAR NOT NULL,
+        files_seen    BIGINT NOT NULL,
+        bytes_seen    BIGINT NOT NULL,
+        new_files     BIGINT NOT NULL,
+        changed_files BIGINT NOT NULL,
+        gone_files    BIGINT NOT NULL,
+        issues        BIGINT NOT NULL
+    );
+
+    -- A hash row belongs to the file state (size_bytes, mtime_ns) it was computed from; it is
+    -- current while the inventory shows that same state. Errors have a NULL hash and say why.
+    CREATE TABLE partial_hashes (
+        file_id       BIGINT PRIMARY KEY,
+        size_bytes    BIGINT NOT NULL,
+        mtime_ns      BIGINT NOT NULL,
+        partial_hash  VARCHAR,                  -- MD5(head 64 KiB | tail 64 KiB | size), docs/HASHING.md
+        full_hash     VARCHAR,                  -- MD5 of the whole file, for files <= 128 KiB
+        hashed_at     TIMESTAMP NOT NULL,
+        error_class   VARCHAR,
+        error_message VARCHAR
+    );
+
+    -- Present files sharing (size, partial hash) with another: the only ones fully read.
+    CREATE TABLE collision_candidates (
+        file_id       BIGINT PRIMARY KEY,
+        size_bytes    BIGINT NOT NULL,
+        partial_hash  VARCHAR NOT NULL,
+        group_size    INTEGER NOT NULL
+    );
+
+    CREATE TABLE full_hashes (
+        file_id       BIGINT PRIMARY KEY,
+        size_bytes    BIGINT NOT NULL,
+        mtime_ns      BIGINT NOT NULL,
+        full_hash     VARCHAR,
+        source        VARCHAR NOT NULL,         -- 'full_read' or 'small_file' (same read as partial)
+        hashed_at     TIMESTAMP NOT NULL,
+        error_class   VARCHAR,
+        error_message VARCHAR
+    );
+
+    -- Every member of a group of identical files; the lowest file_id is the original.
+    CREATE TABLE duplicates (
+        file_id         BIGINT PRIMARY KEY,
+        full_hash       VARCHAR NOT NULL,
+        size_bytes      BIGINT NOT NULL,
+        original_id     BIGINT NOT NULL,
+        duplicate_of_id BIGINT,                 -- NULL for the original itself
+        group_size      INTEGER NOT NULL
+    );
+    """,
+}
+
+# Views, re-created on every open so they always match the code and the data folder.
+# {thumbs_dir} is the absolute thumbnails folder (thumbnail_path is absolute).
+_VIEWS = """
+CREATE OR REPLACE VIEW present_files AS
+    SELECT * FROM file_inventory WHERE present;
+
+-- Hashes that still describe the file as it is now (same size and mtime as the inventory).
+CREATE OR REPLACE VIEW current_partial_hashes AS
+    SELECT h.* FROM partial_hashes h
+    JOIN file_inventory f USING (file_id)
+    WHERE f.present AND h.size_bytes = f.size_bytes AND h.mtime_ns = f.mtime_ns;
+
+CREATE OR REPLACE VIEW current_full_hashes AS
+    SELECT h.* FROM full_hashes h
+    JOIN file_inventory f USING (file_id)
+    WHERE f.present AND h.size_bytes = f.size_bytes AND h.mtime_ns = f.mtime_ns;
+
+CREATE OR REPLACE VIEW empty_files AS
+    SELECT file_id AS id, path FROM file_inventory WHERE present AND size_bytes = 0;
+
+CREATE OR REPLACE VIEW library_files AS
+    SELECT
+        f.file_id                                        AS id,
+        f.path,
+        f.size_bytes,
+        ph.partial_hash,
+        COALESCE(fh.full_hash, ph.full_hash)             AS full_hash,
+        CASE WHEN d.duplicate_of_id IS NULL THEN 0 ELSE 1 END AS is_duplicate,
+        d.duplicate_of_id,
+        {has_thumbnail}                                  AS has_thumbnail,
+        {thumbnail_path}                                 AS thumbnail_path,
+        f.root,
+        f.extension,
+        f.mtime_ns,
+        f.extension IN ({model_extensions})              AS is_model
+    FROM file_inventory f
+    LEFT JOIN current_partial_hashes ph USING (file_id)
+    LEFT JOIN current_full_hashes fh USING (file_id)
+    LEFT JOIN duplicates d USING (file_id)
+    {thumbnail_join}
+    WHERE f.present;
+
+CREATE OR REPLACE VIEW models AS
+    SELECT * FROM library_files WHERE is_model;
+"""
+
+# What the `models` view counts as a 3D model (lower case, with the dot).
+MODEL_EXTENSIONS: tuple[str, ...] = (
+    ".stl", ".3mf", ".obj", ".ply", ".off", ".glb", ".gltf", ".dae", ".zae", ".step", ".stp",
+    ".amf", ".3ds", ".fbx", ".ctm", ".3dxml", ".x3d", ".wrl", ".blend", ".scad", ".f3d",
+)
+
+
+def _view_sql(thumbs_dir: Path) -> str:
+    exts = ", ".join(f"'{e}'" for e in MODEL_EXTENSIONS)
+    return _VIEWS.format(
+        model_extensions=exts,
+        has_thumbnail="0",
+        thumbnail_path="CAST(NULL AS VARCHAR)",
+        thumbnail_join="",
+    ).replace("{thumbs_dir}", str(thumbs_dir).replace("'", "''"))
+
+
+# --- the lock -----------------------------------------------------------------------------
+class _FileLock:
+    """An exclusive flock on a file beside the database; waits with retries and a deadline.
+
+    flock is per open file description, so two threads of one process exclude each other as
+    two processes do. The holder writes who it is into the file for the waiters' messages.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return "another process"
+        if not info:
+            return "another process"
+        return f"pid {info.get('pid')} ({info.get('what', '?')}, since {info.get('since', '?')})"
+
+    def acquire(self, timeout_s: float, on_wait: Callable[[str], None] | None, what: str) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + timeout_s
+        waited = False
+        delay = 0.02
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+            if time.monotonic() >= deadline:
+                holder = self.holder()
+                os.close(fd)
+                raise CatalogueBusy(
+                    f"the catalogue {self.path.with_suffix('')} is busy: {holder} has held it for "
+                    f"more than {timeout_s:.0f} s. Wait for that run to finish, or raise "
+                    "DAM_LOCK_TIMEOUT_S."
+                )
+            if not waited and on_wait is not None:
+                on_wait(f"waiting for the catalogue: {self.holder()} is writing")
+            waited = True
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        os.ftruncate(fd, 0)
+        stamp = {"pid": os.getpid(), "what": what, "since": time.strftime("%H:%M:%S")}
+        os.pwrite(fd, json.dumps(stamp).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+# --- the catalogue ------------------------------------------------------------------------
+class Catalogue:
+    """The DuckDB catalogue under a data folder. Cheap to create; holds no open connection."""
+
+    _migrated: set[Path] = set()
+    _migrated_guard = threading.Lock()
+
+    def __init__(self, data_dir: str | os.PathLike, lock_timeout_s: float = 300.0,
+                 on_wait: Callable[[str], None] | None = None, who: str = ""):
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_NAME
+        self.lock_path = self.data_dir / (DB_NAME + ".lock")
+        self.thumbs_dir = self.data_dir / "thumbnails"
+        self.lock_timeout_s = lock_timeout_s
+        self.on_wait = on_wait
+        self.who = who or f"dam pid {os.getpid()}"
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    @contextlib.contextmanager
+    def connect(self, write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for one short transaction, under the lock. Commits on success.
+
+        With write=False the transaction is rolled back at the end (nothing is written).
+        """
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = _FileLock(self.lock_path)
+        lock.acquire(self.lock_timeout_s, self.on_wait, self.who)
+        try:
+            con = self._open_with_retry(lock)
+            try:
+                self._ensure_schema(con)
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield con
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT" if write else "ROLLBACK")
+            finally:
+                con.close()
+        finally:
+            lock.release()
+
+    def _open_with_retry(self, lock: _FileLock) -> duckdb.DuckDBPyConnection:
+        # Another program (a SQL client, say) may hold DuckDB's own lock on the file.
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            try:
+                return duckdb.connect(str(self.path), config={"threads": 2})
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise CatalogueError(
+                        f"cannot open the catalogue {self.path}: {exc}. Close any other "
+                        "program that has it open (a SQL client), then try again."
+                    ) from exc
+                if self.on_wait is not None:
+                    self.on_wait(f"waiting for the catalogue: another program has it open ({exc})")
+                time.sleep(0.5)
+
+    def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        key = self.path.resolve()
+        with self._migrated_guard:
+            if key in self._migrated and self._current_version(con) == SCHEMA_VERSION:
+                return
+            migrate(con, self.thumbs_dir)
+            self._migrated.add(key)
+
+    @staticmethod
+    def _current_version(con: duckdb.DuckDBPyConnection) -> int:
+        return schema_version(con)
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'dam_schema'"
+    ).fetchone()[0]
+    if not exists:
+        return 0
+    row = con.execute("SELECT max(version) FROM dam_schema").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(con: duckdb.DuckDBPyConnection, thumbs_dir: Path,
+            target: int = SCHEMA_VERSION) -> int:
+    """Bring the schema to `target` in one transaction and re-create the views."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS dam_schema (version INTEGER NOT NULL, "
+            "applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+        )
+        current = schema_version(con)
+        if current > target:
+            raise CatalogueError(
+                f"the catalogue was written by a newer dam_dagster (schema {current}, this "
+                f"release knows {target}). Upgrade dam_dagster to open it."
+            )
+        for version in range(current + 1, target + 1):
+            con.execute(MIGRATIONS[version])
+            con.execute("INSERT INTO dam_schema (version) VALUES (?)", [version])
+        con.execute(_view_sql(thumbs_dir))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return target
+
+
+def table_schema(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
+    """(column, type) pairs of a table or view, in order."""
+    return [(r[0], r[1]) for r in con.execute(f"DESCRIBE {table}").fetchall()]
+
+
+def row_count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
