@@ -1,0 +1,196 @@
+"""`dam`: the pipeline at a terminal. Reads the same configuration as the UI (.env, .env.local,
+the environment) and waits politely for the catalogue when a run is writing."""
+
+import csv
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from .core import config
+from .core.config import ConfigError, load_env_files
+from .core.store import Catalogue, CatalogueError
+
+
+def _catalogue() -> Catalogue:
+    return Catalogue(config.data_dir(), float(config.env("DAM_LOCK_TIMEOUT_S")),
+                     on_wait=lambda msg: click.echo(msg + " ...", err=True), who="dam command")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"dam: {message}", err=True)
+    sys.exit(code)
+
+
+def _sample_root() -> Path:
+    from .core.sample import make_sample_library
+
+    return make_sample_library(config.data_dir() / "sample-library")
+
+
+def _roots(use_sample: bool) -> tuple[Path, ...]:
+    """The library roots, checked; with use_sample, the sample library when none is set."""
+    from .core.walk import RootUnavailable, check_roots
+
+    roots = config.parse_roots(config.env("DAM_LIBRARY_ROOTS"))
+    if not roots and use_sample:
+        roots = (_sample_root(),)
+        os.environ["DAM_LIBRARY_ROOTS"] = str(roots[0])
+        click.echo(f"DAM_LIBRARY_ROOTS is not set: using the sample library {roots[0]}", err=True)
+    if not roots:
+        _fail("DAM_LIBRARY_ROOTS is not set. Put your library folders in .env.local, e.g.\n"
+              "    DAM_LIBRARY_ROOTS=/mnt/nas/models:/home/me/prints\n"
+              "or try the sample library with `dam run --sample`.")
+    try:
+        check_roots(roots)
+        config.check_data_dir_outside_roots(config.data_dir(), roots)
+    except (RootUnavailable, ConfigError) as exc:
+        _fail(str(exc))
+    return roots
+
+
+@click.group()
+@click.version_option(package_name="dam-dagster")
+def main() -> None:
+    """Digital-asset management for 3D-model libraries (a Dagster code location)."""
+    load_env_files()
+
+
+@main.command()
+@click.option("--sample", is_flag=True,
+              help="Use the sample library (made under the data folder) if no root is set.")
+def run(sample: bool) -> None:
+    """Materialize the pipeline in-process, headless, with progress on the terminal."""
+    _roots(sample)
+    from .home import prepare_dagster_home
+
+    prepare_dagster_home()
+    import dagster as dg
+
+    from .definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    job = defs.resolve_job_def("dedup")
+    result = job.execute_in_process(
+        instance=instance, raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
+    click.echo("")
+    _print_status(_status())
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        for event in failures:
+            error = event.step_failure_data.error
+            click.echo(f"dam: step {event.step_key} failed: "
+                       f"{error.message.strip() if error else 'see the run log'}", err=True)
+        _fail(f"run {result.run_id} failed (details in the Dagster UI, run history)", 1)
+
+
+def _status() -> dict:
+    from .core.status import catalogue_status
+
+    try:
+        return catalogue_status(_catalogue())
+    except CatalogueError as exc:
+        _fail(str(exc))
+
+
+def _print_status(status: dict) -> None:
+    labels = {
+        "files": "files", "bytes": "bytes", "models": "3D models",
+        "files_not_present": "files gone (kept in the catalogue)", "empty_files": "empty files",
+        "hashed_files": "hashed files", "hash_errors": "files that could not be hashed",
+        "collision_groups": "collision groups (size + partial hash)",
+        "duplicate_groups": "duplicate groups", "duplicate_files": "duplicate files",
+        "reclaimable_bytes": "reclaimable bytes", "thumbnails_ok": "thumbnails",
+        "thumbnails_failed": "thumbnails failed", "walk_issues": "walk issues",
+    }
+    width = max(len(v) for v in labels.values())
+    for key, label in labels.items():
+        click.echo(f"{label:<{width}}  {status[key]:>14,}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(as_json: bool) -> None:
+    """Counts of files, models, hashes, duplicates and thumbnails."""
+    figures = _status()
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+    else:
+        click.echo(f"catalogue: {config.data_dir() / 'dam.duckdb'}")
+        _print_status(figures)
+        if figures["files"] == 0:
+            click.echo("The catalogue is empty: run `dam run` (or `make dev` and the UI).",
+                       err=True)
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+def duplicates(fmt: str) -> None:
+    """One group per set of identical files: the original (lowest id) and its copies."""
+    from .core.dedup import duplicate_groups
+
+    try:
+        groups = duplicate_groups(_catalogue())
+    except CatalogueError as exc:
+        _fail(str(exc))
+    if fmt == "json":
+        click.echo(json.dumps([
+            {"full_hash": g.full_hash, "size_bytes": g.size_bytes, "original": g.original,
+             "duplicates": g.duplicates} for g in groups], indent=2))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["full_hash", "size_bytes", "role", "path"])
+        for g in groups:
+            writer.writerow([g.full_hash, g.size_bytes, "original", g.original])
+            for d in g.duplicates:
+                writer.writerow([g.full_hash, g.size_bytes, "duplicate", d])
+    else:
+        if not groups:
+            click.echo("No duplicates.")
+        for g in groups:
+            click.echo(f"{g.full_hash}  {g.size_bytes:,} bytes  "
+                       f"{len(g.duplicates)} cop{'y' if len(g.duplicates) == 1 else 'ies'}")
+            click.echo(f"  original   {g.original}")
+            for d in g.duplicates:
+                click.echo(f"  duplicate  {d}")
+        if groups:
+            total = sum(g.reclaimable_bytes for g in groups)
+            click.echo(f"{len(groups)} groups, {sum(len(g.duplicates) for g in groups)} "
+                       f"duplicates, {total:,} bytes reclaimable")
+
+
+@main.command()
+@click.argument("dest", required=False, type=click.Path(path_type=Path))
+def sample(dest: Path | None) -> None:
+    """Make the sample library (default: <data folder>/sample-library)."""
+    from .core.sample import make_sample_library
+
+    path = make_sample_library(dest) if dest else _sample_root()
+    click.echo(str(path))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True)
+def dev(host: str, port: int) -> None:
+    """Start the Dagster UI with sensors and automation running (what `make dev` runs)."""
+    roots = _roots(use_sample=True)
+    from .home import prepare_dagster_home
+
+    home = prepare_dagster_home()
+    click.echo(f"library: {':'.join(map(str, roots))}\ndata:    {config.data_dir()}\n"
+               f"DAGSTER_HOME: {home}\nUI:      http://{host}:{port}", err=True)
+    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
+    target = ["-w", "workspace.yaml"] if Path("workspace.yaml").exists() else \
+        ["-m", "dam_dagster.definitions"]
+    os.execv(dagster, [dagster, "dev", "-h", host, "-p", str(port), *target])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""The dam_dagster code location: read this file to see the whole asset graph.
+
+    file_inventory -> partial_hashes -> collision_candidates -> full_hashes -> duplicates
+
+`file_inventory` is asked for by `library_sensor` when files change; every later asset has an
+eager automation condition, evaluated by the `dam_automation` sensor. Both sensors are on by
+default. Configuration comes from the environment (.env, .env.local): docs/CONFIGURATION.md.
+"""
+
+import dagster as dg
+
+from .core.config import load_env_files
+
+load_env_files()  # .env and .env.local, for every process that loads this code location
+
+from . import dedup_assets  # noqa: E402
+from .resources import CatalogueResource, LibraryResource  # noqa: E402
+from .sensors import automation_sensor, library_sensor  # noqa: E402
+
+defs = dg.Definitions(
+    assets=dedup_assets.ASSETS,
+    asset_checks=dedup_assets.CHECKS,
+    jobs=[dedup_assets.dedup_job],
+    sensors=[library_sensor, automation_sensor],
+    resources={
+        "library": LibraryResource.from_env(),
+        "catalogue": CatalogueResource.from_env(),
+    },
+)

@@ -1,0 +1,97 @@
+"""Resources: the library (where the models are, how to read them) and the catalogue store.
+
+Every field is an environment variable (docs/CONFIGURATION.md). Variables that are set reach
+the resources as Dagster `EnvVar`s, so the UI shows where each value came from; unset ones
+take the defaults of `core.config`, the one place defaults are written.
+"""
+
+from pathlib import Path
+import os
+from typing import Any, ClassVar
+
+import dagster as dg
+
+from .core.config import ConfigError, check_data_dir_outside_roots, env, parse_bool, \
+    parse_patterns, parse_roots
+from .core.store import Catalogue
+from .core.walk import PathFilter
+
+
+def _from_env(fields: dict[str, tuple[str, type]]) -> dict[str, Any]:
+    """Resource arguments: an EnvVar for each variable that is set, the default otherwise."""
+    values: dict[str, Any] = {}
+    for field, (name, kind) in fields.items():
+        if os.environ.get(name, "").strip():
+            if kind is int:
+                values[field] = dg.EnvVar.int(name)
+            elif kind is str:
+                values[field] = dg.EnvVar(name)
+            else:  # Dagster has no boolean EnvVar: parse it here
+                values[field] = parse_bool(os.environ[name])
+        else:
+            default = env(name)
+            values[field] = parse_bool(default) if kind is bool else kind(default)
+    return values
+
+
+class LibraryResource(dg.ConfigurableResource):
+    """The library roots and how they are walked and read."""
+
+    roots: str = ""
+    include: str = ""
+    exclude: str = ""
+    follow_symlinks: bool = False
+    io_threads: int = 8
+    hash_all_sizes: bool = False
+
+    ENV: ClassVar[dict[str, tuple[str, type]]] = {
+        "roots": ("DAM_LIBRARY_ROOTS", str),
+        "include": ("DAM_INCLUDE", str),
+        "exclude": ("DAM_EXCLUDE", str),
+        "follow_symlinks": ("DAM_FOLLOW_SYMLINKS", bool),
+        "io_threads": ("DAM_IO_THREADS", int),
+        "hash_all_sizes": ("DAM_HASH_ALL_SIZES", bool),
+    }
+
+    @classmethod
+    def from_env(cls) -> "LibraryResource":
+        return cls(**_from_env(cls.ENV))
+
+    def root_paths(self) -> tuple[Path, ...]:
+        roots = parse_roots(self.roots)
+        if not roots:
+            raise ConfigError(
+                "DAM_LIBRARY_ROOTS is not set: put the library folders in .env.local, e.g. "
+                "DAM_LIBRARY_ROOTS=/mnt/nas/models:/home/me/prints (or run `make dev`, which "
+                "makes a sample library when it is unset)."
+            )
+        return roots
+
+    def path_filter(self) -> PathFilter:
+        return PathFilter(parse_patterns(self.include), parse_patterns(self.exclude))
+
+
+class CatalogueResource(dg.ConfigurableResource):
+    """The DuckDB catalogue under the data folder: the one owner of every connection."""
+
+    data_dir: str = "data"
+    lock_timeout_s: int = 300
+
+    ENV: ClassVar[dict[str, tuple[str, type]]] = {
+        "data_dir": ("DAM_DATA_DIR", str),
+        "lock_timeout_s": ("DAM_LOCK_TIMEOUT_S", int),
+    }
+
+    @classmethod
+    def from_env(cls) -> "CatalogueResource":
+        return cls(**_from_env(cls.ENV))
+
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().absolute()
+
+    def catalogue(self, log=None, who: str = "dagster") -> Catalogue:
+        on_wait = log.info if log is not None else None
+        return Catalogue(self.data_path(), self.lock_timeout_s, on_wait=on_wait, who=who)
+
+    def check_outside(self, roots: tuple[Path, ...]) -> None:
+        check_data_dir_outside_roots(self.data_path(), roots)

@@ -1,0 +1,47 @@
+"""Sensors: what keeps the catalogue current without anyone clicking.
+
+- `library_sensor` walks the roots (stat only, nothing is read) and asks for `file_inventory`
+  when any file was added, removed or modified since its last look.
+- `dam_automation` evaluates the eager automation conditions: whatever follows the inventory
+  (the dedup chain, the thumbnails) is materialized once its upstream has been updated.
+Both run by default: no toggle needed in the UI.
+"""
+
+import dagster as dg
+
+from .core.config import ConfigError, env
+from .core.walk import RootUnavailable, library_fingerprint, walk_library
+from .dedup_assets import file_inventory
+from .resources import LibraryResource
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "dam_automation",
+    target=dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Runs what follows an updated asset (eager conditions): hashing and dedup after "
+                "the inventory, thumbnails after the inventory.",
+)
+
+
+@dg.sensor(
+    target=[file_inventory],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=int(env("DAM_SENSOR_INTERVAL_S")),
+    description="Asks for a new file inventory when files under the library roots were added, "
+                "removed or modified (by size and mtime) since the last look.",
+)
+def library_sensor(context: dg.SensorEvaluationContext, library: LibraryResource):
+    try:
+        roots = library.root_paths()
+        walk = walk_library(roots, library.path_filter(), library.follow_symlinks)
+    except (ConfigError, RootUnavailable) as exc:
+        return dg.SkipReason(str(exc))
+    fingerprint = library_fingerprint(walk)
+    if fingerprint == context.cursor:
+        return dg.SkipReason(f"no change in {len(walk.files):,} files since the last look")
+    context.log.info(f"library changed ({len(walk.files):,} files): asking for file_inventory")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=fingerprint)],
+        cursor=fingerprint,
+    )
