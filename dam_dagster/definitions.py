@@ -22,6 +22,9 @@ defs = dg.Definitions(
     asset_checks=dedup_assets.CHECKS,
     jobs=[dedup_assets.dedup_job],
     sensors=[library_sensor, automation_sensor],
+    # The chain's steps run one after the other anyway, and the render lanes have process
+    # pools of their own: a process per step would only add start-up time to every run.
+    executor=dg.in_process_executor,
     resources={
         "library": LibraryResource.from_env(),
         "catalogue": CatalogueResource.from_env(),
