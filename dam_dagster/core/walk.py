@@ -208,7 +208,7 @@ def _list_folder(folder, root, path_filter, follow_symlinks, stack, result) -> N
             _issue(result, path, "undecodable_name", None, "name is not valid UTF-8")
         try:
             if entry.is_symlink():
-                _symlink(entry, path, rel, path_filter, follow_symlinks, stack, result)
+                _symlink(entry, path, root, rel, path_filter, follow_symlinks, stack, result)
             elif entry.is_dir(follow_symlinks=False):
                 stack.append(path)
             elif entry.is_file(follow_symlinks=False):
@@ -230,7 +230,7 @@ def _list_folder(folder, root, path_filter, follow_symlinks, stack, result) -> N
             _issue(result, path, "error", exc, str(exc.strerror or exc))
 
 
-def _symlink(entry, path, rel, path_filter, follow_symlinks, stack, result):
+def _symlink(entry, path, root, rel, path_filter, follow_symlinks, stack, result):
     try:
         target = os.stat(path)  # follows the link
     except FileNotFoundError as exc:

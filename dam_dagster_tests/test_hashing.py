@@ -1,0 +1,92 @@
+"""The exact bytes of the partial hash, and how reading fails: never a crash."""
+
+import hashlib
+import os
+import random
+
+import pytest
+
+from dam_dagster.core.hashing import HashJob, hash_full, hash_many, hash_partial
+
+K = 1024
+
+
+def reference_partial(data: bytes) -> str:
+    """docs/HASHING.md, written independently of the implementation."""
+    size = len(data)
+    head = data[:min(size, 64 * K)]
+    tail = data[max(64 * K, size - 64 * K):]
+    return hashlib.md5(head + tail + size.to_bytes(8, "little")).hexdigest()
+
+
+def job(path, file_id=1):
+    st = os.stat(path)
+    return HashJob(file_id, str(path), st.st_size, st.st_mtime_ns)
+
+
+@pytest.mark.parametrize("size", [1, 1000, 64 * K - 1, 64 * K, 64 * K + 1, 128 * K - 1,
+                                  128 * K, 128 * K + 1, 192 * K, 5 * K * K + 3])
+def test_partial_hash_is_the_documented_bytes(tmp_path, size):
+    data = random.Random(size).randbytes(size)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    outcome = hash_partial(job(path))
+    assert outcome.ok
+    assert outcome.partial_hash == reference_partial(data)
+    if size <= 128 * K:  # read once, full hash from the same read
+        assert outcome.full_hash == hashlib.md5(data).hexdigest()
+        assert outcome.bytes_read == size
+    else:
+        assert outcome.full_hash is None
+        assert outcome.bytes_read == 128 * K
+    full = hash_full(job(path))
+    assert full.full_hash == hashlib.md5(data).hexdigest()
+    assert full.bytes_read == size
+
+
+def test_decoys_share_the_partial_hash_but_not_the_full_one(tmp_path):
+    rnd = random.Random(0)
+    head, tail = rnd.randbytes(64 * K), rnd.randbytes(64 * K)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(head + rnd.randbytes(10 * K) + tail)
+    b.write_bytes(head + rnd.randbytes(10 * K) + tail)
+    assert hash_partial(job(a)).partial_hash == hash_partial(job(b)).partial_hash
+    assert hash_full(job(a)).full_hash != hash_full(job(b)).full_hash
+
+
+def test_missing_file_is_a_recorded_permanent_error(tmp_path):
+    outcome = hash_partial(HashJob(7, str(tmp_path / "gone.stl"), 10, 0))
+    assert not outcome.ok and outcome.error_class == "FileNotFoundError"
+    assert outcome.transient is False and outcome.file_id == 7
+
+
+def test_fifo_is_never_read_and_never_blocks(tmp_path):
+    fifo = tmp_path / "pipe.stl"
+    os.mkfifo(fifo)
+    for fn in (hash_partial, hash_full):
+        outcome = fn(HashJob(1, str(fifo), 0, 0))  # a writer-less FIFO would block open()
+        assert outcome.error_class == "NotARegularFile"
+
+
+def test_symlink_is_not_followed_unless_asked(tmp_path):
+    target = tmp_path / "real.stl"
+    target.write_bytes(b"solid x\nendsolid x\n")
+    link = tmp_path / "link.stl"
+    link.symlink_to(target)
+    assert hash_partial(job(link)).error_class == "OSError"  # ELOOP from O_NOFOLLOW
+    assert hash_partial(job(link), follow_symlinks=True).ok
+
+
+def test_hash_many_returns_one_outcome_per_job_and_reports_progress(tmp_path):
+    jobs = []
+    for i in range(50):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(bytes([i]) * (i * 100 + 1))
+        jobs.append(job(path, file_id=i))
+    jobs.append(HashJob(999, str(tmp_path / "missing"), 1, 0))
+    seen = []
+    outcomes = hash_many(jobs, hash_partial, threads=4, on_progress=seen.append)
+    assert [o.file_id for o in outcomes] == sorted(j.file_id for j in jobs)
+    assert sum(o.ok for o in outcomes) == 50
+    assert seen and seen[-1].done == 51 and seen[-1].total == 51
+    assert seen[-1].bytes_read == sum(i * 100 + 1 for i in range(50))
