@@ -102,7 +102,7 @@ def file_inventory(context: dg.AssetExecutionContext, library: LibraryResource,
     cat = catalogue.catalogue(context.log)
     try:
         stats = update_inventory(cat, roots, library.path_filter(), library.follow_symlinks,
-                                 on_progress=on_walk)
+                                 on_progress=on_walk, io_threads=library.io_threads)
     except RootUnavailable as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     for warning in stats.warnings:

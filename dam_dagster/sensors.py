@@ -10,7 +10,7 @@ Both run by default: no toggle needed in the UI.
 import dagster as dg
 
 from .core.config import ConfigError, env
-from .core.walk import RootUnavailable, library_fingerprint, walk_library
+from .core.walk import RootUnavailable, library_fingerprint, walk_library, walk_threads
 from .dedup_assets import file_inventory
 from .resources import LibraryResource
 
@@ -34,7 +34,8 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 def library_sensor(context: dg.SensorEvaluationContext, library: LibraryResource):
     try:
         roots = library.root_paths()
-        walk = walk_library(roots, library.path_filter(), library.follow_symlinks)
+        walk = walk_library(roots, library.path_filter(), library.follow_symlinks,
+                            threads=walk_threads(roots, library.io_threads))
     except (ConfigError, RootUnavailable) as exc:
         return dg.SkipReason(str(exc))
     fingerprint = library_fingerprint(walk)

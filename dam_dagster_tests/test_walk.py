@@ -113,3 +113,25 @@ def test_walk_writes_nothing(tmp_path, hard_library):
     walk_library([hard_library])
     assert snapshot(hard_library) == before
     assert Path(hard_library).exists()
+
+
+def test_threaded_walk_finds_the_same_as_one_thread(hard_library):
+    (hard_library / "links").mkdir()
+    (hard_library / "links" / "up").symlink_to(hard_library)
+    for follow in (False, True):
+        one = walk_library([hard_library], follow_symlinks=follow, threads=1)
+        many = walk_library([hard_library], follow_symlinks=follow, threads=6)
+        assert sorted(one.files, key=lambda f: f.path) == sorted(many.files, key=lambda f: f.path)
+        assert sorted(one.issues, key=lambda i: i.path) == sorted(many.issues,
+                                                                  key=lambda i: i.path)
+        assert one.dirs == many.dirs
+
+
+def test_network_filesystems_get_the_io_threads(tmp_path, monkeypatch):
+    from dam_dagster.core import walk
+
+    local = walk.filesystem_type(tmp_path)
+    assert local and walk.filesystem_type("/proc") == "proc"
+    assert walk.walk_threads([tmp_path], 8) == 1
+    monkeypatch.setattr(walk, "NETWORK_FILESYSTEMS", frozenset({local}))
+    assert walk.walk_threads([tmp_path], 8) == 8

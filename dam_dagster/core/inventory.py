@@ -22,7 +22,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from .store import Catalogue
-from .walk import PathFilter, WalkResult, display_path, has_undecodable, walk_library
+from .walk import PathFilter, WalkResult, display_path, has_undecodable, walk_library, \
+    walk_threads
 
 
 @dataclass
@@ -49,25 +50,28 @@ def _now() -> datetime:
 
 
 def _walk_table(walk: WalkResult) -> pa.Table:
-    paths, raws, roots, rels, exts, sizes, mtimes = [], [], [], [], [], [], []
-    for f in walk.files:
-        undecodable = has_undecodable(f.path)
-        paths.append(display_path(f.path))
-        raws.append(os.fsencode(f.path) if undecodable else None)
-        roots.append(display_path(f.root))
-        rels.append(display_path(f.rel_path))
-        exts.append(os.path.splitext(paths[-1])[1].lower())
-        sizes.append(f.size_bytes)
-        mtimes.append(f.mtime_ns)
+    files = walk.files
+    bad = [has_undecodable(f.path) for f in files]  # rare: most names are valid UTF-8
+    paths = [display_path(f.path) if b else f.path for f, b in zip(files, bad)]
+    roots = {f.root: display_path(f.root) for f in files}
     return pa.table({
         "path": pa.array(paths, pa.string()),
-        "raw_path": pa.array(raws, pa.binary()),
-        "root": pa.array(roots, pa.string()),
-        "rel_path": pa.array(rels, pa.string()),
-        "extension": pa.array(exts, pa.string()),
-        "size_bytes": pa.array(sizes, pa.int64()),
-        "mtime_ns": pa.array(mtimes, pa.int64()),
+        "raw_path": pa.array([os.fsencode(f.path) if b else None for f, b in zip(files, bad)],
+                             pa.binary()),
+        "root": pa.array([roots[f.root] for f in files], pa.string()),
+        "rel_path": pa.array([display_path(f.rel_path) if b else f.rel_path
+                              for f, b in zip(files, bad)], pa.string()),
+        "extension": pa.array([_extension(p) for p in paths], pa.string()),
+        "size_bytes": pa.array([f.size_bytes for f in files], pa.int64()),
+        "mtime_ns": pa.array([f.mtime_ns for f in files], pa.int64()),
     })
+
+
+def _extension(path: str) -> str:
+    """'.stl' for '/a/b/Model.STL'; '' when the name has no extension (or is '.hidden')."""
+    dot = path.rfind(".")
+    slash = path.rfind("/")
+    return path[dot:].lower() if dot > slash + 1 else ""
 
 
 def update_inventory(
@@ -76,12 +80,14 @@ def update_inventory(
     path_filter: PathFilter | None = None,
     follow_symlinks: bool = False,
     on_progress: Callable[[WalkResult], None] | None = None,
+    io_threads: int = 8,
 ) -> InventoryStats:
     """Walk (no connection open), then write the differences in one transaction."""
     roots = list(roots)
     started = _now()
     t0 = datetime.now()
-    walk = walk_library(roots, path_filter, follow_symlinks, on_progress)
+    walk = walk_library(roots, path_filter, follow_symlinks, on_progress,
+                        threads=walk_threads(roots, io_threads))
     walk_seconds = (datetime.now() - t0).total_seconds()
 
     walked = _walk_table(walk)

@@ -90,7 +90,9 @@ MIGRATIONS: dict[int, str] = {
         file_id       BIGINT PRIMARY KEY,
         size_bytes    BIGINT NOT NULL,
         mtime_ns      BIGINT NOT NULL,
-        partial_hash  VARCHAR,                  -- MD5(head 64 KiB | tail 64 KiB | size), docs/HASHING.md
+        prefix_hash   VARCHAR,                  -- MD5 of the first 4 KiB
+        partial_hash  VARCHAR,                  -- MD5(head 64 KiB | tail 64 KiB | size), docs/HASHING.md;
+                                                -- only when another file shares (size, prefix)
         full_hash     VARCHAR,                  -- MD5 of the whole file, for files <= 128 KiB
         hashed_at     TIMESTAMP NOT NULL,
         error_class   VARCHAR,
@@ -256,7 +258,7 @@ class _FileLock:
 class Catalogue:
     """The DuckDB catalogue under a data folder. Cheap to create; holds no open connection."""
 
-    _migrated: set[Path] = set()
+    _migrated: set[tuple[Path, int]] = set()
     _migrated_guard = threading.Lock()
 
     def __init__(self, data_dir: str | os.PathLike, lock_timeout_s: float = 300.0,
@@ -314,16 +316,12 @@ class Catalogue:
                 time.sleep(0.5)
 
     def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
-        key = self.path.resolve()
+        """Migrate once per process and file (under the lock, so once is enough)."""
+        key = (self.path.resolve(), self.path.stat().st_ino)
         with self._migrated_guard:
-            if key in self._migrated and self._current_version(con) == SCHEMA_VERSION:
-                return
-            migrate(con, self.thumbs_dir)
-            self._migrated.add(key)
-
-    @staticmethod
-    def _current_version(con: duckdb.DuckDBPyConnection) -> int:
-        return schema_version(con)
+            if key not in self._migrated:
+                migrate(con, self.thumbs_dir)
+                self._migrated.add(key)
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:

@@ -10,12 +10,15 @@ unmounted share as "every file gone" would be wrong, so the caller is told inste
 from __future__ import annotations
 
 import errno
-import hashlib
 import fnmatch
+import hashlib
 import os
+import queue
+import re
 import stat
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,34 +77,47 @@ class PathFilter:
 
     A pattern without '/' matches any single file or folder name (an excluded folder is not
     entered); one with '/' matches the path relative to its root. Include patterns (when any)
-    apply to files only.
+    apply to files only. Patterns are compiled into one regular expression per kind: a walk
+    asks this question for every entry.
     """
 
     def __init__(self, include: Iterable[str] = (), exclude: Iterable[str] = (),
                  default_excludes: bool = True):
         excl = list(DEFAULT_EXCLUDES if default_excludes else ()) + list(exclude)
-        self.include = [p.lower() for p in include]
-        self.exclude = [p.lower() for p in excl]
+        self._exclude_name, self._exclude_rel = self._compile(excl)
+        self._include_name, self._include_rel = self._compile(list(include))
+        self._has_include = bool(list(include))
 
     @staticmethod
-    def _match(patterns: list[str], name: str, rel: str) -> bool:
-        name, rel = name.lower(), rel.lower()
-        for pattern in patterns:
-            target = rel if "/" in pattern else name
-            if fnmatch.fnmatchcase(target, pattern):
-                return True
-        return False
+    def _compile(patterns: list[str]):
+        def rx(pats):
+            if not pats:
+                return None
+            return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in pats),
+                              re.IGNORECASE | re.DOTALL)
+        return rx([p for p in patterns if "/" not in p]), rx([p for p in patterns if "/" in p])
+
+    @staticmethod
+    def _match(by_name, by_rel, name: str, rel: str) -> bool:
+        return bool((by_name and by_name.match(name)) or (by_rel and by_rel.match(rel)))
 
     def excluded(self, name: str, rel: str) -> bool:
-        return self._match(self.exclude, name, rel)
+        return self._match(self._exclude_name, self._exclude_rel, name, rel)
 
     def included(self, name: str, rel: str) -> bool:
-        return not self.include or self._match(self.include, name, rel)
+        return not self._has_include or self._match(self._include_name, self._include_rel,
+                                                    name, rel)
 
 
 def has_undecodable(path: str) -> bool:
     """True when `path` carries surrogate escapes, i.e. its bytes are not valid UTF-8."""
-    return any("\udc80" <= ch <= "\udcff" for ch in path)
+    if path.isascii():
+        return False
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def display_path(path: str) -> str:
@@ -135,30 +151,116 @@ def check_roots(roots: Iterable[Path]) -> list[Path]:
     return checked
 
 
+# Where a stat is a network round trip, several folders are listed at once (DAM_IO_THREADS);
+# on a local disk one thread is faster (measured: docs/BENCHMARKS.md).
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre",
+    "fuse.sshfs", "fuse.rclone", "fuse.s3fs", "fuse.glusterfs", "fuse.smbnetfs", "davfs",
+    "fuse.davfs2", "ncpfs", "gpfs", "beegfs", "fuse.juicefs",
+})
+
+
+def filesystem_type(path: str | os.PathLike) -> str | None:
+    """The type of the filesystem holding `path` (from /proc/self/mountinfo), if known."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            lines = fh.readlines()
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, best_type = "", None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 5 or not right:
+            continue
+        mount = fields[4].replace("\\040", " ").replace("\\011", "\t")
+        if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, best_type = mount, right.split()[0]
+    return best_type
+
+
+def walk_threads(roots: Iterable[Path], io_threads: int) -> int:
+    """io_threads when any root is on a network filesystem, else 1."""
+    return io_threads if any(filesystem_type(r) in NETWORK_FILESYSTEMS for r in roots) else 1
+
+
+@dataclass
+class _Listing:
+    """What one folder holds: the unit of work of the walk."""
+    files: list[WalkedFile] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
+    issues: list[WalkIssue] = field(default_factory=list)
+    unlisted: str | None = None
+    excluded: int = 0
+
+    def issue(self, path: str, kind: str, exc: BaseException | None, message: str) -> None:
+        self.issues.append(
+            WalkIssue(display_path(path), kind, type(exc).__name__ if exc else None, message))
+
+
 def walk_library(
     roots: Iterable[Path],
     path_filter: PathFilter | None = None,
     follow_symlinks: bool = False,
     on_progress: Callable[[WalkResult], None] | None = None,
     progress_every_s: float = 5.0,
+    threads: int = 1,
 ) -> WalkResult:
-    """Walk every root (after check_roots) and return files and issues."""
+    """Walk every root (after check_roots) and return files and issues.
+
+    With threads > 1, folders are listed by a bounded pool: on a network share each listing
+    and each stat is a round trip, and several in flight hide the latency.
+    """
     path_filter = path_filter or PathFilter()
     result = WalkResult()
     last_report = time.monotonic()
     for root in check_roots(roots):
         root_str = str(root)
         visited: set[tuple[int, int]] = set()  # folders entered, when following links
-        stack = [root_str]
-        while stack:
-            folder = stack.pop()
-            if follow_symlinks and not _first_visit(folder, visited, result):
-                continue
+
+        def list_folder(folder: str) -> _Listing:
+            return _list_folder(folder, root_str, path_filter, follow_symlinks)
+
+        def enter(folder: str) -> bool:
+            return not follow_symlinks or _first_visit(folder, visited, result)
+
+        def take(listing: _Listing) -> None:
+            nonlocal last_report
             result.dirs += 1
-            _list_folder(folder, root_str, path_filter, follow_symlinks, stack, result)
+            result.files.extend(listing.files)
+            result.issues.extend(listing.issues)
+            result.excluded += listing.excluded
+            if listing.unlisted is not None:
+                result.unlisted_dirs.append(listing.unlisted)
             if on_progress is not None and time.monotonic() - last_report >= progress_every_s:
                 on_progress(result)
                 last_report = time.monotonic()
+
+        if threads <= 1:
+            stack = [root_str] if enter(root_str) else []
+            while stack:
+                listing = list_folder(stack.pop())
+                take(listing)
+                stack.extend(sub for sub in listing.folders if enter(sub))
+            continue
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dam-walk") as pool:
+            outstanding = 0
+
+            def submit(folder: str) -> None:
+                nonlocal outstanding
+                if enter(folder):
+                    outstanding += 1
+                    pool.submit(list_folder, folder).add_done_callback(done.put)
+
+            submit(root_str)
+            while outstanding:
+                listing = done.get().result()
+                outstanding -= 1
+                take(listing)
+                for sub in listing.folders:
+                    submit(sub)
     return result
 
 
@@ -169,89 +271,88 @@ def _first_visit(folder: str, visited: set[tuple[int, int]], result: WalkResult)
         return True  # let the listing report the problem
     key = (st.st_dev, st.st_ino)
     if key in visited:
-        _issue(result, folder, "symlink_loop", None,
-               "leads to a folder already walked (a link loop or a second link to it)")
+        result.issues.append(WalkIssue(
+            display_path(folder), "symlink_loop", None,
+            "leads to a folder already walked (a link loop or a second link to it)"))
         return False
     visited.add(key)
     return True
 
 
-def _issue(result: WalkResult, path: str, kind: str, exc: BaseException | None, message: str):
-    result.issues.append(
-        WalkIssue(display_path(path), kind, type(exc).__name__ if exc else None, message)
-    )
-
-
-def _list_folder(folder, root, path_filter, follow_symlinks, stack, result) -> None:
+def _list_folder(folder: str, root: str, path_filter: PathFilter,
+                 follow_symlinks: bool) -> _Listing:
+    out = _Listing()
     try:
-        entries = list(os.scandir(folder))
+        with os.scandir(folder) as it:
+            entries = list(it)
     except PermissionError as exc:
-        _issue(result, folder, "permission_denied", exc, "folder cannot be listed")
-        result.unlisted_dirs.append(display_path(folder))
-        return
+        out.issue(folder, "permission_denied", exc, "folder cannot be listed")
+        out.unlisted = display_path(folder)
+        return out
     except FileNotFoundError as exc:
-        _issue(result, folder, "vanished", exc, "folder disappeared during the walk")
-        result.unlisted_dirs.append(display_path(folder))
-        return
+        out.issue(folder, "vanished", exc, "folder disappeared during the walk")
+        out.unlisted = display_path(folder)
+        return out
     except OSError as exc:
-        _issue(result, folder, "error", exc, f"folder cannot be listed: {exc.strerror or exc}")
-        result.unlisted_dirs.append(display_path(folder))
-        return
+        out.issue(folder, "error", exc, f"folder cannot be listed: {exc.strerror or exc}")
+        out.unlisted = display_path(folder)
+        return out
 
-    for entry in sorted(entries, key=lambda e: e.name):
+    skip = len(root) + 1
+    for entry in entries:
         path = entry.path
-        rel = os.path.relpath(path, root)
-        if path_filter.excluded(entry.name, rel):
-            result.excluded += 1
+        rel = path[skip:]
+        name = entry.name
+        if path_filter.excluded(name, rel):
+            out.excluded += 1
             continue
-        if has_undecodable(entry.name):
-            _issue(result, path, "undecodable_name", None, "name is not valid UTF-8")
+        if has_undecodable(name):
+            out.issue(path, "undecodable_name", None, "name is not valid UTF-8")
         try:
             if entry.is_symlink():
-                _symlink(entry, path, root, rel, path_filter, follow_symlinks, stack, result)
+                _symlink(out, path, root, rel, name, path_filter, follow_symlinks)
             elif entry.is_dir(follow_symlinks=False):
-                stack.append(path)
+                out.folders.append(path)
             elif entry.is_file(follow_symlinks=False):
-                if path_filter.included(entry.name, rel):
+                if path_filter.included(name, rel):
                     st = entry.stat(follow_symlinks=False)
-                    result.files.append(
-                        WalkedFile(path, root, rel, st.st_size, st.st_mtime_ns)
-                    )
+                    out.files.append(WalkedFile(path, root, rel, st.st_size, st.st_mtime_ns))
                 else:
-                    result.excluded += 1
+                    out.excluded += 1
             else:
-                _issue(result, path, "special_file", None,
-                       "not a regular file (FIFO, socket or device): not opened")
+                out.issue(path, "special_file", None,
+                          "not a regular file (FIFO, socket or device): not opened")
         except FileNotFoundError as exc:
-            _issue(result, path, "vanished", exc, "disappeared during the walk")
+            out.issue(path, "vanished", exc, "disappeared during the walk")
         except PermissionError as exc:
-            _issue(result, path, "permission_denied", exc, "cannot be examined")
+            out.issue(path, "permission_denied", exc, "cannot be examined")
         except OSError as exc:
-            _issue(result, path, "error", exc, str(exc.strerror or exc))
+            out.issue(path, "error", exc, str(exc.strerror or exc))
+    return out
 
 
-def _symlink(entry, path, root, rel, path_filter, follow_symlinks, stack, result):
+def _symlink(out: _Listing, path, root, rel, name, path_filter, follow_symlinks) -> None:
     try:
         target = os.stat(path)  # follows the link
     except FileNotFoundError as exc:
-        _issue(result, path, "broken_symlink", exc, "link target does not exist")
+        out.issue(path, "broken_symlink", exc, "link target does not exist")
         return
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            _issue(result, path, "symlink_loop", exc, "link loops")
+            out.issue(path, "symlink_loop", exc, "link loops")
         else:
-            _issue(result, path, "error", exc, f"link cannot be followed: {exc.strerror}")
+            out.issue(path, "error", exc, f"link cannot be followed: {exc.strerror}")
         return
     if not follow_symlinks:
-        _issue(result, path, "symlink_skipped", None, "symbolic link not followed")
+        out.issue(path, "symlink_skipped", None, "symbolic link not followed")
         return
     if stat.S_ISDIR(target.st_mode):
-        stack.append(path)  # _first_visit stops loops when it is popped
+        out.folders.append(path)  # the walk's visited set stops loops
     elif stat.S_ISREG(target.st_mode):
-        if path_filter.included(entry.name, rel):
-            result.files.append(WalkedFile(path, root, rel, target.st_size, target.st_mtime_ns))
+        if path_filter.included(name, rel):
+            out.files.append(WalkedFile(path, root, rel, target.st_size, target.st_mtime_ns))
     else:
-        _issue(result, path, "special_file", None, "link to a FIFO, socket or device: not opened")
+        out.issue(path, "special_file", None, "link to a FIFO, socket or device: not opened")
 
 
 def library_fingerprint(walk: WalkResult) -> str:
