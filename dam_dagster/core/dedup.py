@@ -2,9 +2,11 @@
 
     stage 0  size         a file whose size no other present file shares has no duplicate:
                           it is never read. Zero-byte files are reported as empty instead.
-    stage 1  partial hash MD5 of the first and last 64 KiB and the size (core/hashing.py), for
-                          the files left. Files of at most 128 KiB are read whole here, once,
-                          and get their full hash from the same read.
+    stage 1a prefix       MD5 of the first 4 KiB, for the files left: one small read that sets
+                          apart most files which merely share a size (a NAS pays per byte).
+    stage 1b partial hash MD5 of the first and last 64 KiB and the size (core/hashing.py), for
+                          files sharing (size, prefix). Files of at most 128 KiB are read whole
+                          here, once, and get their full hash from the same read.
     stage 2  candidates   files sharing (size, partial hash) with another present file.
     stage 3  full hash    MD5 of the whole file, for candidates only.
     stage 4  duplicates   files sharing (size, full hash); the lowest file_id is the original,
@@ -24,8 +26,8 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from .hashing import SMALL_FILE_MAX, HashJob, HashOutcome, Progress, hash_full, hash_many, \
-    hash_partial
+from .hashing import HashJob, HashOutcome, Progress, hash_full, hash_many, hash_partial, \
+    hash_prefix
 from .store import Catalogue
 
 
@@ -46,7 +48,8 @@ class HashStats:
     """What a hashing stage did; `failures` are (path, error class, message)."""
     eligible: int = 0           # files this stage is about
     reused: int = 0             # already current: not read
-    files_read: int = 0
+    prefix_reads: int = 0       # stage 1a: files whose first 4 KiB were read
+    files_read: int = 0         # head and tail (stage 1b) or whole file (stage 3)
     bytes_read: int = 0
     errors: int = 0
     transient_errors: int = 0
@@ -61,6 +64,7 @@ def _outcome_table(outcomes: list[HashOutcome], now: datetime) -> pa.Table:
         "file_id": pa.array([o.file_id for o in outcomes], pa.int64()),
         "size_bytes": pa.array([o.size_bytes for o in outcomes], pa.int64()),
         "mtime_ns": pa.array([o.mtime_ns for o in outcomes], pa.int64()),
+        "prefix_hash": pa.array([o.prefix_hash for o in outcomes], pa.string()),
         "partial_hash": pa.array([o.partial_hash for o in outcomes], pa.string()),
         "full_hash": pa.array([o.full_hash for o in outcomes], pa.string()),
         "hashed_at": pa.array([now] * len(outcomes), pa.timestamp("us")),
@@ -69,10 +73,13 @@ def _outcome_table(outcomes: list[HashOutcome], now: datetime) -> pa.Table:
     })
 
 
-def _tally(stats: HashStats, outcomes: list[HashOutcome], paths: dict[int, str]) -> None:
+def _tally(stats: HashStats, outcomes: list[HashOutcome], paths: dict[int, str],
+           prefix: bool = False) -> None:
     for o in outcomes:
         stats.bytes_read += o.bytes_read
-        if o.ok:
+        if o.ok and prefix:
+            stats.prefix_reads += 1
+        elif o.ok:
             stats.files_read += 1
         else:
             stats.errors += 1
@@ -80,7 +87,24 @@ def _tally(stats: HashStats, outcomes: list[HashOutcome], paths: dict[int, str])
             stats.failures.append((paths[o.file_id], o.error_class or "", o.error_message or ""))
 
 
-# --- stage 0 and 1 ------------------------------------------------------------------------
+# --- stages 0, 1a and 1b -------------------------------------------------------------------
+_ELIGIBLE = """
+    CREATE OR REPLACE TEMP TABLE eligible AS
+    SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns
+    FROM present_files f
+    WHERE f.size_bytes > 0 AND ($all OR f.size_bytes IN (
+        SELECT size_bytes FROM present_files WHERE size_bytes > 0
+        GROUP BY size_bytes HAVING count(*) > 1))
+"""
+
+
+def _write_partial_rows(catalogue: Catalogue, outcomes: list[HashOutcome]) -> None:
+    if outcomes:
+        with catalogue.connect() as con:
+            con.register("outcomes", _outcome_table(outcomes, _now()))
+            con.execute("INSERT OR REPLACE INTO partial_hashes SELECT * FROM outcomes")
+
+
 def update_partial_hashes(
     catalogue: Catalogue,
     io_threads: int = 8,
@@ -88,37 +112,45 @@ def update_partial_hashes(
     follow_symlinks: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> HashStats:
+    """Stages 0, 1a and 1b; with hash_all_sizes every non-empty file gets a partial hash."""
     stats = HashStats()
     t0 = datetime.now()
+    args = {"all": hash_all_sizes}
     with catalogue.connect(write=False) as con:
-        # Stage 0: sizes shared by at least two present, non-empty files.
-        con.execute("""
-            CREATE TEMP TABLE eligible AS
-            SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns
-            FROM present_files f
-            WHERE f.size_bytes > 0 AND ($all OR f.size_bytes IN (
-                SELECT size_bytes FROM present_files WHERE size_bytes > 0
-                GROUP BY size_bytes HAVING count(*) > 1))
-        """, {"all": hash_all_sizes})
+        con.execute(_ELIGIBLE, args)  # stage 0
         stats.eligible = con.execute("SELECT count(*) FROM eligible").fetchone()[0]
         stats.skipped_unique_size = con.execute(
             "SELECT count(*) FROM present_files WHERE size_bytes > 0").fetchone()[0] - stats.eligible
-        rows = con.execute("""
+        prefix_rows = [] if hash_all_sizes else con.execute("""
             SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns FROM eligible e
             WHERE e.file_id NOT IN (
-                SELECT file_id FROM current_partial_hashes WHERE partial_hash IS NOT NULL)
+                SELECT file_id FROM current_partial_hashes WHERE prefix_hash IS NOT NULL)
             ORDER BY e.path
         """).fetchall()
-    stats.reused = stats.eligible - len(rows)
-    jobs = _jobs(rows)
-    outcomes = hash_many(jobs, lambda j: hash_partial(j, follow_symlinks), io_threads,
-                         on_progress)
-    _tally(stats, outcomes, {r[0]: r[1] for r in rows})
-    if outcomes:
-        table = _outcome_table(outcomes, _now())
-        with catalogue.connect() as con:
-            con.register("outcomes", table)
-            con.execute("INSERT OR REPLACE INTO partial_hashes SELECT * FROM outcomes")
+    outcomes = hash_many(_jobs(prefix_rows), lambda j: hash_prefix(j, follow_symlinks),
+                         io_threads, on_progress)  # stage 1a
+    _tally(stats, outcomes, {r[0]: r[1] for r in prefix_rows}, prefix=True)
+    _write_partial_rows(catalogue, outcomes)
+
+    with catalogue.connect(write=False) as con:
+        con.execute(_ELIGIBLE, args)
+        partial_rows = con.execute("""
+            WITH cur AS (
+                SELECT p.* FROM current_partial_hashes p JOIN eligible USING (file_id)),
+            shared AS (
+                SELECT size_bytes, prefix_hash FROM cur WHERE prefix_hash IS NOT NULL
+                GROUP BY size_bytes, prefix_hash HAVING count(*) > 1)
+            SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns
+            FROM eligible e LEFT JOIN cur USING (file_id)
+            WHERE cur.partial_hash IS NULL AND ($all OR (cur.size_bytes, cur.prefix_hash) IN (
+                SELECT (size_bytes, prefix_hash) FROM shared))
+            ORDER BY e.path
+        """, args).fetchall()
+    outcomes = hash_many(_jobs(partial_rows), lambda j: hash_partial(j, follow_symlinks),
+                         io_threads, on_progress)  # stage 1b
+    _tally(stats, outcomes, {r[0]: r[1] for r in partial_rows})
+    _write_partial_rows(catalogue, outcomes)
+    stats.reused = stats.eligible - len({r[0] for r in prefix_rows + partial_rows})
     stats.seconds = (datetime.now() - t0).total_seconds()
     return stats
 
