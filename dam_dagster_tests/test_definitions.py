@@ -49,3 +49,17 @@ def test_dagster_yaml_is_a_valid_instance_config(tmp_path, monkeypatch):
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     prepare_dagster_home()
     assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+
+
+def test_every_setting_is_documented_with_its_default():
+    from pathlib import Path
+
+    from dam_dagster.core.config import SETTINGS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "CONFIGURATION.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `")
+            for line in doc.splitlines() if line.startswith("| `DAM_")}
+    for setting in SETTINGS:
+        assert setting.name in rows, f"{setting.name} is not in docs/CONFIGURATION.md"
+        if setting.default not in ("",):
+            assert rows[setting.name] == setting.default, setting.name
