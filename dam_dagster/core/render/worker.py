@@ -1,0 +1,291 @@
+"""A render worker process: reads, hashes and thumbnails one file at a time for the pool.
+
+Forked by the pool's fork server (zygote.py), which has imported this module and the render
+stack (numpy, Pillow, trimesh, pyrender) once: a new worker costs a fork, not a second of
+imports. Each worker owns ONE EGL context, created at its first 3D render and reused for every
+file it renders until the pool recycles it.
+
+Per file: the bytes are read once and MD5-hashed; if thumbs_dir/ab/<md5>.png exists the answer
+is source='cache' with no parsing; images go through Pillow (source='image'); a 3MF's embedded
+preview is used when present (source='embedded'); anything else is parsed from those same bytes
+and rendered (source='render').
+
+Test hooks: when the pool passes `hang_suffix` (from the environment variable
+DAM_RENDER_TEST_HANG_SUFFIX, e.g. ".hang.stl"), a file whose name ends with it makes the worker
+sleep forever, so tests can check that the per-file timeout kills and replaces it; likewise
+`crash_suffix` (DAM_RENDER_TEST_CRASH_SUFFIX) makes it die of SIGSEGV, as a driver crash would.
+Nothing else reads those variables; leave them unset outside tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before numpy or OpenGL are imported (here or, preloaded, in the fork server):
+os.environ["PYOPENGL_PLATFORM"] = "egl"
+os.environ["MESA_SHADER_CACHE_DISABLE"] = "true"   # Mesa would write under ~/.cache otherwise
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")                 # workers are the parallelism
+
+import errno  # noqa: E402
+import hashlib  # noqa: E402
+import resource  # noqa: E402
+import signal  # noqa: E402
+import stat  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from .api import (IMAGE_EXTENSIONS, MODEL_EXTENSIONS, extension_of,  # noqa: E402
+                  parse_background, thumbnail_relpath)
+
+_NOATIME = getattr(os, "O_NOATIME", 0)
+_MESSAGE_MAX = 500
+
+
+def _result(status, source=None, md5=None, rel=None, error_class=None, message=None,
+            transient=False) -> dict:
+    if message is not None and len(message) > _MESSAGE_MAX:
+        message = message[:_MESSAGE_MAX - 3] + "..."
+    return {"status": status, "source": source, "content_md5": md5, "thumbnail_relpath": rel,
+            "error_class": error_class, "error_message": message, "transient": transient}
+
+
+def read_file(path: str) -> bytes:
+    """The whole file, opened read-only without touching its access time; a FIFO or folder put
+    where a file was cannot block the worker."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags | _NOATIME)
+    except PermissionError:
+        if not _NOATIME:
+            raise
+        fd = os.open(path, flags)  # O_NOATIME needs ownership of the file
+    with open(fd, "rb", buffering=0) as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        return f.read()
+
+
+class Worker:
+    """The per-process state: settings, the lazily created GL renderer, counters."""
+
+    def __init__(self, settings: dict):
+        self.thumbs_dir = Path(settings["thumbs_dir"])
+        self.size = int(settings["size"])
+        self.background = settings["background"]
+        self.bg_rgba = parse_background(self.background)
+        self.prefer_embedded = bool(settings["prefer_embedded"])
+        self.overwrite = bool(settings.get("overwrite", False))
+        self.memory_mb = int(settings["memory_mb"])
+        self.hang_suffix = (settings.get("hang_suffix") or "").lower()
+        self.crash_suffix = (settings.get("crash_suffix") or "").lower()
+        self._renderer = None
+        self._renderer_error: str | None = None
+
+    # -- the GL side -------------------------------------------------------------------
+
+    def renderer(self):
+        if self._renderer is None:
+            if self._renderer_error is not None:
+                from .gl import RendererUnavailable
+                raise RendererUnavailable(self._renderer_error)
+            try:
+                from .gl import ThumbnailRenderer
+                self._renderer = ThumbnailRenderer(self.size, self.bg_rgba)
+            except Exception as exc:
+                self._renderer_error = str(exc) if type(exc).__name__ == \
+                    "RendererUnavailable" else f"{type(exc).__name__}: {exc}"
+                raise
+        return self._renderer
+
+    def reset_renderer(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    def close(self) -> None:
+        self.reset_renderer()
+
+    # -- one file ----------------------------------------------------------------------
+
+    def process(self, path: str, size_bytes: int) -> dict:
+        ext = extension_of(path)
+        if self.hang_suffix and path.lower().endswith(self.hang_suffix):
+            while True:  # test hook: see the module docstring
+                time.sleep(3600)
+        if self.crash_suffix and path.lower().endswith(self.crash_suffix):
+            os.kill(os.getpid(), signal.SIGSEGV)  # test hook: see the module docstring
+        if ext not in MODEL_EXTENSIONS and ext not in IMAGE_EXTENSIONS:
+            return _result("unsupported", error_class="UnsupportedFormat",
+                           message=f"no thumbnailer for '{ext or 'no extension'}' files")
+        try:
+            data = read_file(path)
+        except OSError as exc:
+            return _result("failed", error_class=type(exc).__name__,
+                           message=f"cannot read the file: {exc}", transient=True)
+        except MemoryError:
+            return _result("memory", error_class="MemoryLimit",
+                           message="out of memory reading the file", transient=True)
+        md5 = hashlib.md5(data).hexdigest()
+        rel = thumbnail_relpath(md5)
+        if not self.overwrite and (self.thumbs_dir / rel).is_file():
+            return _result("ok", "cache", md5, rel)
+        if not data:
+            return _result("failed", md5=md5, error_class="EmptyFile",
+                           message="the file is empty (0 bytes)")
+        try:
+            if ext in IMAGE_EXTENSIONS:
+                return self._image(data, md5)
+            if ext == ".3mf" and self.prefer_embedded:
+                done = self._embedded(data, md5)
+                if done is not None:
+                    return done
+            return self._render(data, ext, path, md5)
+        except MemoryError:
+            self.reset_renderer()
+            return _result("memory", md5=md5, error_class="MemoryLimit",
+                           message="out of memory (allocation refused)", transient=True)
+        except OSError as exc:
+            return _result("failed", md5=md5, error_class=type(exc).__name__,
+                           message=str(exc), transient=True)
+
+    def _image(self, data: bytes, md5: str) -> dict:
+        from .images import fit_image, write_png
+        try:
+            image = fit_image(data, self.size, self.background)
+        except MemoryError:
+            raise
+        except Exception as exc:  # UnidentifiedImageError, truncated data (OSErrors from
+            # decoding bytes already in memory: permanent), DecompressionBombError, ...
+            return _result("failed", md5=md5, error_class=type(exc).__name__,
+                           message=f"cannot decode the image: {exc}")
+        return _result("ok", "image", md5, write_png(image, self.thumbs_dir, md5))
+
+    def _embedded(self, data: bytes, md5: str) -> dict | None:
+        from .images import fit_image, write_png
+        from .loaders import find_3mf_preview
+        preview = find_3mf_preview(data)
+        if preview is None:
+            return None
+        try:
+            image = fit_image(preview, self.size, self.background)
+        except Exception:
+            return None  # a broken preview: render the model instead
+        return _result("ok", "embedded", md5, write_png(image, self.thumbs_dir, md5))
+
+    def _render(self, data: bytes, ext: str, path: str, md5: str) -> dict:
+        from .images import write_png
+        from .loaders import LoadError, load_model
+        try:
+            model = load_model(data, ext, path, memory_mb=self.memory_mb)
+        except LoadError as exc:
+            return _result(exc.status, md5=md5, error_class=exc.error_class, message=str(exc),
+                           transient=exc.status == "memory")
+        except (MemoryError, OSError):
+            raise
+        except Exception as exc:
+            return _result("failed", md5=md5, error_class=type(exc).__name__,
+                           message=f"cannot parse the model: {_describe(exc)}")
+        del data
+        try:
+            renderer = self.renderer()
+        except Exception as exc:
+            return _result("failed", md5=md5, error_class="RendererUnavailable",
+                           message=str(exc), transient=True)
+        try:
+            image = renderer.render(model)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            self.reset_renderer()  # a GL error may leave the context in a bad state
+            return _result("failed", md5=md5, error_class=type(exc).__name__,
+                           message=f"rendering failed: {_describe(exc)}")
+        return _result("ok", "render", md5, write_png(image, self.thumbs_dir, md5))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or repr(exc)
+    tb = traceback.extract_tb(exc.__traceback__)
+    if tb:
+        last = tb[-1]
+        text += f" (at {os.path.basename(last.filename)}:{last.lineno})"
+    return text
+
+
+def _quiet() -> None:
+    """Keep the run's log for outcomes: trimesh's loader chatter and numpy's warnings about
+    degenerate triangles say nothing the outcome does not."""
+    import logging
+    import warnings
+
+    logging.getLogger("trimesh").setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")
+    try:
+        import numpy
+        numpy.seterr(all="ignore")
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _set_parent_death_signal() -> None:
+    """Die with the pool: SIGKILL when the process that forked us goes away (Linux)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _limit_address_space(limit_mb: int | None) -> None:
+    if not limit_mb:
+        return
+    try:
+        limit = int(limit_mb) << 20
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ValueError, OSError):
+        pass
+
+
+def main(conn, settings: dict) -> None:
+    """Worker loop: ('task', seq, path, size) -> ('done', seq, result, cpu_s, maxrss_kb)."""
+    _set_parent_death_signal()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the pool's to handle
+    _quiet()
+    os.environ["LP_NUM_THREADS"] = str(settings["gl_threads"])
+    _limit_address_space(settings.get("address_space_mb"))
+    worker = Worker(settings)
+    conn.send(("ready", os.getpid()))
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] != "task":
+                break
+            _, seq, path, size_bytes = message
+            started = time.perf_counter()
+            try:
+                result = worker.process(path, size_bytes)
+            except MemoryError:
+                result = _result("memory", error_class="MemoryLimit",
+                                 message="out of memory", transient=True)
+            except Exception as exc:  # a bug of ours: report it, keep the worker
+                result = _result("failed", error_class=type(exc).__name__,
+                                 message=f"internal error: {_describe(exc)}")
+            result["seconds"] = time.perf_counter() - started
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            try:
+                conn.send(("done", seq, result, time.process_time(), usage.ru_maxrss))
+            except (BrokenPipeError, OSError):
+                break
+    finally:
+        worker.close()
