@@ -54,6 +54,7 @@ def make_sample_library(dest: str | Path, overwrite: bool = False) -> Path:
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=15)
     (dest / "figures" / "ball.ply").write_bytes(trimesh.exchange.ply.export_ply(sphere))
     cone = trimesh.creation.cone(radius=10, height=30, sections=48)
+    cone.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))  # glTF is Y-up
     cone.visual.face_colors = np.tile([200, 60, 40, 255], (len(cone.faces), 1))
     (dest / "figures" / "red_cone.glb").write_bytes(trimesh.Scene(cone).export(file_type="glb"))
     capsule = trimesh.creation.capsule(height=30, radius=8)

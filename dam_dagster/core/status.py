@@ -25,8 +25,12 @@ def catalogue_status(catalogue: Catalogue) -> dict[str, int]:
             "duplicate_files": one("SELECT count(*) FROM library_files WHERE is_duplicate = 1"),
             "reclaimable_bytes": one("SELECT COALESCE(sum(size_bytes), 0) FROM library_files "
                                      "WHERE is_duplicate = 1"),
-            "thumbnails_ok": one("SELECT count(*) FROM models WHERE has_thumbnail = 1"),
-            "thumbnails_failed": 0,  # nothing renders yet: the thumbnail lanes come next
+            "thumbnails_ok": one("SELECT count(*) FROM library_files WHERE has_thumbnail = 1"),
+            "thumbnails_failed": one("SELECT count(*) FROM library_files WHERE "
+                                     "thumbnail_status IN ('failed', 'timeout', 'memory')"),
+            "thumbnails_unsupported": one("SELECT count(*) FROM library_files WHERE "
+                                          "thumbnail_status = 'unsupported'"),
+            "models_without_thumbnail": one("SELECT count(*) FROM models WHERE has_thumbnail = 0"),
             "walk_issues": one("SELECT count(*) FROM walk_issues"),
         }
     return status

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import duckdb
 
+from .render.api import MODEL_EXTENSIONS as RENDERED_MODEL_EXTENSIONS
+
 DB_NAME = "dam.duckdb"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class CatalogueError(RuntimeError):
@@ -128,6 +130,28 @@ MIGRATIONS: dict[int, str] = {
         group_size      INTEGER NOT NULL
     );
     """,
+    2: """
+    -- thumbnails_fast / thumbnails_slow: one row per file that went through a render lane.
+    -- Like hashes, a row belongs to the file state (size_bytes, mtime_ns) it was made from.
+    CREATE TABLE thumbnails (
+        file_id           BIGINT PRIMARY KEY,
+        size_bytes        BIGINT NOT NULL,
+        mtime_ns          BIGINT NOT NULL,
+        lane              VARCHAR NOT NULL,     -- 'fast' or 'slow'
+        bucket            VARCHAR NOT NULL,     -- the partition, e.g. '1-5MB'
+        status            VARCHAR NOT NULL,     -- ok, failed, timeout, memory, unsupported
+        source            VARCHAR,              -- render, embedded, image, cache
+        content_md5       VARCHAR,              -- MD5 of the file: the PNG's name
+        thumbnail_relpath VARCHAR,              -- 'ab/<md5>.png' under the thumbnails folder
+        thumbnail_size    INTEGER NOT NULL,     -- pixels, as configured when made
+        background        VARCHAR NOT NULL,
+        error_class       VARCHAR,
+        error_message     VARCHAR,
+        transient         BOOLEAN NOT NULL,     -- a retry could succeed (timeout, crash...)
+        render_seconds    DOUBLE,
+        rendered_at       TIMESTAMP NOT NULL
+    );
+    """,
 }
 
 # Views, re-created on every open so they always match the code and the data folder.
@@ -147,6 +171,11 @@ CREATE OR REPLACE VIEW current_full_hashes AS
     JOIN file_inventory f USING (file_id)
     WHERE f.present AND h.size_bytes = f.size_bytes AND h.mtime_ns = f.mtime_ns;
 
+CREATE OR REPLACE VIEW current_thumbnails AS
+    SELECT t.* FROM thumbnails t
+    JOIN file_inventory f USING (file_id)
+    WHERE f.present AND t.size_bytes = f.size_bytes AND t.mtime_ns = f.mtime_ns;
+
 CREATE OR REPLACE VIEW empty_files AS
     SELECT file_id AS id, path FROM file_inventory WHERE present AND size_bytes = 0;
 
@@ -159,38 +188,40 @@ CREATE OR REPLACE VIEW library_files AS
         COALESCE(fh.full_hash, ph.full_hash)             AS full_hash,
         CASE WHEN d.duplicate_of_id IS NULL THEN 0 ELSE 1 END AS is_duplicate,
         d.duplicate_of_id,
-        {has_thumbnail}                                  AS has_thumbnail,
-        {thumbnail_path}                                 AS thumbnail_path,
+        CASE WHEN t.status = 'ok' THEN 1 ELSE 0 END      AS has_thumbnail,
+        CASE WHEN t.status = 'ok'
+             THEN '{thumbs_dir}/' || t.thumbnail_relpath END AS thumbnail_path,
         f.root,
         f.extension,
         f.mtime_ns,
-        f.extension IN ({model_extensions})              AS is_model
+        f.extension IN ({model_extensions})              AS is_model,
+        t.status                                         AS thumbnail_status,
+        t.source                                         AS thumbnail_source
     FROM file_inventory f
     LEFT JOIN current_partial_hashes ph USING (file_id)
     LEFT JOIN current_full_hashes fh USING (file_id)
     LEFT JOIN duplicates d USING (file_id)
-    {thumbnail_join}
+    LEFT JOIN current_thumbnails t USING (file_id)
     WHERE f.present;
 
 CREATE OR REPLACE VIEW models AS
     SELECT * FROM library_files WHERE is_model;
 """
 
-# What the `models` view counts as a 3D model (lower case, with the dot).
-MODEL_EXTENSIONS: tuple[str, ...] = (
-    ".stl", ".3mf", ".obj", ".ply", ".off", ".glb", ".gltf", ".dae", ".zae", ".step", ".stp",
-    ".amf", ".3ds", ".fbx", ".ctm", ".3dxml", ".x3d", ".wrl", ".blend", ".scad", ".f3d",
-)
+# What the `models` view counts as a 3D model (lower case, with the dot): every format the
+# renderer draws, and model formats it can only list (their thumbnails are 'unsupported').
+UNRENDERED_MODEL_EXTENSIONS = frozenset({
+    ".amf", ".3ds", ".fbx", ".ctm", ".x3d", ".wrl", ".blend", ".scad", ".f3d", ".skp", ".iges",
+    ".igs",
+})
+MODEL_EXTENSIONS: tuple[str, ...] = tuple(sorted(RENDERED_MODEL_EXTENSIONS
+                                                 | UNRENDERED_MODEL_EXTENSIONS))
 
 
 def _view_sql(thumbs_dir: Path) -> str:
     exts = ", ".join(f"'{e}'" for e in MODEL_EXTENSIONS)
-    return _VIEWS.format(
-        model_extensions=exts,
-        has_thumbnail="0",
-        thumbnail_path="CAST(NULL AS VARCHAR)",
-        thumbnail_join="",
-    ).replace("{thumbs_dir}", str(thumbs_dir).replace("'", "''"))
+    return _VIEWS.format(model_extensions=exts,
+                         thumbs_dir=str(thumbs_dir).replace("'", "''"))
 
 
 # --- the lock -----------------------------------------------------------------------------
