@@ -62,8 +62,10 @@ def main() -> None:
 @main.command()
 @click.option("--sample", is_flag=True,
               help="Use the sample library (made under the data folder) if no root is set.")
-def run(sample: bool) -> None:
-    """Materialize the pipeline in-process, headless, with progress on the terminal."""
+@click.option("--skip-thumbnails", is_flag=True, help="Only the dedup chain.")
+def run(sample: bool, skip_thumbnails: bool) -> None:
+    """Materialize the pipeline in-process, headless, with progress on the terminal: the
+    dedup chain, then every thumbnail partition of both lanes."""
     _roots(sample)
     from .home import prepare_dagster_home
 
@@ -72,21 +74,34 @@ def run(sample: bool) -> None:
 
     from .definitions import defs
 
+    from .thumbnail_assets import fast_partitions, slow_partitions
+
     instance = dg.DagsterInstance.get()
-    job = defs.resolve_job_def("dedup")
-    result = job.execute_in_process(
-        instance=instance, raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-    )
+    quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    runs = [("dedup", None)]
+    if not skip_thumbnails:
+        runs += [("thumbnails_fast_job", k) for k in fast_partitions.get_partition_keys()]
+        runs += [("thumbnails_slow_job", k) for k in slow_partitions.get_partition_keys()]
+    failed = []
+    for job_name, partition in runs:
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, raise_on_error=False, run_config=quiet, partition_key=partition)
+        if not result.success:
+            failed.append((job_name, partition, result))
+            if job_name == "dedup":
+                break  # the inventory is what everything else stands on
     click.echo("")
     _print_status(_status())
-    if not result.success:
-        failures = [e for e in result.all_events if e.is_step_failure]
-        for event in failures:
-            error = event.step_failure_data.error
-            click.echo(f"dam: step {event.step_key} failed: "
-                       f"{error.message.strip() if error else 'see the run log'}", err=True)
-        _fail(f"run {result.run_id} failed (details in the Dagster UI, run history)", 1)
+    for job_name, partition, result in failed:
+        for event in (e for e in result.all_events if e.is_step_failure):
+            data = event.step_failure_data
+            why = (data.user_failure_data.description if data.user_failure_data else None) or \
+                (data.error.message.strip() if data.error else "see the run log")
+            click.echo(f"dam: {event.step_key}{f' [{partition}]' if partition else ''} "
+                       f"failed: {why}", err=True)
+    if failed:
+        _fail(f"{len(failed)} of {len(runs)} runs failed (details in the Dagster UI, run "
+              "history); `dam backfill-failed` retries failed thumbnail partitions", 1)
 
 
 def _status() -> dict:
@@ -106,7 +121,9 @@ def _print_status(status: dict) -> None:
         "collision_groups": "collision groups (size + partial hash)",
         "duplicate_groups": "duplicate groups", "duplicate_files": "duplicate files",
         "reclaimable_bytes": "reclaimable bytes", "thumbnails_ok": "thumbnails",
-        "thumbnails_failed": "thumbnails failed", "walk_issues": "walk issues",
+        "thumbnails_failed": "thumbnails failed", "thumbnails_unsupported":
+        "files of a format without a renderer", "models_without_thumbnail":
+        "models without a thumbnail", "walk_issues": "walk issues",
     }
     width = max(len(v) for v in labels.values())
     for key, label in labels.items():
@@ -163,6 +180,28 @@ def duplicates(fmt: str) -> None:
             total = sum(g.reclaimable_bytes for g in groups)
             click.echo(f"{len(groups)} groups, {sum(len(g.duplicates) for g in groups)} "
                        f"duplicates, {total:,} bytes reclaimable")
+
+
+@main.command("backfill-failed")
+@click.option("--url", default="http://127.0.0.1:3000", show_default=True,
+              help="The Dagster webserver of the running instance (`make dev`).")
+def backfill_failed(url: str) -> None:
+    """Launch a backfill of the failed thumbnail partitions on the running instance: only the
+    files whose render failed for a reason that may pass are rendered again."""
+    from .backfill import BackfillError, failed_partitions, launch_backfill
+
+    try:
+        failed = failed_partitions(url, ["thumbnails_fast", "thumbnails_slow"])
+        if not any(failed.values()):
+            click.echo("No failed thumbnail partitions: nothing to backfill.")
+            return
+        for asset, partitions in failed.items():
+            if partitions:
+                backfill_id = launch_backfill(url, asset, partitions)
+                click.echo(f"{asset}: backfill {backfill_id} of {', '.join(partitions)}: "
+                           f"{url.rstrip('/')}/runs/b/{backfill_id}")
+    except BackfillError as exc:
+        _fail(str(exc))
 
 
 @main.command()

@@ -1,6 +1,8 @@
 """The dam_dagster code location: read this file to see the whole asset graph.
 
     file_inventory -> partial_hashes -> collision_candidates -> full_hashes -> duplicates
+    file_inventory -> thumbnails_fast   (partitions: size buckets under the threshold)
+    file_inventory -> thumbnails_slow   (partitions: size buckets at or over it)
 
 `file_inventory` is asked for by `library_sensor` when files change; every later asset has an
 eager automation condition, evaluated by the `dam_automation` sensor. Both sensors are on by
@@ -13,14 +15,14 @@ from .core.config import load_env_files
 
 load_env_files()  # .env and .env.local, for every process that loads this code location
 
-from . import dedup_assets  # noqa: E402
-from .resources import CatalogueResource, LibraryResource  # noqa: E402
+from . import dedup_assets, thumbnail_assets  # noqa: E402
+from .resources import CatalogueResource, LibraryResource, RenderResource  # noqa: E402
 from .sensors import automation_sensor, library_sensor  # noqa: E402
 
 defs = dg.Definitions(
-    assets=dedup_assets.ASSETS,
-    asset_checks=dedup_assets.CHECKS,
-    jobs=[dedup_assets.dedup_job],
+    assets=dedup_assets.ASSETS + thumbnail_assets.ASSETS,
+    asset_checks=dedup_assets.CHECKS + thumbnail_assets.CHECKS,
+    jobs=[dedup_assets.dedup_job, thumbnail_assets.fast_job, thumbnail_assets.slow_job],
     sensors=[library_sensor, automation_sensor],
     # The chain's steps run one after the other anyway, and the render lanes have process
     # pools of their own: a process per step would only add start-up time to every run.
@@ -28,5 +30,6 @@ defs = dg.Definitions(
     resources={
         "library": LibraryResource.from_env(),
         "catalogue": CatalogueResource.from_env(),
+        "renderer": RenderResource.from_env(),
     },
 )

@@ -1,4 +1,5 @@
-"""Resources: the library (where the models are, how to read them) and the catalogue store.
+"""Resources: the library (where the models are, how to read them), the catalogue store, and
+the renderer's settings.
 
 Every field is an environment variable (docs/CONFIGURATION.md). Variables that are set reach
 the resources as Dagster `EnvVar`s, so the UI shows where each value came from; unset ones
@@ -11,8 +12,9 @@ from typing import Any, ClassVar
 
 import dagster as dg
 
-from .core.config import ConfigError, check_data_dir_outside_roots, env, parse_bool, \
-    parse_patterns, parse_roots
+from .core.config import ConfigError, check_data_dir_outside_roots, cpu_count, env, \
+    parse_bool, parse_patterns, parse_roots
+from .core.render import RenderConfig
 from .core.store import Catalogue
 from .core.walk import PathFilter
 
@@ -30,6 +32,8 @@ def _from_env(fields: dict[str, tuple[str, type]]) -> dict[str, Any]:
                 values[field] = parse_bool(os.environ[name])
         else:
             default = env(name)
+            if default == "":  # computed at run time (a CPU count): the field's own default
+                continue
             values[field] = parse_bool(default) if kind is bool else kind(default)
     return values
 
@@ -95,3 +99,44 @@ class CatalogueResource(dg.ConfigurableResource):
 
     def check_outside(self, roots: tuple[Path, ...]) -> None:
         check_data_dir_outside_roots(self.data_path(), roots)
+
+
+class RenderResource(dg.ConfigurableResource):
+    """How thumbnails are rendered, per lane: workers, timeouts, memory, look."""
+
+    fast_workers: int = 0        # 0: the CPU count
+    slow_workers: int = 0        # 0: a quarter of the CPU count, at least 1
+    fast_timeout_s: int = 120
+    slow_timeout_s: int = 600
+    memory_mb: int = 4096
+    worker_max_files: int = 500
+    thumbnail_size: int = 256
+    background: str = "transparent"
+    prefer_embedded: bool = True
+
+    ENV: ClassVar[dict[str, tuple[str, type]]] = {
+        "fast_workers": ("DAM_FAST_WORKERS", int),
+        "slow_workers": ("DAM_SLOW_WORKERS", int),
+        "fast_timeout_s": ("DAM_FAST_TIMEOUT_S", int),
+        "slow_timeout_s": ("DAM_SLOW_TIMEOUT_S", int),
+        "memory_mb": ("DAM_RENDER_MEMORY_MB", int),
+        "worker_max_files": ("DAM_WORKER_MAX_FILES", int),
+        "thumbnail_size": ("DAM_THUMBNAIL_SIZE", int),
+        "background": ("DAM_THUMBNAIL_BACKGROUND", str),
+        "prefer_embedded": ("DAM_PREFER_EMBEDDED", bool),
+    }
+
+    @classmethod
+    def from_env(cls) -> "RenderResource":
+        return cls(**_from_env(cls.ENV))
+
+    def config(self, lane: str) -> RenderConfig:
+        cpus = cpu_count()
+        fast = lane == "fast"
+        workers = (self.fast_workers or cpus) if fast else (self.slow_workers or max(1, cpus // 4))
+        return RenderConfig(
+            size=self.thumbnail_size, background=self.background, workers=workers,
+            timeout_s=float(self.fast_timeout_s if fast else self.slow_timeout_s),
+            memory_mb=self.memory_mb, max_files_per_worker=self.worker_max_files,
+            prefer_embedded=self.prefer_embedded,
+        )

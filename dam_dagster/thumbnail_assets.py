@@ -1,0 +1,174 @@
+"""Thumbnails in two lanes split by file size, each partitioned by size bucket.
+
+    file_inventory -> thumbnails_fast   <1MB, 1-5MB, 5-30MB        many workers, 120 s timeout
+    file_inventory -> thumbnails_slow   30-100MB, 100-500MB, >=500MB  few workers, 600 s timeout
+
+A huge file never blocks small ones: the lanes have their own pools of render processes and
+their own concurrency pools, so both run at once. Within a partition only files without a
+current thumbnail are rendered (core/thumbnails.py says exactly which). Permanent failures are
+recorded and kept; failures that may pass (timeout, memory cap, crashed worker) make the
+partition's run fail at its end, so the UI shows the partition as failed and a backfill of
+failed partitions renders exactly those files again. Thumbnails follow the inventory by
+themselves (eager automation).
+"""
+
+import dataclasses
+import time
+
+import dagster as dg
+
+from .core.config import env
+from .core.render import make_contact_sheet_data_uri, render_files
+from .core.thumbnails import FAILED_STATUSES, FAST, SLOW, LaneStats, OutcomeWriter, \
+    lane_counts, lane_stats, plan_bucket, size_buckets
+from .dedup_assets import file_inventory, table_metadata
+from .resources import CatalogueResource, RenderResource
+
+GROUP = "thumbnails"
+EAGER = dg.AutomationCondition.eager()
+# The partitions depend on DAM_SIZE_THRESHOLD_MB: reload the code location after changing it.
+BUCKETS = {b.key: b for b in size_buckets(int(env("DAM_SIZE_THRESHOLD_MB")))}
+fast_partitions = dg.StaticPartitionsDefinition([k for k, b in BUCKETS.items() if b.lane == FAST])
+slow_partitions = dg.StaticPartitionsDefinition([k for k, b in BUCKETS.items() if b.lane == SLOW])
+
+
+class _Progress:
+    """done / total, rate and time left in the run log, every 15 s on long partitions."""
+
+    def __init__(self, log, what: str, total: int, every_s: float = 15.0):
+        self.log, self.what, self.total, self.every_s = log, what, total, every_s
+        self.done = 0
+        self.started = self.last = time.monotonic()
+
+    def tick(self, _outcome) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self.last >= self.every_s and self.done < self.total:
+            rate = self.done / (now - self.started)
+            left = (self.total - self.done) / rate if rate else 0
+            self.log.info(f"{self.what}: {self.done:,}/{self.total:,} files, {rate:.1f}/s, "
+                          f"about {left:,.0f} s left")
+            self.last = now
+
+
+def _failures_md(stats: LaneStats, limit: int = 25) -> dg.MetadataValue:
+    lines = ["| file | status | error | message |", "|---|---|---|---|"]
+    for path, status, cls, msg in stats.failures[:limit]:
+        lines.append(f"| `{path}` | {status} | {cls} | {msg[:200]} |")
+    if len(stats.failures) > limit:
+        lines.append(f"| ... {len(stats.failures) - limit} more | | | |")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def render_partition(context: dg.AssetExecutionContext, lane: str, renderer: RenderResource,
+                     catalogue: CatalogueResource) -> dg.MaterializeResult:
+    bucket = BUCKETS[context.partition_key]
+    config = renderer.config(lane)
+    cat = catalogue.catalogue(context.log)
+    plan = plan_bucket(cat, bucket, config.size, config.background)
+    if plan.settings_changed:  # PNGs are keyed by content: redo those made with old settings
+        config = dataclasses.replace(config, overwrite=True)
+    what = f"thumbnails {bucket.key}"
+    context.log.info(
+        f"{what}: {plan.in_bucket:,} files in the bucket, {len(plan.tasks):,} to render "
+        f"({plan.retries} retries, {plan.missing_png} lost PNGs), {plan.up_to_date:,} up to "
+        f"date; {config.workers} workers, {config.timeout_s:.0f} s timeout")
+    writer = OutcomeWriter(cat, bucket, plan, config.size, config.background)
+    writer.add_unsupported()
+    progress = _Progress(context.log, what, len(plan.tasks))
+
+    def on_outcome(outcome) -> None:
+        writer.add(outcome)
+        progress.tick(outcome)
+
+    started = time.monotonic()
+    outcomes = render_files(plan.tasks, cat.thumbs_dir, config, on_outcome=on_outcome)
+    writer.flush()
+    stats = lane_stats(outcomes, plan, cat.thumbs_dir, time.monotonic() - started)
+    context.log.info(f"{what}: {stats.by_source.get('render', 0)} rendered, "
+                     f"{stats.by_source.get('cache', 0)} reused, {len(stats.failures)} failed, "
+                     f"{stats.rate:.1f} files/s")
+    metadata = {
+        **table_metadata(cat, "thumbnails"),
+        "files in the bucket": plan.in_bucket,
+        "files to render": len(plan.tasks),
+        "up to date (not rendered)": plan.up_to_date,
+        "rendered": stats.by_source.get("render", 0),
+        "reused (same content already rendered)": stats.by_source.get("cache", 0),
+        "embedded previews": stats.by_source.get("embedded", 0),
+        "images": stats.by_source.get("image", 0),
+        "failed": sum(stats.by_status.get(s, 0) for s in FAILED_STATUSES),
+        **{f"status: {s}": n for s, n in sorted(stats.by_status.items())},
+        "files per second": round(stats.rate, 2),
+        "seconds": round(stats.seconds, 2),
+        "workers": config.workers,
+    }
+    sheet = make_contact_sheet_data_uri(stats.made[:24]) if stats.made else None
+    if sheet:
+        metadata["contact sheet"] = dg.MetadataValue.md(f"![thumbnails just made]({sheet})")
+    if stats.failures:
+        metadata["failures"] = _failures_md(stats)
+    if stats.transient_failures:
+        raise dg.Failure(
+            description=f"{what}: {stats.transient_failures} file(s) failed for a reason that "
+                        "may pass (timeout, memory cap, crashed worker, I/O error). Everything "
+                        "else is recorded; a backfill of failed partitions (UI, or `dam "
+                        "backfill-failed`) renders exactly those again.",
+            metadata=metadata,
+        )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    group_name=GROUP, kinds={"duckdb", "python"}, deps=[file_inventory],
+    partitions_def=fast_partitions, automation_condition=EAGER, pool="thumbnails_fast",
+    description="Thumbnails of the models under the size threshold: many workers, short timeout.",
+)
+def thumbnails_fast(context: dg.AssetExecutionContext, renderer: RenderResource,
+                    catalogue: CatalogueResource) -> dg.MaterializeResult:
+    return render_partition(context, FAST, renderer, catalogue)
+
+
+@dg.asset(
+    group_name=GROUP, kinds={"duckdb", "python"}, deps=[file_inventory],
+    partitions_def=slow_partitions, automation_condition=EAGER, pool="thumbnails_slow",
+    description="Thumbnails of the models at or over the size threshold: few workers, long "
+                "timeout, so huge files never hold up the small ones.",
+)
+def thumbnails_slow(context: dg.AssetExecutionContext, renderer: RenderResource,
+                    catalogue: CatalogueResource) -> dg.MaterializeResult:
+    return render_partition(context, SLOW, renderer, catalogue)
+
+
+def _failure_rate(lane: str, catalogue: CatalogueResource) -> dg.AssetCheckResult:
+    counts = lane_counts(catalogue.catalogue(), lane)
+    attempted = sum(n for s, n in counts.items() if s != "unsupported")
+    failed = sum(counts.get(s, 0) for s in FAILED_STATUSES)
+    rate = failed / attempted if attempted else 0.0
+    return dg.AssetCheckResult(
+        passed=rate <= 0.05, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"failure rate": round(rate, 4), "failed": failed, "attempted": attempted,
+                  **{f"status: {s}": n for s, n in sorted(counts.items())}},
+    )
+
+
+@dg.asset_check(asset=thumbnails_fast, automation_condition=EAGER,
+                description="Share of the fast lane's files without a thumbnail because "
+                            "rendering failed (warns above 5 %).")
+def fast_lane_failure_rate(catalogue: CatalogueResource) -> dg.AssetCheckResult:
+    return _failure_rate(FAST, catalogue)
+
+
+@dg.asset_check(asset=thumbnails_slow, automation_condition=EAGER,
+                description="Share of the slow lane's files without a thumbnail because "
+                            "rendering failed (warns above 5 %).")
+def slow_lane_failure_rate(catalogue: CatalogueResource) -> dg.AssetCheckResult:
+    return _failure_rate(SLOW, catalogue)
+
+
+ASSETS = [thumbnails_fast, thumbnails_slow]
+CHECKS = [fast_lane_failure_rate, slow_lane_failure_rate]
+fast_job = dg.define_asset_job("thumbnails_fast_job", selection=[thumbnails_fast],
+                               partitions_def=fast_partitions)
+slow_job = dg.define_asset_job("thumbnails_slow_job", selection=[thumbnails_slow],
+                               partitions_def=slow_partitions)
