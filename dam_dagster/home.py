@@ -26,6 +26,9 @@ concurrency:
     # thumbnails_fast / thumbnails_slow (one render pool per lane at a time, each using all
     # its worker processes). Raise a single pool with `dagster instance concurrency set`.
     default_limit: 1
+    # A run waits in the queue until its pools have room, rather than starting and holding a
+    # process while its step waits.
+    granularity: run
 
 run_monitoring:
   # Notice runs whose process died, so their pool slots are freed.

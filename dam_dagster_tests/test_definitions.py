@@ -45,6 +45,7 @@ def test_dagster_yaml_is_a_valid_instance_config(tmp_path, monkeypatch):
     instance = dg.DagsterInstance.get()
     assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
     assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 10
+    assert instance.get_concurrency_config().pool_config.pool_granularity.value == "run"
     # never overwritten: edits stick
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     prepare_dagster_home()
