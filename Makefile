@@ -49,6 +49,7 @@ bench-dedup: install
 	$(BIN)/python bench/dedup_bench.py
 
 bench-render: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python bench/render_bench.py
 
 clean:
