@@ -6,7 +6,7 @@ and one camera node; each model's mesh nodes are added, drawn and removed (their
 freed at once), so nothing accumulates from file to file.
 
 What differs from a stock `pyrender.OffscreenRenderer.render` call, for speed (measured on
-llvmpipe, 14k-triangle STL, 256 px; see docs/BENCHMARKS_render.md):
+llvmpipe, 14k-triangle STL, 256 px; see docs/BENCHMARKS.md):
 * our own shaders (shaders.py) instead of pyrender's PBR ones: about 4x less fragment time;
 * anti-aliasing by 2x2 supersampling (draw at twice the size, single-sample framebuffer, box
   filter in Pillow) instead of pyrender's 4x MSAA framebuffer: llvmpipe's MSAA path costs
