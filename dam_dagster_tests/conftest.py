@@ -17,8 +17,18 @@ from dam_dagster.core.inventory import update_inventory
 from dam_dagster.core.store import Catalogue
 
 PROJECT = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("DAM_TEST_CORPUS",
-                             PROJECT.parent / "shared" / "corpus" / "trimesh-models"))
+
+
+def _find_corpus() -> Path:
+    """The shared model corpus: $DAM_TEST_CORPUS, else `shared/corpus/trimesh-models` beside
+    the project or beside any folder above it (a clone may sit deeper than the checkout)."""
+    if os.environ.get("DAM_TEST_CORPUS"):
+        return Path(os.environ["DAM_TEST_CORPUS"])
+    candidates = [up / "shared" / "corpus" / "trimesh-models" for up in PROJECT.parents]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+CORPUS = _find_corpus()
 BIN = Path(sys.executable).parent
 
 

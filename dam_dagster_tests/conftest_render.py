@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-PROJECT = Path(__file__).resolve().parents[1]
-RENDER_CORPUS = Path(os.environ.get(
-    "DAM_TEST_CORPUS", PROJECT.parent / "shared" / "corpus" / "trimesh-models"))
+from .conftest import CORPUS as RENDER_CORPUS
 
 
 @pytest.fixture(scope="session")
