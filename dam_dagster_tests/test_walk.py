@@ -132,6 +132,10 @@ def test_network_filesystems_get_the_io_threads(tmp_path, monkeypatch):
 
     local = walk.filesystem_type(tmp_path)
     assert local and walk.filesystem_type("/proc") == "proc"
+    from dam_dagster.core.dedup import prefix_threads
+
     assert walk.walk_threads([tmp_path], 8) == 1
+    assert prefix_threads([str(tmp_path)], 8) == 2 and prefix_threads([str(tmp_path)], 1) == 1
     monkeypatch.setattr(walk, "NETWORK_FILESYSTEMS", frozenset({local}))
     assert walk.walk_threads([tmp_path], 8) == 8
+    assert prefix_threads([str(tmp_path)], 8) == 8

@@ -180,9 +180,14 @@ def filesystem_type(path: str | os.PathLike) -> str | None:
     return best_type
 
 
+def on_network_filesystem(roots: Iterable[str | os.PathLike]) -> bool:
+    """Whether any of the roots lies on a network filesystem (each read a round trip)."""
+    return any(filesystem_type(r) in NETWORK_FILESYSTEMS for r in roots)
+
+
 def walk_threads(roots: Iterable[Path], io_threads: int) -> int:
     """io_threads when any root is on a network filesystem, else 1."""
-    return io_threads if any(filesystem_type(r) in NETWORK_FILESYSTEMS for r in roots) else 1
+    return io_threads if on_network_filesystem(roots) else 1
 
 
 @dataclass
