@@ -41,7 +41,7 @@ def _isolated_environment(monkeypatch, tmp_path):
     (tmp_path / "dagster_home").mkdir()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"the shared model corpus is not at {CORPUS} (set DAM_TEST_CORPUS)")

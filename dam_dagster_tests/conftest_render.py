@@ -1,4 +1,4 @@
-"""Fixtures and helpers for test_render.py (imported from it; pytest does not load this file
+"""Helpers for test_render.py (imported from it; pytest does not load this file
 by itself). Real files only: corpus models copied into a temporary library, and small files
 written here with numpy and Pillow."""
 
@@ -6,24 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
-
-from .conftest import CORPUS as RENDER_CORPUS
-
-
-@pytest.fixture(scope="session")
-def render_corpus() -> Path:
-    if not RENDER_CORPUS.is_dir():
-        pytest.skip(f"the shared model corpus is not at {RENDER_CORPUS} "
-                    "(set DAM_TEST_CORPUS to run the render tests on real models)")
-    return RENDER_CORPUS
 
 
 def md5_of(path: Path) -> str:
@@ -40,18 +28,6 @@ def copy_into(library: Path, corpus: Path, names) -> dict[str, Path]:
         shutil.copy2(corpus / name, dst)
         out[name] = dst
     return out
-
-
-def snapshot(folder: Path) -> dict[str, tuple]:
-    """Every entry under folder: (kind, size, mtime_ns, md5) - to prove nothing changed."""
-    state = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            p = Path(root) / name
-            st = p.lstat()
-            digest = md5_of(p) if p.is_file() and not p.is_symlink() else None
-            state[str(p.relative_to(folder))] = (p.is_dir(), st.st_size, st.st_mtime_ns, digest)
-    return state
 
 
 def rgba(png: Path) -> np.ndarray:

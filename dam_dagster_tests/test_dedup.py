@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-from pathlib import Path
 
 from dam_dagster.core import dedup
 from dam_dagster.core.store import Catalogue

@@ -23,12 +23,10 @@ from dam_dagster.core.render import (IMAGE_EXTENSIONS, MODEL_EXTENSIONS, TEST_CR
                                      make_contact_sheet, make_contact_sheet_data_uri,
                                      render_files, thumbnail_relpath)
 
-from . import conftest_render
+from .conftest import snapshot
 from .conftest_render import (alpha_bbox, binary_ply, binary_stl, box_triangles, copy_into,
-                              md5_of, png_bytes, rgba, snapshot, threemf_with_colours,
+                              md5_of, png_bytes, rgba, threemf_with_colours,
                               threemf_with_thumbnail)
-
-render_corpus = conftest_render.render_corpus  # the fixture (conftest.py is not ours)
 
 SIZE = 256
 
@@ -67,12 +65,12 @@ def _pngs(thumbs: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def corpus_batch(render_corpus, tmp_path_factory):
+def corpus_batch(corpus, tmp_path_factory):
     """The GOOD_MODELS rendered once, in one batch of two workers."""
     base = tmp_path_factory.mktemp("render_batch")
     library, thumbs = base / "library", base / "thumbs"
     names = list(GOOD_MODELS) + [side for sides in GOOD_MODELS.values() for side in sides]
-    copy_into(library, render_corpus, names)
+    copy_into(library, corpus, names)
     before = snapshot(library)
     paths = [library / name for name in GOOD_MODELS]
     stats: dict = {}
@@ -180,9 +178,9 @@ def test_3mf_colours_are_drawn(tmp_path):
     assert ndimage.label(opaque)[1] == 2  # both build items
 
 
-def test_broken_empty_and_unknown_files_fail_permanently(render_corpus, tmp_path):
+def test_broken_empty_and_unknown_files_fail_permanently(corpus, tmp_path):
     library = tmp_path / "library"
-    copy_into(library, render_corpus, ["empty.stl", "empty.obj", "empty.ply", "empty_nodes.glb"])
+    copy_into(library, corpus, ["empty.stl", "empty.obj", "empty.ply", "empty_nodes.glb"])
     (library / "zero.stl").write_bytes(b"")
     (library / "truncated.stl").write_bytes(binary_stl(box_triangles())[:-200])
     (library / "noise.stl").write_bytes(np.random.default_rng(1).bytes(3000))
@@ -210,8 +208,8 @@ def test_broken_empty_and_unknown_files_fail_permanently(render_corpus, tmp_path
     assert _pngs(tmp_path / "thumbs") == []
 
 
-def test_step_needs_cascadio(render_corpus, tmp_path):
-    copy_into(tmp_path / "lib", render_corpus, ["featuretype.STEP"])
+def test_step_needs_cascadio(corpus, tmp_path):
+    copy_into(tmp_path / "lib", corpus, ["featuretype.STEP"])
     [o] = render_files(_tasks([tmp_path / "lib" / "featuretype.STEP"]), tmp_path / "thumbs",
                        RenderConfig(workers=1))
     try:
@@ -225,7 +223,7 @@ def test_step_needs_cascadio(render_corpus, tmp_path):
 
 
 def test_a_hung_render_is_killed_at_the_timeout_and_the_batch_completes(
-        render_corpus, tmp_path, monkeypatch):
+        corpus, tmp_path, monkeypatch):
     monkeypatch.setenv(TEST_HANG_ENV, ".hang.stl")
     library = tmp_path / "library"
     library.mkdir()
@@ -283,12 +281,12 @@ def test_an_exploding_model_hits_the_memory_cap_alone(tmp_path):
     assert stats["memory_kills"] == 1
 
 
-def test_identical_files_share_one_png_and_are_not_rendered_twice(render_corpus, tmp_path):
+def test_identical_files_share_one_png_and_are_not_rendered_twice(corpus, tmp_path):
     library = tmp_path / "library"
     (library / "sub").mkdir(parents=True)
     names = ["one.stl", "sub/two.STL", "three.stl"]
     for name in names:
-        shutil.copy(render_corpus / "box.STL", library / name)
+        shutil.copy(corpus / "box.STL", library / name)
     thumbs = tmp_path / "thumbs"
     first = render_files(_tasks([library / n for n in names]), thumbs, RenderConfig(workers=1))
     assert {o.status for o in first} == {"ok"}
@@ -313,12 +311,12 @@ def test_identical_files_share_one_png_and_are_not_rendered_twice(render_corpus,
     assert len(_pngs(thumbs)) == 1
 
 
-def test_embedded_3mf_previews_images_and_backgrounds(render_corpus, tmp_path):
+def test_embedded_3mf_previews_images_and_backgrounds(corpus, tmp_path):
     library = tmp_path / "library"
-    copy_into(library, render_corpus, ["counterX.3MF", "capsule0.jpg"])
+    copy_into(library, corpus, ["counterX.3MF", "capsule0.jpg"])
     marker = png_bytes((400, 200), (20, 180, 60, 255))
     (library / "sliced.3mf").write_bytes(
-        threemf_with_thumbnail(render_corpus / "featuretype.3MF", marker))
+        threemf_with_thumbnail(corpus / "featuretype.3MF", marker))
     (library / "photo.jpeg").write_bytes(png_bytes((90, 300), (30, 60, 200, 255), "JPEG"))
     (library / "art.webp").write_bytes(png_bytes((64, 64), (250, 200, 0, 255), "WEBP"))
     names = ["counterX.3MF", "sliced.3mf", "capsule0.jpg", "photo.jpeg", "art.webp"]
@@ -350,12 +348,12 @@ def test_embedded_3mf_previews_images_and_backgrounds(render_corpus, tmp_path):
         assert im.getpixel((128, 128)) != (255, 0, 0)
 
 
-def test_without_egl_models_fail_transiently_and_images_still_work(render_corpus, tmp_path,
+def test_without_egl_models_fail_transiently_and_images_still_work(corpus, tmp_path,
                                                                    monkeypatch):
     # glvnd finds no EGL vendor: what a machine without Mesa's EGL looks like to a worker
     monkeypatch.setenv("__EGL_VENDOR_LIBRARY_FILENAMES", str(tmp_path / "none.json"))
     names = ["box.STL", "capsule0.jpg", "torus.STL"]
-    copy_into(tmp_path / "lib", render_corpus, names)
+    copy_into(tmp_path / "lib", corpus, names)
     outcomes = render_files(_tasks([tmp_path / "lib" / n for n in names]), tmp_path / "thumbs",
                             RenderConfig(workers=1))
     for o in (outcomes[0], outcomes[2]):

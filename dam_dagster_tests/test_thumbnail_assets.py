@@ -2,11 +2,9 @@
 the partition, retries of exactly the failed files, and what the catalogue then says."""
 
 import base64
-import json
 import os
 import re
 import shutil
-import subprocess
 
 import dagster as dg
 import pytest
@@ -17,7 +15,7 @@ from dam_dagster.core.store import Catalogue
 from dam_dagster.core.thumbnails import plan_bucket, size_buckets
 from dam_dagster.resources import CatalogueResource, LibraryResource, RenderResource
 
-from .conftest import BIN, snapshot
+from .conftest import snapshot
 
 MODELS = ["box.STL", "torus.STL", "idler_riser.STL", "Duck.glb", "fuze.obj", "fuze.obj.mtl",
           "fuze uv.jpg", "featuretype.3MF", "bunny.ply", "busted.STL", "empty.stl",
