@@ -112,7 +112,7 @@ def prefix_threads(roots: list[str], io_threads: int) -> int:
     On a network share every read is a round trip: all io_threads. On a local disk more than
     two threads only fight over the GIL: the pass of the benchmark (15,803 files) took 0.62 s
     warm with 2 threads against 1.06 s with 8, and cold 1.86 s against 1.81 s (medians, see
-    docs/HASHING.md); one thread is as fast warm but ~40 % slower cold.
+    docs/HASHING.md); one thread was as fast warm (0.56-0.60 s) but took 2.56 s cold.
     """
     return io_threads if on_network_filesystem(roots) else min(io_threads, 2)
 
