@@ -11,7 +11,7 @@ PORT   ?= 3000
 # Debian packages for off-screen OpenGL: EGL with Mesa's drivers (llvmpipe where there is no GPU).
 SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libglvnd0
 
-.PHONY: install dev test system-deps sample bench-dedup bench-render clean
+.PHONY: install dev test lint system-deps sample bench-dedup bench-render clean
 
 install: system-deps $(STAMP)
 
@@ -38,8 +38,13 @@ system-deps:
 dev: install
 	$(BIN)/dam dev --host $(HOST) --port $(PORT)
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (configured in pyproject.toml): lint and the format check, on the whole tree.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # A small library of real meshes, made with trimesh, under the data folder.
 sample: install

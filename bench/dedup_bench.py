@@ -40,9 +40,12 @@ def drop_caches() -> bool:
 def ensure_tools() -> None:
     missing = [t for t in ("jdupes", "rdfind") if not shutil.which(t)]
     if missing and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=False,
-                       stdout=subprocess.DEVNULL, env={**os.environ,
-                                                       "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", *missing],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     missing = [t for t in ("jdupes", "rdfind") if not shutil.which(t)]
     if missing:
         sys.exit(f"missing {', '.join(missing)}: sudo apt-get install -y {' '.join(missing)}")
@@ -50,8 +53,9 @@ def ensure_tools() -> None:
 
 def timed(cmd: list[str], cwd=None, env=None) -> tuple[float, str]:
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}
+    )
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed: {proc.stderr[-2000:]}")
@@ -138,10 +142,22 @@ print(json.dumps({{"core_s": statistics.median(c), "materialize_s": statistics.m
     home = Path(tempfile.mkdtemp(prefix="dam-bench-home-"))
     cli = []
     for _ in range(repeats):
-        elapsed, _ = timed([str(BIN / "dagster"), "asset", "materialize", "-m",
-                            "dam_dagster.definitions", "--select", "*duplicates"],
-                           env={"DAM_LIBRARY_ROOTS": str(library), "DAM_DATA_DIR": str(data),
-                                "DAGSTER_HOME": str(home)})
+        elapsed, _ = timed(
+            [
+                str(BIN / "dagster"),
+                "asset",
+                "materialize",
+                "-m",
+                "dam_dagster.definitions",
+                "--select",
+                "*duplicates",
+            ],
+            env={
+                "DAM_LIBRARY_ROOTS": str(library),
+                "DAM_DATA_DIR": str(data),
+                "DAGSTER_HOME": str(home),
+            },
+        )
         cli.append(elapsed)
     shutil.rmtree(home, ignore_errors=True)
     result["dagster_cli_s"] = statistics.median(cli)
@@ -199,28 +215,47 @@ def main() -> None:
         if ("rescan", mode) in rows:
             o = rows[("rescan", mode)]
             j, r = rows[("jdupes", mode)], rows[("rdfind", mode)]
-            print(f"| unchanged rescan, {mode} | {o:.2f} | {j:.2f} | {r:.2f} | {j / o:.1f} | "
-                  f"{r / o:.1f} |")
-    print(f"\nidentical answers: {same} ({len(answers['ours'])} groups; jdupes "
-          f"{len(answers['jdupes'])}, rdfind {len(answers['rdfind'])})")
+            print(
+                f"| unchanged rescan, {mode} | {o:.2f} | {j:.2f} | {r:.2f} | {j / o:.1f} | "
+                f"{r / o:.1f} |"
+            )
+    print(
+        f"\nidentical answers: {same} ({len(answers['ours'])} groups; jdupes "
+        f"{len(answers['jdupes'])}, rdfind {len(answers['rdfind'])})"
+    )
     w = detail["warm"]
-    print(f"ours, first run: {w['partial_files_read']:,} files partially read "
-          f"({w['partial_bytes_read'] / 1e9:.2f} GB), {w['candidate_groups']} candidate groups, "
-          f"{w['full_files_read']} files fully read ({w['full_bytes_read'] / 1e9:.2f} GB)")
-    print("ours, stage seconds (warm first run): " + ", ".join(
-        f"{k} {v:.2f}" for k, v in w["stages"].items()))
+    print(
+        f"ours, first run: {w['partial_files_read']:,} files partially read "
+        f"({w['partial_bytes_read'] / 1e9:.2f} GB), {w['candidate_groups']} candidate groups, "
+        f"{w['full_files_read']} files fully read ({w['full_bytes_read'] / 1e9:.2f} GB)"
+    )
+    print(
+        "ours, stage seconds (warm first run): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in w["stages"].items())
+    )
     r = detail["rescan-warm"]
     print(f"ours, unchanged rescan: {r['partial_bytes_read'] + r['full_bytes_read']} bytes read")
-    print(f"Dagster overhead per run (unchanged rescan, warm process): core "
-          f"{overhead['core_s']:.2f} s, dg.materialize {overhead['materialize_s']:.2f} s "
-          f"(+{overhead['materialize_s'] - overhead['core_s']:.2f} s); `dagster asset "
-          f"materialize` command {overhead['dagster_cli_s']:.2f} s")
+    print(
+        f"Dagster overhead per run (unchanged rescan, warm process): core "
+        f"{overhead['core_s']:.2f} s, dg.materialize {overhead['materialize_s']:.2f} s "
+        f"(+{overhead['materialize_s'] - overhead['core_s']:.2f} s); `dagster asset "
+        f"materialize` command {overhead['dagster_cli_s']:.2f} s"
+    )
     out = HERE / "out" / "dedup_results.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"rows": {f"{k[0]}-{k[1]}": v for k, v in rows.items()},
-                               "identical": same, "overhead": overhead,
-                               "detail": {k: {kk: vv for kk, vv in v.items() if kk != "groups"}
-                                          for k, v in detail.items()}}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "rows": {f"{k[0]}-{k[1]}": v for k, v in rows.items()},
+                "identical": same,
+                "overhead": overhead,
+                "detail": {
+                    k: {kk: vv for kk, vv in v.items() if kk != "groups"} for k, v in detail.items()
+                },
+            },
+            indent=2,
+        )
+    )
     if not same:
         sys.exit("the tools disagree: see bench/out/dedup_results.json")
 

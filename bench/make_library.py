@@ -20,7 +20,6 @@ generator, sets the pace. Deterministic for a given --seed.
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -31,8 +30,9 @@ HEAD = TAIL = 64 * K
 
 
 def plan_sizes(rng: np.random.Generator, files: int, scale: float) -> list[tuple[str, int]]:
-    kinds = rng.choice(["stl", "3mf", "obj", "img", "txt"], size=files,
-                       p=[0.80, 0.08, 0.05, 0.04, 0.03])
+    kinds = rng.choice(
+        ["stl", "3mf", "obj", "img", "txt"], size=files, p=[0.80, 0.08, 0.05, 0.04, 0.03]
+    )
     plan = []
     for kind in kinds:
         if kind == "stl":
@@ -43,8 +43,12 @@ def plan_sizes(rng: np.random.Generator, files: int, scale: float) -> list[tuple
         elif kind == "obj":
             plan.append((".obj", int(max(K, rng.lognormal(np.log(1500 * K * scale), 1.0)))))
         elif kind == "img":
-            plan.append((rng.choice([".jpg", ".png"]),
-                         int(max(K, rng.lognormal(np.log(300 * K * scale), 0.8)))))
+            plan.append(
+                (
+                    rng.choice([".jpg", ".png"]),
+                    int(max(K, rng.lognormal(np.log(300 * K * scale), 0.8))),
+                )
+            )
         else:
             plan.append((".txt", int(max(10, rng.lognormal(np.log(3 * K), 1.0)))))
     for i in range(5):
@@ -75,9 +79,9 @@ def main() -> None:
             return rng.bytes(size)
         middle = size - HEAD - TAIL
         start = int(rng.integers(0, len(shared) - min(middle, len(shared)) + 1))
-        body = shared[start:start + middle]
+        body = shared[start : start + middle]
         while len(body) < middle:  # giants: repeat the buffer
-            body += shared[:middle - len(body)]
+            body += shared[: middle - len(body)]
         return rng.bytes(HEAD) + body + rng.bytes(TAIL)
 
     args.dest.mkdir(parents=True, exist_ok=True)
@@ -100,7 +104,9 @@ def main() -> None:
         data = written[int(idx)].read_bytes()
         members = [str(written[int(idx)])]
         for c in range(group_size - 1):
-            copy = args.dest / "downloads" / f"batch_{n:02d}" / f"copy_{c} of {written[int(idx)].name}"
+            copy = (
+                args.dest / "downloads" / f"batch_{n:02d}" / f"copy_{c} of {written[int(idx)].name}"
+            )
             copy.parent.mkdir(parents=True, exist_ok=True)
             copy.write_bytes(data)
             members.append(str(copy))
@@ -117,8 +123,14 @@ def main() -> None:
             path.write_bytes(head + rng.bytes(size - HEAD - TAIL) + tail)
             total += size
     files = len(written) + sum(g - 1 for g in groups) + 160
-    manifest = {"files": files, "bytes": total, "planted_duplicate_groups": planted,
-                "decoy_pairs": 80, "seed": args.seed, "scale": args.scale}
+    manifest = {
+        "files": files,
+        "bytes": total,
+        "planted_duplicate_groups": planted,
+        "decoy_pairs": 80,
+        "seed": args.seed,
+        "scale": args.scale,
+    }
     (args.dest.parent / (args.dest.name + ".manifest.json")).write_text(json.dumps(manifest))
     print(f"{files:,} files, {total / 1e9:.2f} GB in {args.dest}", file=sys.stderr)
 

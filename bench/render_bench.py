@@ -61,10 +61,12 @@ def cpu_seconds() -> float:
 
 def busy_cpus(seconds: float = 1.0) -> float:
     """How many CPUs other processes kept busy over the last second (from /proc/stat)."""
+
     def sample():
         with open("/proc/stat") as f:
             values = [int(x) for x in f.readline().split()[1:]]
         return sum(values), values[3] + values[4]  # total, idle + iowait
+
     total0, idle0 = sample()
     time.sleep(seconds)
     total1, idle1 = sample()
@@ -76,25 +78,34 @@ def busy_cpus(seconds: float = 1.0) -> float:
 # ours
 # ---------------------------------------------------------------------------------------
 
+
 def run_ours(paths: list[Path], thumbs: Path, workers: int, size: int, timeout: float) -> dict:
     shutil.rmtree(thumbs, ignore_errors=True)
     tasks = [RenderTask(i, str(p), p.stat().st_size) for i, p in enumerate(paths)]
     stats: dict = {}
     cpu0 = cpu_seconds()
     started = time.perf_counter()
-    outcomes = render_files(tasks, thumbs, RenderConfig(size=size, workers=workers,
-                                                        timeout_s=timeout), stats=stats)
+    outcomes = render_files(
+        tasks, thumbs, RenderConfig(size=size, workers=workers, timeout_s=timeout), stats=stats
+    )
     wall = time.perf_counter() - started
     cpu = cpu_seconds() - cpu0
     ok = sum(o.status == "ok" and o.source == "render" for o in outcomes)
     return {
-        "tool": "ours", "files": len(paths), "ok": ok, "workers": workers,
-        "wall_s": round(wall, 3), "renders_per_s": round(ok / wall, 2),
+        "tool": "ours",
+        "files": len(paths),
+        "ok": ok,
+        "workers": workers,
+        "wall_s": round(wall, 3),
+        "renders_per_s": round(ok / wall, 2),
         "cpu_s_per_render": round(cpu / max(ok, 1), 4),
         "peak_rss_mb_per_worker": stats["peak_rss_mb"],
         "pool": stats,
-        "pngs": {str(p): str(thumbs / o.thumbnail_relpath) for p, o in zip(paths, outcomes)
-                 if o.thumbnail_relpath},
+        "pngs": {
+            str(p): str(thumbs / o.thumbnail_relpath)
+            for p, o in zip(paths, outcomes)
+            if o.thumbnail_relpath
+        },
     }
 
 
@@ -102,16 +113,19 @@ def run_ours(paths: list[Path], thumbs: Path, workers: int, size: int, timeout: 
 # f3d
 # ---------------------------------------------------------------------------------------
 
+
 def _f3d_worker(shard: list[str], out_dir: str, size: int, queue) -> None:
     import f3d
 
     f3d.Log.set_verbose_level(f3d.Log.QUIET)
     engine = f3d.Engine.create_egl()
-    engine.options.update({
-        "scene.up_direction": [0, 0, 1],
-        "render.effect.antialiasing.mode": "fxaa",
-        "ui.loader_progress": False,
-    })
+    engine.options.update(
+        {
+            "scene.up_direction": [0, 0, 1],
+            "render.effect.antialiasing.mode": "fxaa",
+            "ui.loader_progress": False,
+        }
+    )
     engine.window.size = (size, size)
     az, el = math.radians(AZIMUTH_DEG), math.radians(ELEVATION_DEG)
     direction = (math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el))
@@ -142,8 +156,9 @@ def run_f3d(paths: list[Path], out_dir: Path, workers: int, size: int) -> dict:
     shards = [[str(p) for p in paths[i::workers]] for i in range(workers)]
     cpu0 = cpu_seconds()
     started = time.perf_counter()
-    procs = [ctx.Process(target=_f3d_worker, args=(shard, str(out_dir), size, queue))
-             for shard in shards]
+    procs = [
+        ctx.Process(target=_f3d_worker, args=(shard, str(out_dir), size, queue)) for shard in shards
+    ]
     for p in procs:
         p.start()
     results = [queue.get() for _ in procs]
@@ -153,8 +168,12 @@ def run_f3d(paths: list[Path], out_dir: Path, workers: int, size: int) -> dict:
     cpu = cpu_seconds() - cpu0
     ok = sum(r["ok"] for r in results)
     return {
-        "tool": "f3d", "files": len(paths), "ok": ok, "workers": workers,
-        "wall_s": round(wall, 3), "renders_per_s": round(ok / wall, 2),
+        "tool": "f3d",
+        "files": len(paths),
+        "ok": ok,
+        "workers": workers,
+        "wall_s": round(wall, 3),
+        "renders_per_s": round(ok / wall, 2),
         "cpu_s_per_render": round(cpu / max(ok, 1), 4),
         "peak_rss_mb_per_worker": round(max(r["maxrss_mb"] for r in results), 1),
         "pngs": {str(p): str(out_dir / (p.stem + ".png")) for p in paths},
@@ -165,8 +184,10 @@ def run_f3d(paths: list[Path], out_dir: Path, workers: int, size: int) -> dict:
 # contact sheet
 # ---------------------------------------------------------------------------------------
 
-def contact_sheet(pairs: list[tuple[str, str | None, str | None]], out: Path,
-                  cell: int = 128) -> None:
+
+def contact_sheet(
+    pairs: list[tuple[str, str | None, str | None]], out: Path, cell: int = 128
+) -> None:
     """Two rows per block: ours above, f3d below, for the same files."""
     from PIL import Image, ImageDraw
 
@@ -197,10 +218,12 @@ def contact_sheet(pairs: list[tuple[str, str | None, str | None]], out: Path,
 
 # ---------------------------------------------------------------------------------------
 
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", type=Path,
-                        default=PROJECT.parent / "shared" / "corpus" / "trimesh-models")
+    parser.add_argument(
+        "--corpus", type=Path, default=PROJECT.parent / "shared" / "corpus" / "trimesh-models"
+    )
     parser.add_argument("--out", type=Path, default=PROJECT / "bench" / "out" / "render")
     parser.add_argument("--lanes", default="fast,slow")
     parser.add_argument("--fast-files", type=int, default=LANES["fast"][1])
@@ -216,12 +239,19 @@ def main(argv=None) -> int:
     if f3d_ok:
         try:
             import f3d
+
             f3d_version = f3d.__version__
         except ImportError:
             print("f3d is not installed (pip install f3d, the 'bench' extra): ours only")
             f3d_ok, f3d_version = False, None
-    results = {"machine": {"cpus": len(os.sched_getaffinity(0)), "python": sys.version.split()[0],
-                           "f3d": f3d_version if f3d_ok else None}, "lanes": {}}
+    results = {
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "python": sys.version.split()[0],
+            "f3d": f3d_version if f3d_ok else None,
+        },
+        "lanes": {},
+    }
     rows = []
     sheet_pairs = []
     for lane in [x.strip() for x in args.lanes.split(",") if x.strip()]:
@@ -232,39 +262,53 @@ def main(argv=None) -> int:
         paths = build_lane(args.corpus, args.out / lane, target, count, lane)
         sizes = [p.stat().st_size for p in paths]
         models = sorted({p.stem.split("_", 2)[2] for p in paths})
-        print(f"[{lane}] {len(paths)} files, {sum(sizes) / len(sizes) / 1e6:.2f} MB average, "
-              f"{len(models)} source models, built in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"[{lane}] {len(paths)} files, {sum(sizes) / len(sizes) / 1e6:.2f} MB average, "
+            f"{len(models)} source models, built in {time.perf_counter() - t0:.1f} s"
+        )
         load = busy_cpus()
         if load > 0.3:
-            print(f"[{lane}] warning: {load:.1f} CPUs busy with other work before the run: "
-                  "figures are only meaningful on an otherwise idle machine")
+            print(
+                f"[{lane}] warning: {load:.1f} CPUs busy with other work before the run: "
+                "figures are only meaningful on an otherwise idle machine"
+            )
         for p in paths:  # page cache: both tools read from memory
             with open(p, "rb") as f:
                 while f.read(1 << 24):
                     pass
-        lane_results = [run_ours(paths, args.out / f"{lane}_thumbs_ours", workers, args.size,
-                                 timeout)]
+        lane_results = [
+            run_ours(paths, args.out / f"{lane}_thumbs_ours", workers, args.size, timeout)
+        ]
         if f3d_ok:
-            lane_results.append(run_f3d(paths, args.out / f"{lane}_thumbs_f3d", workers,
-                                        args.size))
+            lane_results.append(run_f3d(paths, args.out / f"{lane}_thumbs_f3d", workers, args.size))
         for r in lane_results:
             rows.append((lane, r))
-            print(f"[{lane}] {r['tool']:5s} {r['ok']}/{r['files']} in {r['wall_s']:.1f} s: "
-                  f"{r['renders_per_s']:.1f} renders/s, {r['cpu_s_per_render'] * 1000:.1f} "
-                  f"ms CPU/render, peak {r['peak_rss_mb_per_worker']:.0f} MB/worker")
+            print(
+                f"[{lane}] {r['tool']:5s} {r['ok']}/{r['files']} in {r['wall_s']:.1f} s: "
+                f"{r['renders_per_s']:.1f} renders/s, {r['cpu_s_per_render'] * 1000:.1f} "
+                f"ms CPU/render, peak {r['peak_rss_mb_per_worker']:.0f} MB/worker"
+            )
         results["lanes"][lane] = {
-            "target_triangles": target, "files": len(paths),
-            "average_mb": round(sum(sizes) / len(sizes) / 1e6, 3), "source_models": models,
+            "target_triangles": target,
+            "files": len(paths),
+            "average_mb": round(sum(sizes) / len(sizes) / 1e6, 3),
+            "source_models": models,
             "cpus_busy_before": round(load, 2),
-            "results": [{k: v for k, v in r.items() if k != "pngs"} for r in lane_results]}
+            "results": [{k: v for k, v in r.items() if k != "pngs"} for r in lane_results],
+        }
         if lane == "fast" and f3d_ok:
             seen = set()
             for p in paths:
                 stem = p.stem.split("_", 2)[2]
                 if stem not in seen:
                     seen.add(stem)
-                    sheet_pairs.append((stem, lane_results[0]["pngs"].get(str(p)),
-                                        lane_results[1]["pngs"].get(str(p))))
+                    sheet_pairs.append(
+                        (
+                            stem,
+                            lane_results[0]["pngs"].get(str(p)),
+                            lane_results[1]["pngs"].get(str(p)),
+                        )
+                    )
     if sheet_pairs:
         contact_sheet(sheet_pairs[:16], args.sheet)
         print(f"contact sheet: {args.sheet} ({args.sheet.stat().st_size // 1024} KB)")
@@ -275,9 +319,11 @@ def main(argv=None) -> int:
     print("\n| lane | tool | files | workers | renders/s | CPU ms/render | peak MB/worker |")
     print("|---|---|---|---|---|---|---|")
     for lane, r in rows:
-        print(f"| {lane} | {r['tool']} | {r['ok']}/{r['files']} | {r['workers']} | "
-              f"{r['renders_per_s']:.1f} | {r['cpu_s_per_render'] * 1000:.1f} | "
-              f"{r['peak_rss_mb_per_worker']:.0f} |")
+        print(
+            f"| {lane} | {r['tool']} | {r['ok']}/{r['files']} | {r['workers']} | "
+            f"{r['renders_per_s']:.1f} | {r['cpu_s_per_render'] * 1000:.1f} | "
+            f"{r['peak_rss_mb_per_worker']:.0f} |"
+        )
     return 0
 
 

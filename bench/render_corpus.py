@@ -17,10 +17,25 @@ import numpy as np
 
 # Real 3D-printing-like models of the corpus (CAD parts, printables, scans), loaded by trimesh.
 SOURCE_MODELS = (
-    "20mm-xyz-cube.stl", "7_8ths_cube.stl", "angle_block.STL", "idler_riser.STL",
-    "plate_holes.STL", "octagonal_pocket.stl", "featuretype.STL", "box.STL", "torus.STL",
-    "ADIS16480.STL", "1002_tray_bottom.STL", "teapot.stl", "busted.STL", "round.stl",
-    "bunny.ply", "counter.unitsmm.STL", "cycloidal.ply", "fixed_top.ply", "quadknot.obj",
+    "20mm-xyz-cube.stl",
+    "7_8ths_cube.stl",
+    "angle_block.STL",
+    "idler_riser.STL",
+    "plate_holes.STL",
+    "octagonal_pocket.stl",
+    "featuretype.STL",
+    "box.STL",
+    "torus.STL",
+    "ADIS16480.STL",
+    "1002_tray_bottom.STL",
+    "teapot.stl",
+    "busted.STL",
+    "round.stl",
+    "bunny.ply",
+    "counter.unitsmm.STL",
+    "cycloidal.ply",
+    "fixed_top.ply",
+    "quadknot.obj",
 )
 
 
@@ -50,8 +65,9 @@ def split_largest(tris: np.ndarray, target: int) -> np.ndarray:
         big, keep = tris[order[:k]], tris[order[k:]]
         a, b, c = big[:, 0], big[:, 1], big[:, 2]
         ab, bc, ca = (a + b) / 2, (b + c) / 2, (c + a) / 2
-        new = np.concatenate([np.stack(t, axis=1) for t in
-                              ((a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca))])
+        new = np.concatenate(
+            [np.stack(t, axis=1) for t in ((a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca))]
+        )
         tris = np.concatenate([keep, new])
     return tris
 
@@ -67,8 +83,9 @@ def stl_body(tris: np.ndarray) -> bytes:
     return len(tris).to_bytes(4, "little") + rec.tobytes()
 
 
-def build_lane(corpus: Path, out: Path, target_triangles: int, copies: int, lane: str,
-               models=SOURCE_MODELS) -> list[Path]:
+def build_lane(
+    corpus: Path, out: Path, target_triangles: int, copies: int, lane: str, models=SOURCE_MODELS
+) -> list[Path]:
     """`copies` files per lane, round-robin over the models, each with a unique header."""
     out.mkdir(parents=True, exist_ok=True)
     bodies = []

@@ -26,8 +26,8 @@ os.environ["LP_NUM_THREADS"] = os.environ.get("LP_NUM_THREADS", "0")
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from dam_dagster.core.render import worker as worker_module  # noqa: E402  (sets EGL first)
 from dam_dagster.core.render import framing, gl  # noqa: E402
+from dam_dagster.core.render import worker as worker_module  # noqa: E402  (sets EGL first)
 from dam_dagster.core.render.loaders import load_model  # noqa: E402
 
 STAGES = {
@@ -54,8 +54,15 @@ def files(n: int) -> list[str]:
 def whole_job(paths: list[str]) -> None:
     thumbs = Path(tempfile.mkdtemp(prefix="dam_profile_"))
     try:
-        w = worker_module.Worker(dict(thumbs_dir=str(thumbs), size=256, background="transparent",
-                                      prefer_embedded=True, memory_mb=4096))
+        w = worker_module.Worker(
+            {
+                "thumbs_dir": str(thumbs),
+                "size": 256,
+                "background": "transparent",
+                "prefer_embedded": True,
+                "memory_mb": 4096,
+            }
+        )
         w.process(paths[0], 0)  # context and shaders
         t = time.perf_counter()
         for p in paths[1:]:
@@ -72,8 +79,11 @@ def whole_job(paths: list[str]) -> None:
         stats = pstats.Stats(profile).stats
         print("| stage | ms per file (profiled) |\n|---|---|")
         for label, (filename, func) in STAGES.items():
-            cum = sum(v[3] for (f, _, name), v in stats.items()
-                      if name == func and (filename == "~" or f.endswith(filename)))
+            cum = sum(
+                v[3]
+                for (f, _, name), v in stats.items()
+                if name == func and (filename == "~" or f.endswith(filename))
+            )
             print(f"| {label} | {cum / (len(paths) - 1) * 1000:.2f} |")
         w.close()
     finally:
@@ -102,9 +112,12 @@ def gl_variants(paths: list[str]) -> None:
     cam = framing.frame([models[0].drawables[0].positions], 256)
     cam_node = scene.add(pyrender.PerspectiveCamera(yfov=np.radians(30)), pose=cam.pose)
     scene.add(pyrender.DirectionalLight(intensity=3.0), pose=cam.pose)
-    material = pyrender.MetallicRoughnessMaterial(baseColorFactor=[0.8, 0.8, 0.82, 1.0],
-                                                  metallicFactor=0.0, roughnessFactor=0.7,
-                                                  doubleSided=True)
+    material = pyrender.MetallicRoughnessMaterial(
+        baseColorFactor=[0.8, 0.8, 0.82, 1.0],
+        metallicFactor=0.0,
+        roughnessFactor=0.7,
+        doubleSided=True,
+    )
 
     def stock_one(m):
         pos = m.drawables[0].positions
@@ -113,6 +126,7 @@ def gl_variants(paths: list[str]) -> None:
         node = scene.add(pyrender.Mesh([pyrender.Primitive(positions=pos, material=material)]))
         stock.render(scene, flags=pyrender.RenderFlags.RGBA)
         scene.remove_node(node)
+
     results.append(("stock pyrender (PBR shader, 4x MSAA, depth read)", timed(stock_one)))
     stock.delete()
 
@@ -120,10 +134,15 @@ def gl_variants(paths: list[str]) -> None:
     def ours(supersample: int, cull: bool):
         r = gl.ThumbnailRenderer(256, (0, 0, 0, 0))
         if supersample == 1:  # put pyrender's MSAA framebuffer back
-            r._renderer.__class__ = type("MSAA", (gl._ThumbRenderer,), {
-                "_configure_main_framebuffer": pr.Renderer._configure_main_framebuffer,
-                "_delete_main_framebuffer": pr.Renderer._delete_main_framebuffer,
-                "_read_main_framebuffer": _msaa_read})
+            r._renderer.__class__ = type(
+                "MSAA",
+                (gl._ThumbRenderer,),
+                {
+                    "_configure_main_framebuffer": pr.Renderer._configure_main_framebuffer,
+                    "_delete_main_framebuffer": pr.Renderer._delete_main_framebuffer,
+                    "_read_main_framebuffer": _msaa_read,
+                },
+            )
             r.supersample = 1
             r._renderer.viewport_width = r._renderer.viewport_height = 256
         original = r._primitive
@@ -132,6 +151,7 @@ def gl_variants(paths: list[str]) -> None:
             p = original(d)
             p.material.doubleSided = not cull
             return p
+
         r._primitive = primitive
         try:
             return timed(r.render)

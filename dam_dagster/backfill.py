@@ -33,12 +33,14 @@ class BackfillError(RuntimeError):
 
 def _graphql(url: str, query: str, variables: dict) -> dict:
     try:
-        response = requests.post(f"{url.rstrip('/')}/graphql", timeout=60,
-                                 json={"query": query, "variables": variables})
+        response = requests.post(
+            f"{url.rstrip('/')}/graphql", timeout=60, json={"query": query, "variables": variables}
+        )
     except requests.ConnectionError as exc:
         raise BackfillError(
             f"no Dagster webserver answers at {url}: start it with `make dev` (a backfill is run "
-            "by the instance's daemon, which `make dev` starts too), or pass --url") from exc
+            "by the instance's daemon, which `make dev` starts too), or pass --url"
+        ) from exc
     if response.status_code != 200:
         raise BackfillError(f"{url} answered {response.status_code}: {response.text[:500]}")
     body = response.json()
@@ -60,11 +62,15 @@ def failed_partitions(url: str, assets: list[str]) -> dict[str, list[str]]:
 
 
 def launch_backfill(url: str, asset: str, partitions: list[str]) -> str:
-    params = {"assetSelection": [{"path": [asset]}], "partitionNames": partitions,
-              "title": f"dam backfill-failed: {asset}",
-              "tags": [{"key": "dam/backfill", "value": "failed-partitions"}]}
+    params = {
+        "assetSelection": [{"path": [asset]}],
+        "partitionNames": partitions,
+        "title": f"dam backfill-failed: {asset}",
+        "tags": [{"key": "dam/backfill", "value": "failed-partitions"}],
+    }
     result = _graphql(url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
     if result["__typename"] != "LaunchBackfillSuccess":
-        raise BackfillError(f"the backfill of {asset} was refused: "
-                            f"{result.get('message', result['__typename'])}")
+        raise BackfillError(
+            f"the backfill of {asset} was refused: {result.get('message', result['__typename'])}"
+        )
     return result["backfillId"]

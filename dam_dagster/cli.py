@@ -16,8 +16,12 @@ from .core.store import Catalogue, CatalogueError
 
 
 def _catalogue() -> Catalogue:
-    return Catalogue(config.data_dir(), float(config.env("DAM_LOCK_TIMEOUT_S")),
-                     on_wait=lambda msg: click.echo(msg + " ...", err=True), who="dam command")
+    return Catalogue(
+        config.data_dir(),
+        float(config.env("DAM_LOCK_TIMEOUT_S")),
+        on_wait=lambda msg: click.echo(msg + " ...", err=True),
+        who="dam command",
+    )
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -41,9 +45,11 @@ def _roots(use_sample: bool) -> tuple[Path, ...]:
         os.environ["DAM_LIBRARY_ROOTS"] = str(roots[0])
         click.echo(f"DAM_LIBRARY_ROOTS is not set: using the sample library {roots[0]}", err=True)
     if not roots:
-        _fail("DAM_LIBRARY_ROOTS is not set. Put your library folders in .env.local, e.g.\n"
-              "    DAM_LIBRARY_ROOTS=/mnt/nas/models:/home/me/prints\n"
-              "or try the sample library with `dam run --sample`.")
+        _fail(
+            "DAM_LIBRARY_ROOTS is not set. Put your library folders in .env.local, e.g.\n"
+            "    DAM_LIBRARY_ROOTS=/mnt/nas/models:/home/me/prints\n"
+            "or try the sample library with `dam run --sample`."
+        )
     try:
         check_roots(roots)
         config.check_data_dir_outside_roots(config.data_dir(), roots)
@@ -60,8 +66,11 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--sample", is_flag=True,
-              help="Use the sample library (made under the data folder) if no root is set.")
+@click.option(
+    "--sample",
+    is_flag=True,
+    help="Use the sample library (made under the data folder) if no root is set.",
+)
 @click.option("--skip-thumbnails", is_flag=True, help="Only the dedup chain.")
 def run(sample: bool, skip_thumbnails: bool) -> None:
     """Materialize the pipeline in-process, headless, with progress on the terminal: the
@@ -73,7 +82,6 @@ def run(sample: bool, skip_thumbnails: bool) -> None:
     import dagster as dg
 
     from .definitions import defs
-
     from .thumbnail_assets import fast_partitions, slow_partitions
 
     instance = dg.DagsterInstance.get()
@@ -85,23 +93,30 @@ def run(sample: bool, skip_thumbnails: bool) -> None:
     failed = []
     for job_name, partition in runs:
         result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance, raise_on_error=False, run_config=quiet, partition_key=partition)
+            instance=instance, raise_on_error=False, run_config=quiet, partition_key=partition
+        )
         if not result.success:
             failed.append((job_name, partition, result))
             if job_name == "dedup":
                 break  # the inventory is what everything else stands on
     click.echo("")
     _print_status(_status())
-    for job_name, partition, result in failed:
+    for _job, partition, result in failed:
         for event in (e for e in result.all_events if e.is_step_failure):
             data = event.step_failure_data
-            why = (data.user_failure_data.description if data.user_failure_data else None) or \
-                (data.error.message.strip() if data.error else "see the run log")
-            click.echo(f"dam: {event.step_key}{f' [{partition}]' if partition else ''} "
-                       f"failed: {why}", err=True)
+            why = (data.user_failure_data.description if data.user_failure_data else None) or (
+                data.error.message.strip() if data.error else "see the run log"
+            )
+            click.echo(
+                f"dam: {event.step_key}{f' [{partition}]' if partition else ''} failed: {why}",
+                err=True,
+            )
     if failed:
-        _fail(f"{len(failed)} of {len(runs)} runs failed (details in the Dagster UI, run "
-              "history); `dam backfill-failed` retries failed thumbnail partitions", 1)
+        _fail(
+            f"{len(failed)} of {len(runs)} runs failed (details in the Dagster UI, run "
+            "history); `dam backfill-failed` retries failed thumbnail partitions",
+            1,
+        )
 
 
 def _status() -> dict:
@@ -115,15 +130,22 @@ def _status() -> dict:
 
 def _print_status(status: dict) -> None:
     labels = {
-        "files": "files", "bytes": "bytes", "models": "3D models",
-        "files_not_present": "files gone (kept in the catalogue)", "empty_files": "empty files",
-        "hashed_files": "hashed files", "hash_errors": "files that could not be hashed",
+        "files": "files",
+        "bytes": "bytes",
+        "models": "3D models",
+        "files_not_present": "files gone (kept in the catalogue)",
+        "empty_files": "empty files",
+        "hashed_files": "hashed files",
+        "hash_errors": "files that could not be hashed",
         "collision_groups": "collision groups (size + partial hash)",
-        "duplicate_groups": "duplicate groups", "duplicate_files": "duplicate files",
-        "reclaimable_bytes": "reclaimable bytes", "thumbnails_ok": "thumbnails",
-        "thumbnails_failed": "thumbnails failed", "thumbnails_unsupported":
-        "files of a format without a renderer", "models_without_thumbnail":
-        "models without a thumbnail", "walk_issues": "walk issues",
+        "duplicate_groups": "duplicate groups",
+        "duplicate_files": "duplicate files",
+        "reclaimable_bytes": "reclaimable bytes",
+        "thumbnails_ok": "thumbnails",
+        "thumbnails_failed": "thumbnails failed",
+        "thumbnails_unsupported": "files of a format without a renderer",
+        "models_without_thumbnail": "models without a thumbnail",
+        "walk_issues": "walk issues",
     }
     width = max(len(v) for v in labels.values())
     for key, label in labels.items():
@@ -141,13 +163,19 @@ def status(as_json: bool) -> None:
         click.echo(f"catalogue: {config.data_dir() / 'dam.duckdb'}")
         _print_status(figures)
         if figures["files"] == 0:
-            click.echo("The catalogue is empty: run `dam run` (or `make dev` and the UI).",
-                       err=True)
+            click.echo(
+                "The catalogue is empty: run `dam run` (or `make dev` and the UI).", err=True
+            )
 
 
 @main.command()
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
 def duplicates(fmt: str) -> None:
     """One group per set of identical files: the original (lowest id) and its copies."""
     from .core.dedup import duplicate_groups
@@ -157,9 +185,20 @@ def duplicates(fmt: str) -> None:
     except CatalogueError as exc:
         _fail(str(exc))
     if fmt == "json":
-        click.echo(json.dumps([
-            {"full_hash": g.full_hash, "size_bytes": g.size_bytes, "original": g.original,
-             "duplicates": g.duplicates} for g in groups], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "full_hash": g.full_hash,
+                        "size_bytes": g.size_bytes,
+                        "original": g.original,
+                        "duplicates": g.duplicates,
+                    }
+                    for g in groups
+                ],
+                indent=2,
+            )
+        )
     elif fmt == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(["full_hash", "size_bytes", "role", "path"])
@@ -171,20 +210,28 @@ def duplicates(fmt: str) -> None:
         if not groups:
             click.echo("No duplicates.")
         for g in groups:
-            click.echo(f"{g.full_hash}  {g.size_bytes:,} bytes  "
-                       f"{len(g.duplicates)} cop{'y' if len(g.duplicates) == 1 else 'ies'}")
+            click.echo(
+                f"{g.full_hash}  {g.size_bytes:,} bytes  "
+                f"{len(g.duplicates)} cop{'y' if len(g.duplicates) == 1 else 'ies'}"
+            )
             click.echo(f"  original   {g.original}")
             for d in g.duplicates:
                 click.echo(f"  duplicate  {d}")
         if groups:
             total = sum(g.reclaimable_bytes for g in groups)
-            click.echo(f"{len(groups)} groups, {sum(len(g.duplicates) for g in groups)} "
-                       f"duplicates, {total:,} bytes reclaimable")
+            click.echo(
+                f"{len(groups)} groups, {sum(len(g.duplicates) for g in groups)} "
+                f"duplicates, {total:,} bytes reclaimable"
+            )
 
 
 @main.command("backfill-failed")
-@click.option("--url", default="http://127.0.0.1:3000", show_default=True,
-              help="The Dagster webserver of the running instance (`make dev`).")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:3000",
+    show_default=True,
+    help="The Dagster webserver of the running instance (`make dev`).",
+)
 def backfill_failed(url: str) -> None:
     """Launch a backfill of the failed thumbnail partitions on the running instance: only the
     files whose render failed for a reason that may pass are rendered again."""
@@ -198,8 +245,10 @@ def backfill_failed(url: str) -> None:
         for asset, partitions in failed.items():
             if partitions:
                 backfill_id = launch_backfill(url, asset, partitions)
-                click.echo(f"{asset}: backfill {backfill_id} of {', '.join(partitions)}: "
-                           f"{url.rstrip('/')}/runs/b/{backfill_id}")
+                click.echo(
+                    f"{asset}: backfill {backfill_id} of {', '.join(partitions)}: "
+                    f"{url.rstrip('/')}/runs/b/{backfill_id}"
+                )
     except BackfillError as exc:
         _fail(str(exc))
 
@@ -223,11 +272,17 @@ def dev(host: str, port: int) -> None:
     from .home import prepare_dagster_home
 
     home = prepare_dagster_home()
-    click.echo(f"library: {':'.join(map(str, roots))}\ndata:    {config.data_dir()}\n"
-               f"DAGSTER_HOME: {home}\nUI:      http://{host}:{port}", err=True)
+    click.echo(
+        f"library: {':'.join(map(str, roots))}\ndata:    {config.data_dir()}\n"
+        f"DAGSTER_HOME: {home}\nUI:      http://{host}:{port}",
+        err=True,
+    )
     dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
-    target = ["-w", "workspace.yaml"] if Path("workspace.yaml").exists() else \
-        ["-m", "dam_dagster.definitions"]
+    target = (
+        ["-w", "workspace.yaml"]
+        if Path("workspace.yaml").exists()
+        else ["-m", "dam_dagster.definitions"]
+    )
     os.execv(dagster, [dagster, "dev", "-h", host, "-p", str(port), *target])
 
 

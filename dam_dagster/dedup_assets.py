@@ -72,8 +72,8 @@ def _fail_on_transient(stats: dedup.HashStats, what: str) -> None:
         examples = "; ".join(f"{p}: {c} {m}" for p, c, m in stats.failures[:5])
         raise dg.Failure(
             description=f"{what}: {stats.transient_errors} file(s) could not be read because of "
-                        f"I/O errors that may pass (a share dropping out?). Everything else was "
-                        f"recorded; re-run to retry them. {examples}",
+            f"I/O errors that may pass (a share dropping out?). Everything else was "
+            f"recorded; re-run to retry them. {examples}",
             metadata=_hash_metadata(stats),
         )
 
@@ -83,12 +83,15 @@ def _progress(context: dg.AssetExecutionContext, what: str):
 
 
 @dg.asset(
-    group_name=GROUP, kinds={"duckdb"}, pool=POOL,
+    group_name=GROUP,
+    kinds={"duckdb"},
+    pool=POOL,
     description="Every file under the library roots, one row each with a stable file_id. "
-                "Incremental: unchanged files are not touched, missing ones are marked not present.",
+    "Incremental: unchanged files are not touched, missing ones are marked not present.",
 )
-def file_inventory(context: dg.AssetExecutionContext, library: LibraryResource,
-                   catalogue: CatalogueResource) -> dg.MaterializeResult:
+def file_inventory(
+    context: dg.AssetExecutionContext, library: LibraryResource, catalogue: CatalogueResource
+) -> dg.MaterializeResult:
     try:
         roots = library.root_paths()
         catalogue.check_outside(roots)
@@ -96,167 +99,233 @@ def file_inventory(context: dg.AssetExecutionContext, library: LibraryResource,
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
     def on_walk(w: WalkResult) -> None:
-        context.log.info(f"walking: {len(w.files):,} files, {w.bytes_seen / 1e9:,.2f} GB, "
-                         f"{w.dirs:,} folders so far")
+        context.log.info(
+            f"walking: {len(w.files):,} files, {w.bytes_seen / 1e9:,.2f} GB, "
+            f"{w.dirs:,} folders so far"
+        )
 
     cat = catalogue.catalogue(context.log)
     try:
-        stats = update_inventory(cat, roots, library.path_filter(), library.follow_symlinks,
-                                 on_progress=on_walk, io_threads=library.io_threads)
+        stats = update_inventory(
+            cat,
+            roots,
+            library.path_filter(),
+            library.follow_symlinks,
+            on_progress=on_walk,
+            io_threads=library.io_threads,
+        )
     except RootUnavailable as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     for warning in stats.warnings:
         context.log.warning(warning)
-    context.log.info(f"{stats.files_seen:,} files ({stats.bytes_seen / 1e9:,.2f} GB): "
-                     f"{stats.new_files} new, {stats.changed_files} changed, "
-                     f"{stats.gone_files} gone, {stats.issues} walk issues")
+    context.log.info(
+        f"{stats.files_seen:,} files ({stats.bytes_seen / 1e9:,.2f} GB): "
+        f"{stats.new_files} new, {stats.changed_files} changed, "
+        f"{stats.gone_files} gone, {stats.issues} walk issues"
+    )
     issues = {f"walk issues: {kind}": n for kind, n in sorted(stats.issues_by_kind.items())}
-    return dg.MaterializeResult(metadata={
-        **table_metadata(cat, "file_inventory"),
-        "roots": dg.MetadataValue.md("\n".join(f"- `{r}`" for r in stats.roots)),
-        "files seen": stats.files_seen,
-        "bytes seen": stats.bytes_seen,
-        "GB seen": round(stats.bytes_seen / 1e9, 3),
-        "new files": stats.new_files,
-        "changed files": stats.changed_files,
-        "files back after being gone": stats.returned_files,
-        "gone files": stats.gone_files,
-        "excluded by patterns": stats.excluded,
-        "walk issues": stats.issues,
-        **issues,
-        "walk seconds": round(stats.walk_seconds, 3),
-        **({"warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in stats.warnings))}
-           if stats.warnings else {}),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(cat, "file_inventory"),
+            "roots": dg.MetadataValue.md("\n".join(f"- `{r}`" for r in stats.roots)),
+            "files seen": stats.files_seen,
+            "bytes seen": stats.bytes_seen,
+            "GB seen": round(stats.bytes_seen / 1e9, 3),
+            "new files": stats.new_files,
+            "changed files": stats.changed_files,
+            "files back after being gone": stats.returned_files,
+            "gone files": stats.gone_files,
+            "excluded by patterns": stats.excluded,
+            "walk issues": stats.issues,
+            **issues,
+            "walk seconds": round(stats.walk_seconds, 3),
+            **(
+                {"warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in stats.warnings))}
+                if stats.warnings
+                else {}
+            ),
+        }
+    )
 
 
 @dg.asset(
-    group_name=GROUP, kinds={"duckdb"}, pool=POOL, deps=[file_inventory],
+    group_name=GROUP,
+    kinds={"duckdb"},
+    pool=POOL,
+    deps=[file_inventory],
     automation_condition=EAGER,
     description="MD5 of each file's first and last 64 KiB and its size, for files whose size "
-                "another file shares (files up to 128 KiB get their full hash from the same read).",
+    "another file shares (files up to 128 KiB get their full hash from the same read).",
 )
-def partial_hashes(context: dg.AssetExecutionContext, library: LibraryResource,
-                   catalogue: CatalogueResource) -> dg.MaterializeResult:
+def partial_hashes(
+    context: dg.AssetExecutionContext, library: LibraryResource, catalogue: CatalogueResource
+) -> dg.MaterializeResult:
     cat = catalogue.catalogue(context.log)
-    stats = dedup.update_partial_hashes(cat, library.io_threads, library.hash_all_sizes,
-                                        library.follow_symlinks, _progress(context, "partial hashes"))
-    context.log.info(f"partial hashes: {stats.files_read:,} files read "
-                     f"({stats.bytes_read / 1e6:,.1f} MB), {stats.reused:,} unchanged, "
-                     f"{stats.skipped_unique_size:,} skipped for their unique size")
+    stats = dedup.update_partial_hashes(
+        cat,
+        library.io_threads,
+        library.hash_all_sizes,
+        library.follow_symlinks,
+        _progress(context, "partial hashes"),
+    )
+    context.log.info(
+        f"partial hashes: {stats.files_read:,} files read "
+        f"({stats.bytes_read / 1e6:,.1f} MB), {stats.reused:,} unchanged, "
+        f"{stats.skipped_unique_size:,} skipped for their unique size"
+    )
     _fail_on_transient(stats, "partial hashes")
-    return dg.MaterializeResult(metadata={
-        **table_metadata(cat, "partial_hashes"),
-        **_hash_metadata(stats),
-        "files skipped: unique size (tier 0)": stats.skipped_unique_size,
-    })
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(cat, "partial_hashes"),
+            **_hash_metadata(stats),
+            "files skipped: unique size (tier 0)": stats.skipped_unique_size,
+        }
+    )
 
 
 @dg.asset(
-    group_name=GROUP, kinds={"duckdb"}, pool=POOL, deps=[partial_hashes],
+    group_name=GROUP,
+    kinds={"duckdb"},
+    pool=POOL,
+    deps=[partial_hashes],
     automation_condition=EAGER,
     description="Groups of present files sharing (size, partial hash): the only files read in "
-                "full. Zero-byte files are reported as empty instead.",
+    "full. Zero-byte files are reported as empty instead.",
 )
-def collision_candidates(context: dg.AssetExecutionContext,
-                         catalogue: CatalogueResource) -> dg.MaterializeResult:
+def collision_candidates(
+    context: dg.AssetExecutionContext, catalogue: CatalogueResource
+) -> dg.MaterializeResult:
     cat = catalogue.catalogue(context.log)
     stats = dedup.update_collision_candidates(cat)
-    context.log.info(f"{stats.groups:,} candidate groups, {stats.files:,} files; "
-                     f"{stats.empty_files:,} empty files")
-    return dg.MaterializeResult(metadata={
-        **table_metadata(cat, "collision_candidates"),
-        "candidate groups": stats.groups,
-        "candidate files": stats.files,
-        "candidate MB": _mb(stats.bytes),
-        "empty files (zero bytes, not grouped)": stats.empty_files,
-        "files with a partial hash": stats.hashed_files,
-    })
+    context.log.info(
+        f"{stats.groups:,} candidate groups, {stats.files:,} files; "
+        f"{stats.empty_files:,} empty files"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(cat, "collision_candidates"),
+            "candidate groups": stats.groups,
+            "candidate files": stats.files,
+            "candidate MB": _mb(stats.bytes),
+            "empty files (zero bytes, not grouped)": stats.empty_files,
+            "files with a partial hash": stats.hashed_files,
+        }
+    )
 
 
 @dg.asset(
-    group_name=GROUP, kinds={"duckdb"}, pool=POOL, deps=[collision_candidates],
+    group_name=GROUP,
+    kinds={"duckdb"},
+    pool=POOL,
+    deps=[collision_candidates],
     automation_condition=EAGER,
     description="MD5 of the whole file, for collision candidates only.",
 )
-def full_hashes(context: dg.AssetExecutionContext, library: LibraryResource,
-                catalogue: CatalogueResource) -> dg.MaterializeResult:
+def full_hashes(
+    context: dg.AssetExecutionContext, library: LibraryResource, catalogue: CatalogueResource
+) -> dg.MaterializeResult:
     cat = catalogue.catalogue(context.log)
-    stats = dedup.update_full_hashes(cat, library.io_threads, library.follow_symlinks,
-                                     _progress(context, "full hashes"))
-    context.log.info(f"full hashes: {stats.files_read:,} files read "
-                     f"({stats.bytes_read / 1e6:,.1f} MB), {stats.from_small_file_read:,} "
-                     f"from the partial read, {stats.reused:,} unchanged")
+    stats = dedup.update_full_hashes(
+        cat, library.io_threads, library.follow_symlinks, _progress(context, "full hashes")
+    )
+    context.log.info(
+        f"full hashes: {stats.files_read:,} files read "
+        f"({stats.bytes_read / 1e6:,.1f} MB), {stats.from_small_file_read:,} "
+        f"from the partial read, {stats.reused:,} unchanged"
+    )
     _fail_on_transient(stats, "full hashes")
-    return dg.MaterializeResult(metadata={
-        **table_metadata(cat, "full_hashes"),
-        **_hash_metadata(stats),
-        "full hashes from the partial read (<= 128 KiB)": stats.from_small_file_read,
-    })
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(cat, "full_hashes"),
+            **_hash_metadata(stats),
+            "full hashes from the partial read (<= 128 KiB)": stats.from_small_file_read,
+        }
+    )
 
 
 def _largest_md(groups: list[dedup.DuplicateGroup]) -> dg.MetadataValue:
-    lines = ["| copies | size (MB) | reclaimable (MB) | original | a copy |", "|---|---|---|---|---|"]
+    lines = [
+        "| copies | size (MB) | reclaimable (MB) | original | a copy |",
+        "|---|---|---|---|---|",
+    ]
     for g in groups:
-        lines.append(f"| {len(g.duplicates)} | {_mb(g.size_bytes)} | {_mb(g.reclaimable_bytes)} "
-                     f"| `{g.original}` | `{g.duplicates[0]}` |")
+        lines.append(
+            f"| {len(g.duplicates)} | {_mb(g.size_bytes)} | {_mb(g.reclaimable_bytes)} "
+            f"| `{g.original}` | `{g.duplicates[0]}` |"
+        )
     return dg.MetadataValue.md("\n".join(lines) if groups else "No duplicates.")
 
 
 @dg.asset(
-    group_name=GROUP, kinds={"duckdb"}, pool=POOL, deps=[full_hashes],
+    group_name=GROUP,
+    kinds={"duckdb"},
+    pool=POOL,
+    deps=[full_hashes],
     automation_condition=EAGER,
     description="Groups of identical files. The lowest file_id is the original; every other "
-                "member has duplicate_of_id = that id. Nothing is ever deleted or moved.",
+    "member has duplicate_of_id = that id. Nothing is ever deleted or moved.",
 )
-def duplicates(context: dg.AssetExecutionContext,
-               catalogue: CatalogueResource) -> dg.MaterializeResult:
+def duplicates(
+    context: dg.AssetExecutionContext, catalogue: CatalogueResource
+) -> dg.MaterializeResult:
     cat = catalogue.catalogue(context.log)
     stats = dedup.update_duplicates(cat)
-    context.log.info(f"{stats.groups:,} duplicate groups, {stats.duplicate_files:,} duplicate "
-                     f"files, {stats.reclaimable_bytes / 1e6:,.1f} MB reclaimable")
-    return dg.MaterializeResult(metadata={
-        **table_metadata(cat, "duplicates"),
-        "duplicate groups": stats.groups,
-        "duplicate files": stats.duplicate_files,
-        "reclaimable bytes": stats.reclaimable_bytes,
-        "reclaimable MB": _mb(stats.reclaimable_bytes),
-        "largest groups": _largest_md(stats.largest),
-    })
+    context.log.info(
+        f"{stats.groups:,} duplicate groups, {stats.duplicate_files:,} duplicate "
+        f"files, {stats.reclaimable_bytes / 1e6:,.1f} MB reclaimable"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **table_metadata(cat, "duplicates"),
+            "duplicate groups": stats.groups,
+            "duplicate files": stats.duplicate_files,
+            "reclaimable bytes": stats.reclaimable_bytes,
+            "reclaimable MB": _mb(stats.reclaimable_bytes),
+            "largest groups": _largest_md(stats.largest),
+        }
+    )
 
 
 @dg.asset_check(
-    asset=duplicates, blocking=True, automation_condition=EAGER,
+    asset=duplicates,
+    blocking=True,
+    automation_condition=EAGER,
     description="Every copy has the same size and full hash as its original, the original is "
-                "present and has the lowest id.",
+    "present and has the lowest id.",
 )
 def duplicates_are_consistent(catalogue: CatalogueResource) -> dg.AssetCheckResult:
     bad = dedup.inconsistent_duplicates(catalogue.catalogue())
     return dg.AssetCheckResult(
         passed=not bad,
-        metadata={"inconsistent copies": len(bad),
-                  "examples": dg.MetadataValue.md(
-                      "\n".join(f"- file_id {i}: {why}" for i, why in bad[:20]) or "none")},
+        metadata={
+            "inconsistent copies": len(bad),
+            "examples": dg.MetadataValue.md(
+                "\n".join(f"- file_id {i}: {why}" for i, why in bad[:20]) or "none"
+            ),
+        },
     )
 
 
 @dg.asset_check(
-    asset=full_hashes, automation_condition=EAGER,
+    asset=full_hashes,
+    automation_condition=EAGER,
     description="Every collision candidate has a full hash or a recorded error.",
 )
 def candidates_have_full_hashes(catalogue: CatalogueResource) -> dg.AssetCheckResult:
     missing = dedup.unhashed_candidates(catalogue.catalogue())
     return dg.AssetCheckResult(
         passed=not missing,
-        metadata={"candidates without a full hash": len(missing),
-                  "examples": dg.MetadataValue.md(
-                      "\n".join(f"- `{p}`" for p in missing[:20]) or "none")},
+        metadata={
+            "candidates without a full hash": len(missing),
+            "examples": dg.MetadataValue.md("\n".join(f"- `{p}`" for p in missing[:20]) or "none"),
+        },
     )
 
 
 ASSETS = [file_inventory, partial_hashes, collision_candidates, full_hashes, duplicates]
 CHECKS = [duplicates_are_consistent, candidates_have_full_hashes]
 dedup_job = dg.define_asset_job(
-    "dedup", selection=dg.AssetSelection.assets(*ASSETS),
+    "dedup",
+    selection=dg.AssetSelection.assets(*ASSETS),
     description="The whole dedup chain, from the walk to the duplicate groups.",
 )

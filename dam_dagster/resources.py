@@ -6,14 +6,21 @@ the resources as Dagster `EnvVar`s, so the UI shows where each value came from; 
 take the defaults of `core.config`, the one place defaults are written.
 """
 
-from pathlib import Path
 import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 import dagster as dg
 
-from .core.config import ConfigError, check_data_dir_outside_roots, cpu_count, env, \
-    parse_bool, parse_patterns, parse_roots
+from .core.config import (
+    ConfigError,
+    check_data_dir_outside_roots,
+    cpu_count,
+    env,
+    parse_bool,
+    parse_patterns,
+    parse_roots,
+)
 from .core.render import RenderConfig
 from .core.store import Catalogue
 from .core.walk import PathFilter
@@ -104,8 +111,8 @@ class CatalogueResource(dg.ConfigurableResource):
 class RenderResource(dg.ConfigurableResource):
     """How thumbnails are rendered, per lane: workers, timeouts, memory, look."""
 
-    fast_workers: int = 0        # 0: the CPU count
-    slow_workers: int = 0        # 0: a quarter of the CPU count, at least 1
+    fast_workers: int = 0  # 0: the CPU count
+    slow_workers: int = 0  # 0: a quarter of the CPU count, at least 1
     fast_timeout_s: int = 120
     slow_timeout_s: int = 600
     memory_mb: int = 4096
@@ -135,8 +142,11 @@ class RenderResource(dg.ConfigurableResource):
         fast = lane == "fast"
         workers = (self.fast_workers or cpus) if fast else (self.slow_workers or max(1, cpus // 4))
         return RenderConfig(
-            size=self.thumbnail_size, background=self.background, workers=workers,
+            size=self.thumbnail_size,
+            background=self.background,
+            workers=workers,
             timeout_s=float(self.fast_timeout_s if fast else self.slow_timeout_s),
-            memory_mb=self.memory_mb, max_files_per_worker=self.worker_max_files,
+            memory_mb=self.memory_mb,
+            max_files_per_worker=self.worker_max_files,
             prefer_embedded=self.prefer_embedded,
         )

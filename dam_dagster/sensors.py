@@ -20,7 +20,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Runs what follows an updated asset (eager conditions): hashing and dedup after "
-                "the inventory, thumbnails after the inventory.",
+    "the inventory, thumbnails after the inventory.",
 )
 
 
@@ -29,13 +29,17 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=int(env("DAM_SENSOR_INTERVAL_S")),
     description="Asks for a new file inventory when files under the library roots were added, "
-                "removed or modified (by size and mtime) since the last look.",
+    "removed or modified (by size and mtime) since the last look.",
 )
 def library_sensor(context: dg.SensorEvaluationContext, library: LibraryResource):
     try:
         roots = library.root_paths()
-        walk = walk_library(roots, library.path_filter(), library.follow_symlinks,
-                            threads=walk_threads(roots, library.io_threads))
+        walk = walk_library(
+            roots,
+            library.path_filter(),
+            library.follow_symlinks,
+            threads=walk_threads(roots, library.io_threads),
+        )
     except (ConfigError, RootUnavailable) as exc:
         return dg.SkipReason(str(exc))
     fingerprint = library_fingerprint(walk)

@@ -19,8 +19,17 @@ import dagster as dg
 
 from .core.config import env
 from .core.render import make_contact_sheet_data_uri, render_files
-from .core.thumbnails import FAILED_STATUSES, FAST, SLOW, LaneStats, OutcomeWriter, \
-    lane_counts, lane_stats, plan_bucket, size_buckets
+from .core.thumbnails import (
+    FAILED_STATUSES,
+    FAST,
+    SLOW,
+    LaneStats,
+    OutcomeWriter,
+    lane_counts,
+    lane_stats,
+    plan_bucket,
+    size_buckets,
+)
 from .dedup_assets import file_inventory, table_metadata
 from .resources import CatalogueResource, RenderResource
 
@@ -46,8 +55,10 @@ class _Progress:
         if now - self.last >= self.every_s and self.done < self.total:
             rate = self.done / (now - self.started)
             left = (self.total - self.done) / rate if rate else 0
-            self.log.info(f"{self.what}: {self.done:,}/{self.total:,} files, {rate:.1f}/s, "
-                          f"about {left:,.0f} s left")
+            self.log.info(
+                f"{self.what}: {self.done:,}/{self.total:,} files, {rate:.1f}/s, "
+                f"about {left:,.0f} s left"
+            )
             self.last = now
 
 
@@ -60,8 +71,12 @@ def _failures_md(stats: LaneStats, limit: int = 25) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
-def render_partition(context: dg.AssetExecutionContext, lane: str, renderer: RenderResource,
-                     catalogue: CatalogueResource) -> dg.MaterializeResult:
+def render_partition(
+    context: dg.AssetExecutionContext,
+    lane: str,
+    renderer: RenderResource,
+    catalogue: CatalogueResource,
+) -> dg.MaterializeResult:
     bucket = BUCKETS[context.partition_key]
     config = renderer.config(lane)
     cat = catalogue.catalogue(context.log)
@@ -72,7 +87,8 @@ def render_partition(context: dg.AssetExecutionContext, lane: str, renderer: Ren
     context.log.info(
         f"{what}: {plan.in_bucket:,} files in the bucket, {len(plan.tasks):,} to render "
         f"({plan.retries} retries, {plan.missing_png} lost PNGs), {plan.up_to_date:,} up to "
-        f"date; {config.workers} workers, {config.timeout_s:.0f} s timeout")
+        f"date; {config.workers} workers, {config.timeout_s:.0f} s timeout"
+    )
     writer = OutcomeWriter(cat, bucket, plan, config.size, config.background)
     writer.add_unsupported()
     progress = _Progress(context.log, what, len(plan.tasks))
@@ -85,9 +101,11 @@ def render_partition(context: dg.AssetExecutionContext, lane: str, renderer: Ren
     outcomes = render_files(plan.tasks, cat.thumbs_dir, config, on_outcome=on_outcome)
     writer.flush()
     stats = lane_stats(outcomes, plan, cat.thumbs_dir, time.monotonic() - started)
-    context.log.info(f"{what}: {stats.by_source.get('render', 0)} rendered, "
-                     f"{stats.by_source.get('cache', 0)} reused, {len(stats.failures)} failed, "
-                     f"{stats.rate:.1f} files/s")
+    context.log.info(
+        f"{what}: {stats.by_source.get('render', 0)} rendered, "
+        f"{stats.by_source.get('cache', 0)} reused, {len(stats.failures)} failed, "
+        f"{stats.rate:.1f} files/s"
+    )
     metadata = {
         **table_metadata(cat, "thumbnails"),
         "files in the bucket": plan.in_bucket,
@@ -111,32 +129,42 @@ def render_partition(context: dg.AssetExecutionContext, lane: str, renderer: Ren
     if stats.transient_failures:
         raise dg.Failure(
             description=f"{what}: {stats.transient_failures} file(s) failed for a reason that "
-                        "may pass (timeout, memory cap, crashed worker, I/O error). Everything "
-                        "else is recorded; a backfill of failed partitions (UI, or `dam "
-                        "backfill-failed`) renders exactly those again.",
+            "may pass (timeout, memory cap, crashed worker, I/O error). Everything "
+            "else is recorded; a backfill of failed partitions (UI, or `dam "
+            "backfill-failed`) renders exactly those again.",
             metadata=metadata,
         )
     return dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset(
-    group_name=GROUP, kinds={"duckdb", "python"}, deps=[file_inventory],
-    partitions_def=fast_partitions, automation_condition=EAGER, pool="thumbnails_fast",
+    group_name=GROUP,
+    kinds={"duckdb", "python"},
+    deps=[file_inventory],
+    partitions_def=fast_partitions,
+    automation_condition=EAGER,
+    pool="thumbnails_fast",
     description="Thumbnails of the models under the size threshold: many workers, short timeout.",
 )
-def thumbnails_fast(context: dg.AssetExecutionContext, renderer: RenderResource,
-                    catalogue: CatalogueResource) -> dg.MaterializeResult:
+def thumbnails_fast(
+    context: dg.AssetExecutionContext, renderer: RenderResource, catalogue: CatalogueResource
+) -> dg.MaterializeResult:
     return render_partition(context, FAST, renderer, catalogue)
 
 
 @dg.asset(
-    group_name=GROUP, kinds={"duckdb", "python"}, deps=[file_inventory],
-    partitions_def=slow_partitions, automation_condition=EAGER, pool="thumbnails_slow",
+    group_name=GROUP,
+    kinds={"duckdb", "python"},
+    deps=[file_inventory],
+    partitions_def=slow_partitions,
+    automation_condition=EAGER,
+    pool="thumbnails_slow",
     description="Thumbnails of the models at or over the size threshold: few workers, long "
-                "timeout, so huge files never hold up the small ones.",
+    "timeout, so huge files never hold up the small ones.",
 )
-def thumbnails_slow(context: dg.AssetExecutionContext, renderer: RenderResource,
-                    catalogue: CatalogueResource) -> dg.MaterializeResult:
+def thumbnails_slow(
+    context: dg.AssetExecutionContext, renderer: RenderResource, catalogue: CatalogueResource
+) -> dg.MaterializeResult:
     return render_partition(context, SLOW, renderer, catalogue)
 
 
@@ -146,29 +174,42 @@ def _failure_rate(lane: str, catalogue: CatalogueResource) -> dg.AssetCheckResul
     failed = sum(counts.get(s, 0) for s in FAILED_STATUSES)
     rate = failed / attempted if attempted else 0.0
     return dg.AssetCheckResult(
-        passed=rate <= 0.05, severity=dg.AssetCheckSeverity.WARN,
-        metadata={"failure rate": round(rate, 4), "failed": failed, "attempted": attempted,
-                  **{f"status: {s}": n for s, n in sorted(counts.items())}},
+        passed=rate <= 0.05,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "failure rate": round(rate, 4),
+            "failed": failed,
+            "attempted": attempted,
+            **{f"status: {s}": n for s, n in sorted(counts.items())},
+        },
     )
 
 
-@dg.asset_check(asset=thumbnails_fast, automation_condition=EAGER,
-                description="Share of the fast lane's files without a thumbnail because "
-                            "rendering failed (warns above 5 %).")
+@dg.asset_check(
+    asset=thumbnails_fast,
+    automation_condition=EAGER,
+    description="Share of the fast lane's files without a thumbnail because "
+    "rendering failed (warns above 5 %).",
+)
 def fast_lane_failure_rate(catalogue: CatalogueResource) -> dg.AssetCheckResult:
     return _failure_rate(FAST, catalogue)
 
 
-@dg.asset_check(asset=thumbnails_slow, automation_condition=EAGER,
-                description="Share of the slow lane's files without a thumbnail because "
-                            "rendering failed (warns above 5 %).")
+@dg.asset_check(
+    asset=thumbnails_slow,
+    automation_condition=EAGER,
+    description="Share of the slow lane's files without a thumbnail because "
+    "rendering failed (warns above 5 %).",
+)
 def slow_lane_failure_rate(catalogue: CatalogueResource) -> dg.AssetCheckResult:
     return _failure_rate(SLOW, catalogue)
 
 
 ASSETS = [thumbnails_fast, thumbnails_slow]
 CHECKS = [fast_lane_failure_rate, slow_lane_failure_rate]
-fast_job = dg.define_asset_job("thumbnails_fast_job", selection=[thumbnails_fast],
-                               partitions_def=fast_partitions)
-slow_job = dg.define_asset_job("thumbnails_slow_job", selection=[thumbnails_slow],
-                               partitions_def=slow_partitions)
+fast_job = dg.define_asset_job(
+    "thumbnails_fast_job", selection=[thumbnails_fast], partitions_def=fast_partitions
+)
+slow_job = dg.define_asset_job(
+    "thumbnails_slow_job", selection=[thumbnails_slow], partitions_def=slow_partitions
+)

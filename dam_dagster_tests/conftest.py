@@ -56,8 +56,11 @@ def catalogue(tmp_path) -> Catalogue:
 def run_chain(catalogue: Catalogue, roots, **kw) -> dict:
     """The whole dedup chain through the core stages, in order; returns each stage's stats."""
     follow = kw.pop("follow_symlinks", False)
-    stats = {"inventory": update_inventory(catalogue, [Path(r) for r in roots],
-                                           kw.pop("path_filter", None), follow)}
+    stats = {
+        "inventory": update_inventory(
+            catalogue, [Path(r) for r in roots], kw.pop("path_filter", None), follow
+        )
+    }
     stats["partial"] = dedup.update_partial_hashes(catalogue, follow_symlinks=follow, **kw)
     stats["candidates"] = dedup.update_collision_candidates(catalogue)
     stats["full"] = dedup.update_full_hashes(catalogue, follow_symlinks=follow)
@@ -81,8 +84,9 @@ def brute_force_groups(root: Path) -> dict[str, list[str]]:
 
 
 def catalogue_groups(catalogue: Catalogue) -> dict[str, list[str]]:
-    return {g.full_hash: sorted([g.original, *g.duplicates])
-            for g in dedup.duplicate_groups(catalogue)}
+    return {
+        g.full_hash: sorted([g.original, *g.duplicates]) for g in dedup.duplicate_groups(catalogue)
+    }
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -108,6 +112,7 @@ def _random(n: int, seed: int) -> bytes:
 
 def make_hard_cases(root: Path) -> Path:
     """A tree with every case a duplicate finder gets wrong, and some it should skip."""
+
     def put(rel: str, data: bytes) -> None:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,16 +120,16 @@ def make_hard_cases(root: Path) -> Path:
 
     k = 1024
     model = _random(200 * k, 1)
-    put("prints/dragon.stl", model)                      # identical files, other folders
+    put("prints/dragon.stl", model)  # identical files, other folders
     put("backup/old/dragon copy.stl", model)
-    put("backup/dragon.stl", model)                      # a group of three
+    put("backup/dragon.stl", model)  # a group of three
     head, tail = _random(64 * k, 2), _random(64 * k, 3)
     put("decoys/a.stl", head + _random(100 * k, 4) + tail)  # same size, head and tail,
     put("decoys/b.stl", head + _random(100 * k, 5) + tail)  # different middle
-    put("small/readme.txt", b"x" * 1000)                 # small duplicates
+    put("small/readme.txt", b"x" * 1000)  # small duplicates
     put("small/readme (1).txt", b"x" * 1000)
-    put("small/other.txt", b"y" * 1000)                  # same size, other content
-    put("edge/exact_128k_a.bin", _random(128 * k, 6))    # the small-file boundary
+    put("small/other.txt", b"y" * 1000)  # same size, other content
+    put("edge/exact_128k_a.bin", _random(128 * k, 6))  # the small-file boundary
     put("edge/exact_128k_b.bin", (root / "edge/exact_128k_a.bin").read_bytes())
     put("edge/exact_128k_c.bin", _random(128 * k, 7))
     put("edge/over_128k_a.bin", _random(128 * k + 1, 8))
@@ -134,13 +139,13 @@ def make_hard_cases(root: Path) -> Path:
     big = _random(3 * k * k + 17, 11)
     put("big/part.3mf", big)
     put("big/part (2).3mf", big)
-    put("empty/zero1.stl", b"")                          # empty files are never grouped
+    put("empty/zero1.stl", b"")  # empty files are never grouped
     put("empty/zero2.stl", b"")
     put("empty/deeper/zero3.obj", b"")
-    for i in range(5):                                   # unique sizes: never read
+    for i in range(5):  # unique sizes: never read
         put(f"unique/u{i}.ply", _random(10 * k + i * 7, 20 + i))
-    put("names/ünïcödé model.stl", model[:50 * k])
-    put("names/with space.stl", model[:50 * k])
+    put("names/ünïcödé model.stl", model[: 50 * k])
+    put("names/with space.stl", model[: 50 * k])
     return root
 
 
@@ -178,5 +183,11 @@ def _drop_dac_capabilities() -> None:
 def run_unprivileged(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run Python code in a child that cannot override file permissions."""
     kwargs = {"preexec_fn": _drop_dac_capabilities} if os.geteuid() == 0 else {}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        **kwargs,
+    )

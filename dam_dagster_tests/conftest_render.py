@@ -54,10 +54,33 @@ def binary_stl(triangles: np.ndarray, header: bytes = b"dam test") -> bytes:
 def box_triangles(size=(20.0, 10.0, 5.0)) -> np.ndarray:
     """A closed, outward-wound box (12 triangles)."""
     sx, sy, sz = size
-    v = np.array([[0, 0, 0], [sx, 0, 0], [sx, sy, 0], [0, sy, 0],
-                  [0, 0, sz], [sx, 0, sz], [sx, sy, sz], [0, sy, sz]], dtype=np.float64)
-    faces = [(0, 2, 1), (0, 3, 2), (4, 5, 6), (4, 6, 7), (0, 1, 5), (0, 5, 4),
-             (1, 2, 6), (1, 6, 5), (2, 3, 7), (2, 7, 6), (3, 0, 4), (3, 4, 7)]
+    v = np.array(
+        [
+            [0, 0, 0],
+            [sx, 0, 0],
+            [sx, sy, 0],
+            [0, sy, 0],
+            [0, 0, sz],
+            [sx, 0, sz],
+            [sx, sy, sz],
+            [0, sy, sz],
+        ],
+        dtype=np.float64,
+    )
+    faces = [
+        (0, 2, 1),
+        (0, 3, 2),
+        (4, 5, 6),
+        (4, 6, 7),
+        (0, 1, 5),
+        (0, 5, 4),
+        (1, 2, 6),
+        (1, 6, 5),
+        (2, 3, 7),
+        (2, 7, 6),
+        (3, 0, 4),
+        (3, 4, 7),
+    ]
     return v[np.array(faces)]
 
 
@@ -98,15 +121,31 @@ def threemf_with_thumbnail(source_3mf: Path, thumbnail: bytes) -> bytes:
 def threemf_with_colours() -> bytes:
     """Two instances of a cube whose object colour is red (<basematerials>), with a blue top
     (a triangle-level base material) and a green front (a materials-extension colorgroup)."""
-    quads = {"bottom": (0, 3, 2, 1), "top": (4, 5, 6, 7), "front": (0, 1, 5, 4),
-             "right": (1, 2, 6, 5), "back": (2, 3, 7, 6), "left": (3, 0, 4, 7)}
+    quads = {
+        "bottom": (0, 3, 2, 1),
+        "top": (4, 5, 6, 7),
+        "front": (0, 1, 5, 4),
+        "right": (1, 2, 6, 5),
+        "back": (2, 3, 7, 6),
+        "left": (3, 0, 4, 7),
+    }
     props = {"top": ' pid="1" p1="1"', "front": ' pid="5" p1="0"'}
-    corners = [(0, 0, 0), (10, 0, 0), (10, 10, 0), (0, 10, 0),
-               (0, 0, 10), (10, 0, 10), (10, 10, 10), (0, 10, 10)]
+    corners = [
+        (0, 0, 0),
+        (10, 0, 0),
+        (10, 10, 0),
+        (0, 10, 0),
+        (0, 0, 10),
+        (10, 0, 10),
+        (10, 10, 10),
+        (0, 10, 10),
+    ]
     vertices = "".join(f'<vertex x="{x}" y="{y}" z="{z}"/>' for x, y, z in corners)
     triangles = "".join(
         f'<triangle v1="{a}" v2="{b}" v3="{c}"{props.get(side, "")}/>'
-        for side, (p, q, r, s) in quads.items() for a, b, c in ((p, q, r), (p, r, s)))
+        for side, (p, q, r, s) in quads.items()
+        for a, b, c in ((p, q, r), (p, r, s))
+    )
     model = (
         '<?xml version="1.0" encoding="UTF-8"?>'
         '<model unit="millimeter" '
@@ -116,16 +155,21 @@ def threemf_with_colours() -> bytes:
         '<base name="blue" displaycolor="#2040D0FF"/></basematerials>'
         '<m:colorgroup id="5"><m:color color="#20C040"/></m:colorgroup>'
         f'<object id="2" type="model" pid="1" pindex="0"><mesh><vertices>{vertices}</vertices>'
-        f'<triangles>{triangles}</triangles></mesh></object></resources>'
+        f"<triangles>{triangles}</triangles></mesh></object></resources>"
         '<build><item objectid="2" transform="1 0 0 0 1 0 0 0 1 0 0 0"/>'
-        '<item objectid="2" transform="1 0 0 0 1 0 0 0 1 20 0 0"/></build></model>')
+        '<item objectid="2" transform="1 0 0 0 1 0 0 0 1 20 0 0"/></build></model>'
+    )
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("[Content_Types].xml", "<Types/>")
-        z.writestr("_rels/.rels", (
-            '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
-            '<Relationship Target="/3D/3dmodel.model" Id="rel0" '
-            'Type="http://schemas.microsoft.com/3dmanufacturing/2013/01/3dmodel"/>'
-            '</Relationships>'))
+        z.writestr(
+            "_rels/.rels",
+            (
+                '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+                '<Relationship Target="/3D/3dmodel.model" Id="rel0" '
+                'Type="http://schemas.microsoft.com/3dmanufacturing/2013/01/3dmodel"/>'
+                "</Relationships>"
+            ),
+        )
         z.writestr("3D/3dmodel.model", model)
     return buf.getvalue()

@@ -14,21 +14,34 @@ from .conftest import BIN, brute_force_groups
 
 
 def dam(*args, env=None, cwd=None, timeout=300):
-    return subprocess.run([str(BIN / "dam"), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "dam"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def test_run_status_and_duplicates(hard_library, tmp_path):
     env = {"DAM_LIBRARY_ROOTS": str(hard_library), "DAM_DATA_DIR": str(tmp_path / "data")}
     run = dam("run", env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "partial hashes" in run.stderr          # progress on the terminal
-    assert "duplicate groups" in run.stdout         # and a summary
+    assert "partial hashes" in run.stderr  # progress on the terminal
+    assert "duplicate groups" in run.stdout  # and a summary
 
     expected = brute_force_groups(hard_library)
     status = json.loads(dam("status", "--json", env=env, cwd=tmp_path).stdout)
-    assert {"files", "models", "duplicate_groups", "duplicate_files", "reclaimable_bytes",
-            "thumbnails_ok", "thumbnails_failed"} <= set(status)
+    assert {
+        "files",
+        "models",
+        "duplicate_groups",
+        "duplicate_files",
+        "reclaimable_bytes",
+        "thumbnails_ok",
+        "thumbnails_failed",
+    } <= set(status)
     assert status["files"] == sum(1 for p in hard_library.rglob("*") if p.is_file())
     assert status["duplicate_groups"] == len(expected)
     assert status["duplicate_files"] == sum(len(v) - 1 for v in expected.values())
@@ -38,8 +51,11 @@ def test_run_status_and_duplicates(hard_library, tmp_path):
     for g in groups:  # the original is the first-seen (lowest id) member, paths are absolute
         assert os.path.isabs(g["original"]) and g["size_bytes"] == os.path.getsize(g["original"])
 
-    rows = list(csv.DictReader(io.StringIO(
-        dam("duplicates", "--format", "csv", env=env, cwd=tmp_path).stdout)))
+    rows = list(
+        csv.DictReader(
+            io.StringIO(dam("duplicates", "--format", "csv", env=env, cwd=tmp_path).stdout)
+        )
+    )
     assert len(rows) == sum(len(v) for v in expected.values())
     assert {r["role"] for r in rows} == {"original", "duplicate"}
     table = dam("duplicates", env=env, cwd=tmp_path).stdout
@@ -57,8 +73,11 @@ def test_env_files_configure_the_command(hard_library, tmp_path, monkeypatch):
 
 
 def test_missing_or_unset_root_exits_nonzero_with_a_clear_message(tmp_path):
-    missing = dam("run", env={"DAM_LIBRARY_ROOTS": str(tmp_path / "nas"),
-                              "DAM_DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path)
+    missing = dam(
+        "run",
+        env={"DAM_LIBRARY_ROOTS": str(tmp_path / "nas"), "DAM_DATA_DIR": str(tmp_path / "data")},
+        cwd=tmp_path,
+    )
     assert missing.returncode == 2
     assert "does not exist (is the share mounted?)" in missing.stderr
     unset = dam("run", env={"DAM_DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path)
@@ -66,8 +85,11 @@ def test_missing_or_unset_root_exits_nonzero_with_a_clear_message(tmp_path):
 
 
 def test_data_folder_inside_a_library_is_refused(hard_library, tmp_path):
-    proc = dam("run", env={"DAM_LIBRARY_ROOTS": str(hard_library),
-                           "DAM_DATA_DIR": str(hard_library / "data")}, cwd=tmp_path)
+    proc = dam(
+        "run",
+        env={"DAM_LIBRARY_ROOTS": str(hard_library), "DAM_DATA_DIR": str(hard_library / "data")},
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "never writes into a library" in proc.stderr
     assert not (hard_library / "data").exists()
 
@@ -76,13 +98,21 @@ def test_status_waits_politely_for_a_writing_run(tmp_path):
     data = tmp_path / "data"
     with Catalogue(data).connect():
         pass
-    holder = subprocess.Popen([sys.executable, "-c", f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import time
 from dam_dagster.core.store import Catalogue
 with Catalogue({str(data)!r}, who='a test run').connect():
     print('holding', flush=True)
     time.sleep(2)
-"""], stdout=subprocess.PIPE, text=True)
+""",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "holding"
     started = time.monotonic()
     status = dam("status", "--json", env={"DAM_DATA_DIR": str(data)}, cwd=tmp_path)
@@ -95,8 +125,9 @@ with Catalogue({str(data)!r}, who='a test run').connect():
 def test_sample_library_run(tmp_path):
     run = dam("run", "--sample", env={"DAM_DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    status = json.loads(dam("status", "--json", env={"DAM_DATA_DIR": str(tmp_path / "data")},
-                            cwd=tmp_path).stdout)
+    status = json.loads(
+        dam("status", "--json", env={"DAM_DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path).stdout
+    )
     # the duplicate pair is found; the same-size stranger is not mistaken for a copy
     assert status["duplicate_groups"] == 1 and status["duplicate_files"] == 1
     assert status["models"] >= 8

@@ -7,8 +7,7 @@ import shutil
 from dam_dagster.core import dedup
 from dam_dagster.core.store import Catalogue
 
-from .conftest import brute_force_groups, catalogue_groups, run_chain, run_unprivileged, \
-    snapshot
+from .conftest import brute_force_groups, catalogue_groups, run_chain, run_unprivileged, snapshot
 
 
 def ids(catalogue: Catalogue) -> dict[str, int]:
@@ -86,10 +85,13 @@ def test_changes_between_runs(hard_library, catalogue):
     assert {p: i for p, i in new_ids.items() if p in first_ids} == first_ids
     assert new_ids[str(lib / "new/u3 again.ply")] > max(first_ids.values())
     with catalogue.connect(write=False) as con:
-        gone = con.execute("SELECT present, gone_at IS NOT NULL FROM file_inventory WHERE path = ?",
-                           [str(lib / "big/part (2).3mf")]).fetchone()
-        views = con.execute("SELECT count(*) FROM library_files WHERE path = ?",
-                            [str(lib / "big/part (2).3mf")]).fetchone()[0]
+        gone = con.execute(
+            "SELECT present, gone_at IS NOT NULL FROM file_inventory WHERE path = ?",
+            [str(lib / "big/part (2).3mf")],
+        ).fetchone()
+        views = con.execute(
+            "SELECT count(*) FROM library_files WHERE path = ?", [str(lib / "big/part (2).3mf")]
+        ).fetchone()[0]
     assert gone == (False, True) and views == 0
     # the file comes back as it was (a restore keeps the mtime): same id, and its hashes
     # are current again without a read
@@ -120,8 +122,8 @@ def test_file_vanishing_or_changing_between_walk_and_read(hard_library, catalogu
 
     lib = hard_library
     update_inventory(catalogue, [lib])
-    (lib / "small/readme (1).txt").unlink()                   # vanishes before it is read
-    with open(lib / "decoys/a.stl", "ab") as fh:                # grows before it is read
+    (lib / "small/readme (1).txt").unlink()  # vanishes before it is read
+    with open(lib / "decoys/a.stl", "ab") as fh:  # grows before it is read
         fh.write(b"more")
     partial = dedup.update_partial_hashes(catalogue)
     assert [f[1] for f in partial.failures] == ["FileNotFoundError"]
@@ -148,13 +150,21 @@ def test_special_files_links_and_odd_names_are_handled(tmp_path, catalogue):
     (lib / "loop").symlink_to(lib / "loop")
     stats = run_chain(catalogue, [lib])
     assert stats["inventory"].issues_by_kind == {
-        "undecodable_name": 1, "special_file": 1, "broken_symlink": 1, "symlink_loop": 1}
+        "undecodable_name": 1,
+        "special_file": 1,
+        "broken_symlink": 1,
+        "symlink_loop": 1,
+    }
     groups = dedup.duplicate_groups(catalogue)
     assert len(groups) == 1 and groups[0].duplicates[0].endswith("copy-\\xe9.stl")
     with catalogue.connect(write=False) as con:
         issues = con.execute("SELECT kind FROM walk_issues ORDER BY kind").fetchall()
-    assert [k for (k,) in issues] == ["broken_symlink", "special_file", "symlink_loop",
-                                      "undecodable_name"]
+    assert [k for (k,) in issues] == [
+        "broken_symlink",
+        "special_file",
+        "symlink_loop",
+        "undecodable_name",
+    ]
 
 
 def test_unreadable_file_and_folder_are_recorded(shared_tmp):
@@ -180,7 +190,7 @@ print(json.dumps({{"issues": s["inventory"].issues_by_kind,
     (lib / "b.stl").chmod(0o000)
     (lib / "locked").chmod(0o000)
     (lib / "a.stl").write_bytes(b"identical content")  # new mtime: must be read again
-    os.utime(lib / "b.stl", ns=(0, 1))                 # and so must b (which it cannot)
+    os.utime(lib / "b.stl", ns=(0, 1))  # and so must b (which it cannot)
     second = run_unprivileged(code)
     assert second.returncode == 0, second.stderr
     out = json.loads(second.stdout)

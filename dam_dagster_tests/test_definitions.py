@@ -9,8 +9,13 @@ from dam_dagster.home import prepare_dagster_home
 def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    chain = ["file_inventory", "partial_hashes", "collision_candidates", "full_hashes",
-             "duplicates"]
+    chain = [
+        "file_inventory",
+        "partial_hashes",
+        "collision_candidates",
+        "full_hashes",
+        "duplicates",
+    ]
     for upstream, downstream in zip(chain, chain[1:]):
         assert graph.get(dg.AssetKey(downstream)).parent_keys == {dg.AssetKey(upstream)}
     # the dedup chain follows the inventory on its own; the inventory itself is sensor-driven
@@ -33,8 +38,13 @@ def test_sensors_run_by_default():
 
 
 def test_catalogue_writers_share_one_pool():
-    for key in ["file_inventory", "partial_hashes", "collision_candidates", "full_hashes",
-                "duplicates"]:
+    for key in [
+        "file_inventory",
+        "partial_hashes",
+        "collision_candidates",
+        "full_hashes",
+        "duplicates",
+    ]:
         assert defs.resolve_assets_def(key).node_def.pool == "dam_catalogue"
 
 
@@ -58,8 +68,11 @@ def test_every_setting_is_documented_with_its_default():
     from dam_dagster.core.config import SETTINGS
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "CONFIGURATION.md").read_text()
-    rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `")
-            for line in doc.splitlines() if line.startswith("| `DAM_")}
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `")
+        for line in doc.splitlines()
+        if line.startswith("| `DAM_")
+    }
     for setting in SETTINGS:
         assert setting.name in rows, f"{setting.name} is not in docs/CONFIGURATION.md"
         if setting.default not in ("",):

@@ -30,8 +30,11 @@ def free_port() -> int:
 @pytest.fixture
 def instance_env(tmp_path, monkeypatch):
     data = tmp_path / "data"
-    env = {"DAM_DATA_DIR": str(data), "DAGSTER_HOME": str(data / "dagster_home"),
-           "DAM_LIBRARY_ROOTS": str(tmp_path / "lib")}
+    env = {
+        "DAM_DATA_DIR": str(data),
+        "DAGSTER_HOME": str(data / "dagster_home"),
+        "DAM_LIBRARY_ROOTS": str(tmp_path / "lib"),
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     prepare_dagster_home()
@@ -44,10 +47,22 @@ class DagsterDev:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(cwd, "dagster-dev.log"), "w")
         self.proc = subprocess.Popen(
-            [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(self.port),
-             "-m", "dam_dagster.definitions"],
-            cwd=cwd, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                str(BIN / "dagster"),
+                "dev",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-m",
+                "dam_dagster.definitions",
+            ],
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
@@ -95,13 +110,16 @@ def test_sensors_alone_catalogue_dedup_and_render_a_new_library(corpus, tmp_path
             return dup is not None and len(fast) == 3 and len(slow) == 3
 
         wait_for(everything_done, 240, "the sensors to materialize every asset")
-        launched_by = {r.dagster_run.tags.get("dagster/sensor_name")
-                       for r in instance.get_run_records()}
+        launched_by = {
+            r.dagster_run.tags.get("dagster/sensor_name") for r in instance.get_run_records()
+        }
         assert {"library_sensor", "dam_automation"} <= launched_by  # nobody clicked
         cat = Catalogue(instance_env["DAM_DATA_DIR"])
         assert catalogue_groups(cat) == brute_force_groups(lib)
         with cat.connect(write=False) as con:
-            thumbs = con.execute("SELECT count(*) FROM models WHERE has_thumbnail = 1").fetchone()[0]
+            thumbs = con.execute("SELECT count(*) FROM models WHERE has_thumbnail = 1").fetchone()[
+                0
+            ]
         assert thumbs == 5
     finally:
         dev.stop()
@@ -117,44 +135,71 @@ def test_backfill_failed_rerenders_exactly_the_failed_files(corpus, tmp_path, in
     (lib / "stuck_hang.stl").write_bytes(bytes(data))
 
     # a run in which one render hangs: killed at the timeout, the partition fails
-    run = subprocess.run([str(BIN / "dam"), "run"], cwd=tmp_path, capture_output=True, text=True,
-                         env={**os.environ, "DAM_RENDER_TEST_HANG_SUFFIX": "_hang.stl",
-                              "DAM_FAST_TIMEOUT_S": "3"}, timeout=300)
+    run = subprocess.run(
+        [str(BIN / "dam"), "run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DAM_RENDER_TEST_HANG_SUFFIX": "_hang.stl", "DAM_FAST_TIMEOUT_S": "3"},
+        timeout=300,
+    )
     assert run.returncode == 1 and "thumbnails_fast [<1MB] failed" in run.stderr
     cat = Catalogue(instance_env["DAM_DATA_DIR"])
 
     def rows():
         with cat.connect(write=False) as con:
-            return dict((r[0], r[1:]) for r in con.execute(
-                "SELECT f.rel_path, t.status, t.rendered_at FROM thumbnails t "
-                "JOIN file_inventory f USING (file_id)").fetchall())
+            return {
+                r[0]: r[1:]
+                for r in con.execute(
+                    "SELECT f.rel_path, t.status, t.rendered_at FROM thumbnails t "
+                    "JOIN file_inventory f USING (file_id)"
+                ).fetchall()
+            }
 
     before = rows()
     assert before["stuck_hang.stl"][0] == "timeout"
 
     # the instance, with its sensors stopped so that only the backfill can mend the partition
     for sensor in ("library_sensor", "dam_automation"):
-        subprocess.run([str(BIN / "dagster"), "sensor", "stop", sensor, "-m",
-                        "dam_dagster.definitions"], cwd=tmp_path, check=True,
-                       capture_output=True, env={**os.environ})
+        subprocess.run(
+            [str(BIN / "dagster"), "sensor", "stop", sensor, "-m", "dam_dagster.definitions"],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            env={**os.environ},
+        )
     dev = DagsterDev(instance_env, tmp_path)
     try:
-        launched = subprocess.run([str(BIN / "dam"), "backfill-failed", "--url", dev.url],
-                                  cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        launched = subprocess.run(
+            [str(BIN / "dam"), "backfill-failed", "--url", dev.url],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert launched.returncode == 0, launched.stderr
         assert "thumbnails_fast: backfill" in launched.stdout and "<1MB" in launched.stdout
         instance = dg.DagsterInstance.get()
         wait_for(lambda: rows()["stuck_hang.stl"][0] == "ok", 180, "the backfill's run")
         after = rows()
         assert {k: v for k, v in after.items() if k != "stuck_hang.stl"} == {
-            k: v for k, v in before.items() if k != "stuck_hang.stl"}
+            k: v for k, v in before.items() if k != "stuck_hang.stl"
+        }
         backfills = instance.get_backfills()
         assert len(backfills) == 1 and backfills[0].tags.get("dam/backfill")
         # once the partition shows as materialized, there is nothing left to backfill
-        wait_for(lambda: not failed_partitions(dev.url, ["thumbnails_fast"])["thumbnails_fast"],
-                 60, "the partition to show as materialized")
-        again = subprocess.run([str(BIN / "dam"), "backfill-failed", "--url", dev.url],
-                               cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        wait_for(
+            lambda: not failed_partitions(dev.url, ["thumbnails_fast"])["thumbnails_fast"],
+            60,
+            "the partition to show as materialized",
+        )
+        again = subprocess.run(
+            [str(BIN / "dam"), "backfill-failed", "--url", dev.url],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert again.returncode == 0 and "No failed thumbnail partitions" in again.stdout
     finally:
         dev.stop()

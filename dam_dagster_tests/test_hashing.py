@@ -14,8 +14,8 @@ K = 1024
 def reference_partial(data: bytes) -> str:
     """docs/HASHING.md, written independently of the implementation."""
     size = len(data)
-    head = data[:min(size, 64 * K)]
-    tail = data[max(64 * K, size - 64 * K):]
+    head = data[: min(size, 64 * K)]
+    tail = data[max(64 * K, size - 64 * K) :]
     return hashlib.md5(head + tail + size.to_bytes(8, "little")).hexdigest()
 
 
@@ -24,8 +24,21 @@ def job(path, file_id=1):
     return HashJob(file_id, str(path), st.st_size, st.st_mtime_ns)
 
 
-@pytest.mark.parametrize("size", [1, 1000, 64 * K - 1, 64 * K, 64 * K + 1, 128 * K - 1,
-                                  128 * K, 128 * K + 1, 192 * K, 5 * K * K + 3])
+@pytest.mark.parametrize(
+    "size",
+    [
+        1,
+        1000,
+        64 * K - 1,
+        64 * K,
+        64 * K + 1,
+        128 * K - 1,
+        128 * K,
+        128 * K + 1,
+        192 * K,
+        5 * K * K + 3,
+    ],
+)
 def test_partial_hash_is_the_documented_bytes(tmp_path, size):
     data = random.Random(size).randbytes(size)
     path = tmp_path / "f.bin"

@@ -18,46 +18,64 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dam_dagster.core.render import (IMAGE_EXTENSIONS, MODEL_EXTENSIONS, TEST_CRASH_ENV,
-                                     TEST_HANG_ENV, RenderConfig, RenderTask,
-                                     make_contact_sheet, make_contact_sheet_data_uri,
-                                     render_files, thumbnail_relpath)
+from dam_dagster.core.render import (
+    IMAGE_EXTENSIONS,
+    MODEL_EXTENSIONS,
+    TEST_CRASH_ENV,
+    TEST_HANG_ENV,
+    RenderConfig,
+    RenderTask,
+    make_contact_sheet,
+    make_contact_sheet_data_uri,
+    render_files,
+    thumbnail_relpath,
+)
 
 from .conftest import snapshot
-from .conftest_render import (alpha_bbox, binary_ply, binary_stl, box_triangles, copy_into,
-                              md5_of, png_bytes, rgba, threemf_with_colours,
-                              threemf_with_thumbnail)
+from .conftest_render import (
+    alpha_bbox,
+    binary_ply,
+    binary_stl,
+    box_triangles,
+    copy_into,
+    md5_of,
+    png_bytes,
+    rgba,
+    threemf_with_colours,
+    threemf_with_thumbnail,
+)
 
 SIZE = 256
 
 # Models that must render, with the side files they need in the same folder.
 GOOD_MODELS = {
-    "box.STL": [],                      # binary STL, CAD part
-    "1002_tray_bottom.STL": [],         # ASCII STL
-    "busted.STL": [],                   # binary STL, a scanned tooth (despite its name)
-    "multibody.stl": [],                # ASCII STL, two solids
+    "box.STL": [],  # binary STL, CAD part
+    "1002_tray_bottom.STL": [],  # ASCII STL
+    "busted.STL": [],  # binary STL, a scanned tooth (despite its name)
+    "multibody.stl": [],  # ASCII STL, two solids
     "two_objects_mixed_case_names.stl": [],
-    "featuretype.3MF": [],              # 3MF without an embedded preview
-    "pyramids.3mf": [],                 # 3MF, several objects
-    "fuze.obj": ["fuze.obj.mtl", "fuze uv.jpg"],   # OBJ + MTL + texture with a space in its name
+    "featuretype.3MF": [],  # 3MF without an embedded preview
+    "pyramids.3mf": [],  # 3MF, several objects
+    "fuze.obj": ["fuze.obj.mtl", "fuze uv.jpg"],  # OBJ + MTL + texture with a space in its name
     "bunny.ply": [],
-    "cycloidal.ply": [],                # PLY with vertex colours
+    "cycloidal.ply": [],  # PLY with vertex colours
     "ballA.off": [],
-    "Duck.glb": [],                     # GLB with a texture
-    "cubevc.glb": [],                   # GLB with vertex colours
+    "Duck.glb": [],  # GLB with a texture
+    "cubevc.glb": [],  # GLB with vertex colours
     "TestScene.gltf": ["TestScene.bin"],  # glTF with a .bin side file
     "duck.zae": [],
     "machinist.3DXML": [],
-    "points_emptyface.ply": [],         # a point cloud
-    "points_agisoft.xyz": [],           # a coloured point cloud
+    "points_emptyface.ply": [],  # a point cloud
+    "points_agisoft.xyz": [],  # a coloured point cloud
 }
 POINT_CLOUDS = {"points_emptyface.ply", "points_agisoft.xyz"}
 MULTI_BODY = {"two_objects_mixed_case_names.stl"}
 
 
 def _tasks(paths) -> list[RenderTask]:
-    return [RenderTask(key=i, path=str(p), size_bytes=os.path.getsize(p))
-            for i, p in enumerate(paths)]
+    return [
+        RenderTask(key=i, path=str(p), size_bytes=os.path.getsize(p)) for i, p in enumerate(paths)
+    ]
 
 
 def _pngs(thumbs: Path) -> list[Path]:
@@ -75,10 +93,22 @@ def corpus_batch(corpus, tmp_path_factory):
     paths = [library / name for name in GOOD_MODELS]
     stats: dict = {}
     seen = []
-    outcomes = render_files(_tasks(paths), thumbs, RenderConfig(workers=2, timeout_s=60),
-                            on_outcome=seen.append, stats=stats)
-    return {"library": library, "thumbs": thumbs, "paths": paths, "outcomes": outcomes,
-            "before": before, "stats": stats, "seen": seen}
+    outcomes = render_files(
+        _tasks(paths),
+        thumbs,
+        RenderConfig(workers=2, timeout_s=60),
+        on_outcome=seen.append,
+        stats=stats,
+    )
+    return {
+        "library": library,
+        "thumbs": thumbs,
+        "paths": paths,
+        "outcomes": outcomes,
+        "before": before,
+        "stats": stats,
+        "seen": seen,
+    }
 
 
 def test_every_model_renders_framed_on_a_transparent_square(corpus_batch):
@@ -89,8 +119,11 @@ def test_every_model_renders_framed_on_a_transparent_square(corpus_batch):
             problems.append(f"{name}: {o.status} {o.source} {o.error_class} {o.error_message}")
             continue
         assert o.content_md5 == md5_of(path), name
-        assert o.thumbnail_relpath == thumbnail_relpath(o.content_md5) == \
-            f"{o.content_md5[:2]}/{o.content_md5}.png"
+        assert (
+            o.thumbnail_relpath
+            == thumbnail_relpath(o.content_md5)
+            == f"{o.content_md5[:2]}/{o.content_md5}.png"
+        )
         assert o.error_class is None and o.transient is False and o.seconds > 0
         png = corpus_batch["thumbs"] / o.thumbnail_relpath
         with Image.open(png) as im:
@@ -128,8 +161,11 @@ def test_outcomes_come_back_in_order_and_through_the_callback(corpus_batch):
 def test_nothing_is_written_inside_the_library(corpus_batch):
     assert snapshot(corpus_batch["library"]) == corpus_batch["before"]
     written = _pngs(corpus_batch["thumbs"])
-    expected = {corpus_batch["thumbs"] / o.thumbnail_relpath for o in corpus_batch["outcomes"]
-                if o.thumbnail_relpath}
+    expected = {
+        corpus_batch["thumbs"] / o.thumbnail_relpath
+        for o in corpus_batch["outcomes"]
+        if o.thumbnail_relpath
+    }
     assert set(written) == expected  # no temp file, nothing else
 
 
@@ -150,11 +186,11 @@ def _opaque_rgb(corpus_batch, name) -> np.ndarray:
 
 
 def test_colours_and_textures_are_used(corpus_batch):
-    duck = _opaque_rgb(corpus_batch, "Duck.glb").mean(axis=0)     # a yellow textured duck
+    duck = _opaque_rgb(corpus_batch, "Duck.glb").mean(axis=0)  # a yellow textured duck
     assert duck[0] > duck[2] + 60 and duck[1] > duck[2] + 40, duck
-    cube = _opaque_rgb(corpus_batch, "cubevc.glb")                  # vertex colours
+    cube = _opaque_rgb(corpus_batch, "cubevc.glb")  # vertex colours
     assert (cube.max(axis=1) - cube.min(axis=1)).mean() > 40
-    plain = _opaque_rgb(corpus_batch, "box.STL")                    # no colour: neutral grey
+    plain = _opaque_rgb(corpus_batch, "box.STL")  # no colour: neutral grey
     assert (plain.max(axis=1) - plain.min(axis=1)).mean() < 12
     assert plain.std(axis=0).max() > 8  # faces shaded differently, not a flat silhouette
 
@@ -189,8 +225,11 @@ def test_broken_empty_and_unknown_files_fail_permanently(corpus, tmp_path):
     (library / "notes.txt").write_text("not a model")
     (library / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     names = sorted(p.name for p in library.iterdir())
-    outcomes = render_files(_tasks([library / n for n in names]), tmp_path / "thumbs",
-                            RenderConfig(workers=2, timeout_s=60))
+    outcomes = render_files(
+        _tasks([library / n for n in names]),
+        tmp_path / "thumbs",
+        RenderConfig(workers=2, timeout_s=60),
+    )
     by_name = dict(zip(names, outcomes))
     for name, o in by_name.items():
         assert o.status in ("failed", "unsupported"), (name, o)
@@ -210,20 +249,23 @@ def test_broken_empty_and_unknown_files_fail_permanently(corpus, tmp_path):
 
 def test_step_needs_cascadio(corpus, tmp_path):
     copy_into(tmp_path / "lib", corpus, ["featuretype.STEP"])
-    [o] = render_files(_tasks([tmp_path / "lib" / "featuretype.STEP"]), tmp_path / "thumbs",
-                       RenderConfig(workers=1))
+    [o] = render_files(
+        _tasks([tmp_path / "lib" / "featuretype.STEP"]),
+        tmp_path / "thumbs",
+        RenderConfig(workers=1),
+    )
     try:
         import cascadio  # noqa: F401
     except ImportError:
-        assert (o.status, o.error_class, o.transient) == \
-            ("unsupported", "MissingDependency", False)
+        assert (o.status, o.error_class, o.transient) == ("unsupported", "MissingDependency", False)
         assert "cascadio" in o.error_message
     else:
         assert (o.status, o.source) == ("ok", "render"), o
 
 
 def test_a_hung_render_is_killed_at_the_timeout_and_the_batch_completes(
-        corpus, tmp_path, monkeypatch):
+    corpus, tmp_path, monkeypatch
+):
     monkeypatch.setenv(TEST_HANG_ENV, ".hang.stl")
     library = tmp_path / "library"
     library.mkdir()
@@ -235,8 +277,9 @@ def test_a_hung_render_is_killed_at_the_timeout_and_the_batch_completes(
     timeout = 3.0
     stats: dict = {}
     # one worker: the files queued behind the hung one need the replacement worker
-    outcomes = render_files(_tasks(paths), tmp_path / "thumbs",
-                            RenderConfig(workers=1, timeout_s=timeout), stats=stats)
+    outcomes = render_files(
+        _tasks(paths), tmp_path / "thumbs", RenderConfig(workers=1, timeout_s=timeout), stats=stats
+    )
     hung = outcomes[1]
     assert (hung.status, hung.error_class, hung.transient) == ("timeout", "Timeout", True)
     assert timeout <= hung.seconds < timeout + 5
@@ -254,11 +297,15 @@ def test_a_crashed_worker_fails_its_file_only(tmp_path, monkeypatch):
         p.write_bytes(binary_stl(box_triangles((5, 5 + i, 5)), header=f"m{i}".encode()))
         paths.append(p)
     stats: dict = {}
-    outcomes = render_files(_tasks(paths), tmp_path / "thumbs",
-                            RenderConfig(workers=2, timeout_s=60), stats=stats)
+    outcomes = render_files(
+        _tasks(paths), tmp_path / "thumbs", RenderConfig(workers=2, timeout_s=60), stats=stats
+    )
     crashed = outcomes[2]
-    assert (crashed.status, crashed.error_class, crashed.transient) == \
-        ("failed", "WorkerCrashed", True)
+    assert (crashed.status, crashed.error_class, crashed.transient) == (
+        "failed",
+        "WorkerCrashed",
+        True,
+    )
     assert "SIGSEGV" in crashed.error_message
     assert [o.status for i, o in enumerate(outcomes) if i != 2] == ["ok"] * 4
     assert stats["worker_crashes"] == 1
@@ -268,13 +315,17 @@ def test_an_exploding_model_hits_the_memory_cap_alone(tmp_path):
     lib = tmp_path / "lib"
     lib.mkdir()
     big = lib / "huge.ply"
-    big.write_bytes(binary_ply(3_000_000))   # ~50 MB of faces: GBs once parsed by trimesh
+    big.write_bytes(binary_ply(3_000_000))  # ~50 MB of faces: GBs once parsed by trimesh
     small = [lib / f"small{i}.stl" for i in range(3)]
     for i, p in enumerate(small):
         p.write_bytes(binary_stl(box_triangles((5 + i, 5, 5)), header=f"s{i}".encode()))
     stats: dict = {}
-    outcomes = render_files(_tasks([big] + small), tmp_path / "thumbs",
-                            RenderConfig(workers=2, timeout_s=120, memory_mb=600), stats=stats)
+    outcomes = render_files(
+        _tasks([big] + small),
+        tmp_path / "thumbs",
+        RenderConfig(workers=2, timeout_s=120, memory_mb=600),
+        stats=stats,
+    )
     o = outcomes[0]
     assert (o.status, o.error_class, o.transient) == ("memory", "MemoryLimit", True), o
     assert [x.status for x in outcomes[1:]] == ["ok"] * 3
@@ -292,19 +343,21 @@ def test_identical_files_share_one_png_and_are_not_rendered_twice(corpus, tmp_pa
     assert {o.status for o in first} == {"ok"}
     assert len({o.thumbnail_relpath for o in first}) == 1
     assert len({o.content_md5 for o in first}) == 1
-    assert [o.source for o in first].count("render") == 1   # one worker: the rest are reused
+    assert [o.source for o in first].count("render") == 1  # one worker: the rest are reused
     assert len(_pngs(thumbs)) == 1
     mtime = (thumbs / first[0].thumbnail_relpath).stat().st_mtime_ns
     # a moved/renamed file with the same bytes: reused, never rendered again
     shutil.move(library / "three.stl", library / "renamed.stl")
-    again = render_files(_tasks([library / "renamed.stl", library / "one.stl"]), thumbs,
-                         RenderConfig(workers=2))
+    again = render_files(
+        _tasks([library / "renamed.stl", library / "one.stl"]), thumbs, RenderConfig(workers=2)
+    )
     assert [o.source for o in again] == ["cache", "cache"]
     assert {o.thumbnail_relpath for o in again} == {first[0].thumbnail_relpath}
     assert (thumbs / first[0].thumbnail_relpath).stat().st_mtime_ns == mtime
     # after a settings change the caller asks for a fresh render over the old PNG
-    redo = render_files(_tasks([library / "one.stl"]), thumbs,
-                        RenderConfig(workers=1, size=128, overwrite=True))
+    redo = render_files(
+        _tasks([library / "one.stl"]), thumbs, RenderConfig(workers=1, size=128, overwrite=True)
+    )
     assert redo[0].source == "render" and redo[0].thumbnail_relpath == first[0].thumbnail_relpath
     with Image.open(thumbs / redo[0].thumbnail_relpath) as im:
         assert im.size == (128, 128)
@@ -315,32 +368,42 @@ def test_embedded_3mf_previews_images_and_backgrounds(corpus, tmp_path):
     library = tmp_path / "library"
     copy_into(library, corpus, ["counterX.3MF", "capsule0.jpg"])
     marker = png_bytes((400, 200), (20, 180, 60, 255))
-    (library / "sliced.3mf").write_bytes(
-        threemf_with_thumbnail(corpus / "featuretype.3MF", marker))
+    (library / "sliced.3mf").write_bytes(threemf_with_thumbnail(corpus / "featuretype.3MF", marker))
     (library / "photo.jpeg").write_bytes(png_bytes((90, 300), (30, 60, 200, 255), "JPEG"))
     (library / "art.webp").write_bytes(png_bytes((64, 64), (250, 200, 0, 255), "WEBP"))
     names = ["counterX.3MF", "sliced.3mf", "capsule0.jpg", "photo.jpeg", "art.webp"]
     thumbs = tmp_path / "thumbs"
-    outcomes = dict(zip(names, render_files(_tasks([library / n for n in names]), thumbs,
-                                            RenderConfig(workers=2))))
+    outcomes = dict(
+        zip(
+            names,
+            render_files(_tasks([library / n for n in names]), thumbs, RenderConfig(workers=2)),
+        )
+    )
     assert {n: o.source for n, o in outcomes.items()} == {
-        "counterX.3MF": "embedded", "sliced.3mf": "embedded", "capsule0.jpg": "image",
-        "photo.jpeg": "image", "art.webp": "image"}
+        "counterX.3MF": "embedded",
+        "sliced.3mf": "embedded",
+        "capsule0.jpg": "image",
+        "photo.jpeg": "image",
+        "art.webp": "image",
+    }
     # the slicer's preview, scaled to fit and centred on a transparent square
     px = rgba(thumbs / outcomes["sliced.3mf"].thumbnail_relpath)
     assert px.shape == (SIZE, SIZE, 4)
     assert tuple(px[128, 128]) == (20, 180, 60, 255) and px[5, 128, 3] == 0
-    assert alpha_bbox(px) == (0, 64, 255, 191)          # 400x200 -> 256x128, centred
+    assert alpha_bbox(px) == (0, 64, 255, 191)  # 400x200 -> 256x128, centred
     photo = rgba(thumbs / outcomes["photo.jpeg"].thumbnail_relpath)
     x0, y0, x1, y1 = alpha_bbox(photo)
-    assert (y0, y1) == (0, 255) and 70 <= x1 - x0 + 1 <= 80   # 90x300 -> 77x256
+    assert (y0, y1) == (0, 255) and 70 <= x1 - x0 + 1 <= 80  # 90x300 -> 77x256
     assert abs(int(photo[128, 128, 2]) - 200) < 12
-    art = rgba(thumbs / outcomes["art.webp"].thumbnail_relpath)   # upscaled? no: kept small
+    art = rgba(thumbs / outcomes["art.webp"].thumbnail_relpath)  # upscaled? no: kept small
     assert alpha_bbox(art) == (96, 96, 159, 159)
 
     # prefer_embedded=False renders the model instead, on a colour background when asked
-    rendered = render_files(_tasks([library / "sliced.3mf"]), tmp_path / "thumbs2",
-                            RenderConfig(workers=1, prefer_embedded=False, background="#ff0000"))
+    rendered = render_files(
+        _tasks([library / "sliced.3mf"]),
+        tmp_path / "thumbs2",
+        RenderConfig(workers=1, prefer_embedded=False, background="#ff0000"),
+    )
     assert rendered[0].source == "render"
     with Image.open(tmp_path / "thumbs2" / rendered[0].thumbnail_relpath) as im:
         assert im.mode == "RGB" and im.size == (SIZE, SIZE)
@@ -348,14 +411,14 @@ def test_embedded_3mf_previews_images_and_backgrounds(corpus, tmp_path):
         assert im.getpixel((128, 128)) != (255, 0, 0)
 
 
-def test_without_egl_models_fail_transiently_and_images_still_work(corpus, tmp_path,
-                                                                   monkeypatch):
+def test_without_egl_models_fail_transiently_and_images_still_work(corpus, tmp_path, monkeypatch):
     # glvnd finds no EGL vendor: what a machine without Mesa's EGL looks like to a worker
     monkeypatch.setenv("__EGL_VENDOR_LIBRARY_FILENAMES", str(tmp_path / "none.json"))
     names = ["box.STL", "capsule0.jpg", "torus.STL"]
     copy_into(tmp_path / "lib", corpus, names)
-    outcomes = render_files(_tasks([tmp_path / "lib" / n for n in names]), tmp_path / "thumbs",
-                            RenderConfig(workers=1))
+    outcomes = render_files(
+        _tasks([tmp_path / "lib" / n for n in names]), tmp_path / "thumbs", RenderConfig(workers=1)
+    )
     for o in (outcomes[0], outcomes[2]):
         assert (o.status, o.error_class, o.transient) == ("failed", "RendererUnavailable", True)
         assert "libegl" in o.error_message
@@ -365,8 +428,11 @@ def test_without_egl_models_fail_transiently_and_images_still_work(corpus, tmp_p
 def test_unreadable_paths_are_transient_failures(tmp_path):
     (tmp_path / "folder.stl").mkdir()
     paths = [tmp_path / "missing.stl", tmp_path / "folder.stl"]
-    outcomes = render_files([RenderTask(i, str(p), 0) for i, p in enumerate(paths)],
-                            tmp_path / "thumbs", RenderConfig(workers=1))
+    outcomes = render_files(
+        [RenderTask(i, str(p), 0) for i, p in enumerate(paths)],
+        tmp_path / "thumbs",
+        RenderConfig(workers=1),
+    )
     assert [(o.status, o.transient) for o in outcomes] == [("failed", True), ("failed", True)]
     assert outcomes[0].error_class == "FileNotFoundError"
 
@@ -381,8 +447,12 @@ def test_workers_are_recycled_and_every_task_gets_one_outcome(tmp_path):
         p.write_bytes(binary_stl(box_triangles((3 + i, 4, 5)), header=f"b{i}".encode()))
         paths.append(p)
     stats: dict = {}
-    outcomes = render_files(_tasks(paths), tmp_path / "thumbs",
-                            RenderConfig(workers=2, max_files_per_worker=2), stats=stats)
+    outcomes = render_files(
+        _tasks(paths),
+        tmp_path / "thumbs",
+        RenderConfig(workers=2, max_files_per_worker=2),
+        stats=stats,
+    )
     assert [o.key for o in outcomes] == list(range(9))
     assert {o.status for o in outcomes} == {"ok"}
     assert stats["recycled"] >= 4 and stats["workers_started"] >= 5
@@ -396,14 +466,15 @@ def test_the_calling_process_never_loads_the_gl_stack(tmp_path):
         import sys
         from pathlib import Path
         from dam_dagster.core.render import RenderConfig, RenderTask, render_files
-        [o] = render_files([RenderTask(1, {str(model)!r}, 0)], Path({str(tmp_path / 't')!r}),
+        [o] = render_files([RenderTask(1, {str(model)!r}, 0)], Path({str(tmp_path / "t")!r}),
                            RenderConfig(workers=1))
         assert o.status == "ok", o
         loaded = [m for m in ("pyrender", "OpenGL", "trimesh", "numpy") if m in sys.modules]
         print("LOADED", loaded)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert "LOADED []" in out.stdout
 
@@ -422,14 +493,31 @@ def test_contact_sheet(corpus_batch):
 
 def test_config_defaults_are_the_documented_ones():
     c = RenderConfig()
-    assert (c.size, c.background, c.workers, c.timeout_s, c.memory_mb,
-            c.max_files_per_worker, c.prefer_embedded) == \
-        (256, "transparent", 2, 120.0, 4096, 500, True)
+    assert (
+        c.size,
+        c.background,
+        c.workers,
+        c.timeout_s,
+        c.memory_mb,
+        c.max_files_per_worker,
+        c.prefer_embedded,
+    ) == (256, "transparent", 2, 120.0, 4096, 500, True)
 
 
 def test_extension_sets():
-    assert {".stl", ".3mf", ".obj", ".ply", ".off", ".glb", ".gltf", ".dae", ".zae",
-            ".step", ".stp"} <= MODEL_EXTENSIONS
+    assert {
+        ".stl",
+        ".3mf",
+        ".obj",
+        ".ply",
+        ".off",
+        ".glb",
+        ".gltf",
+        ".dae",
+        ".zae",
+        ".step",
+        ".stp",
+    } <= MODEL_EXTENSIONS
     assert IMAGE_EXTENSIONS == {".png", ".jpg", ".jpeg", ".webp"}
     assert all(e == e.lower() and e.startswith(".") for e in MODEL_EXTENSIONS | IMAGE_EXTENSIONS)
     with pytest.raises(ValueError):

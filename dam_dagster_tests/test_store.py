@@ -31,8 +31,10 @@ def test_two_processes_writing_at_once_both_succeed(hard_library, tmp_path):
     data = tmp_path / "data"
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_chain_in_process, args=(str(data), str(hard_library), 3, out))
-             for _ in range(2)]
+    procs = [
+        ctx.Process(target=_chain_in_process, args=(str(data), str(hard_library), 3, out))
+        for _ in range(2)
+    ]
     for p in procs:
         p.start()
     results = [out.get(timeout=120) for _ in procs]
@@ -43,7 +45,8 @@ def test_two_processes_writing_at_once_both_succeed(hard_library, tmp_path):
     assert catalogue_groups(cat) == brute_force_groups(hard_library)
     with cat.connect(write=False) as con:  # no duplicate inventory rows from the race
         n, distinct = con.execute(
-            "SELECT count(*), count(DISTINCT path) FROM file_inventory").fetchone()
+            "SELECT count(*), count(DISTINCT path) FROM file_inventory"
+        ).fetchone()
     assert n == distinct == sum(1 for p in hard_library.rglob("*") if p.is_file())
 
 
@@ -51,13 +54,21 @@ def test_a_waiting_writer_gets_in_once_the_lock_is_released(tmp_path):
     cat = Catalogue(tmp_path / "data", lock_timeout_s=20)
     with cat.connect() as con:  # create the file first
         con.execute("SELECT 1")
-    holder = subprocess.Popen([sys.executable, "-c", f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import time
 from dam_dagster.core.store import Catalogue
-with Catalogue({str(tmp_path / 'data')!r}, who='test holder').connect() as con:
+with Catalogue({str(tmp_path / "data")!r}, who='test holder').connect() as con:
     print('holding', flush=True)
     time.sleep(1.5)
-"""], stdout=subprocess.PIPE, text=True)
+""",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "holding"
     waits = []
     cat.on_wait = waits.append
@@ -102,8 +113,7 @@ def test_failed_transaction_leaves_the_old_rows(tmp_path, hard_library):
     assert catalogue_groups(cat) == before
 
 
-def test_no_connection_is_open_while_library_files_are_read(tmp_path, hard_library,
-                                                            monkeypatch):
+def test_no_connection_is_open_while_library_files_are_read(tmp_path, hard_library, monkeypatch):
     """While hashing, another process could take the lock at any moment."""
     cat = Catalogue(tmp_path / "data")
     checked = []

@@ -17,9 +17,20 @@ from dam_dagster.resources import CatalogueResource, LibraryResource, RenderReso
 
 from .conftest import snapshot
 
-MODELS = ["box.STL", "torus.STL", "idler_riser.STL", "Duck.glb", "fuze.obj", "fuze.obj.mtl",
-          "fuze uv.jpg", "featuretype.3MF", "bunny.ply", "busted.STL", "empty.stl",
-          "1002_tray_bottom.STL"]  # the one file over 1 MiB
+MODELS = [
+    "box.STL",
+    "torus.STL",
+    "idler_riser.STL",
+    "Duck.glb",
+    "fuze.obj",
+    "fuze.obj.mtl",
+    "fuze uv.jpg",
+    "featuretype.3MF",
+    "bunny.ply",
+    "busted.STL",
+    "empty.stl",
+    "1002_tray_bottom.STL",
+]  # the one file over 1 MiB
 
 
 @pytest.fixture
@@ -30,7 +41,7 @@ def model_library(corpus, tmp_path):
         shutil.copy(corpus / name, lib / name)
     (lib / "copies").mkdir()
     shutil.copy(corpus / "torus.STL", lib / "copies" / "torus again.STL")  # identical content
-    (lib / "sketch.scad").write_text("cube(10);\n")                       # no renderer for it
+    (lib / "sketch.scad").write_text("cube(10);\n")  # no renderer for it
     # truncated: the header promises 12 triangles, the file holds two
     (lib / "truncated.stl").write_bytes((corpus / "box.STL").read_bytes()[:184])
     return lib
@@ -39,32 +50,42 @@ def model_library(corpus, tmp_path):
 def stl_variant(source, dest, tag: bytes) -> None:
     """The same model with another 80-byte header: other bytes, so no shared thumbnail."""
     data = bytearray(source.read_bytes())
-    data[:len(tag)] = tag
+    data[: len(tag)] = tag
     dest.write_bytes(bytes(data))
 
 
 def resources(lib, data, **render):
-    return {"library": LibraryResource(roots=str(lib)),
-            "catalogue": CatalogueResource(data_dir=str(data)),
-            "renderer": RenderResource(**render)}
+    return {
+        "library": LibraryResource(roots=str(lib)),
+        "catalogue": CatalogueResource(data_dir=str(data)),
+        "renderer": RenderResource(**render),
+    }
 
 
 def inventory(lib, data, instance=None):
-    assert dg.materialize([dedup_assets.file_inventory], resources=resources(lib, data),
-                          instance=instance).success
+    assert dg.materialize(
+        [dedup_assets.file_inventory], resources=resources(lib, data), instance=instance
+    ).success
 
 
 def render(lib, data, partition="<1MB", instance=None, **cfg):
-    return dg.materialize([thumbnail_assets.thumbnails_fast], partition_key=partition,
-                          resources=resources(lib, data, **cfg), instance=instance,
-                          raise_on_error=False)
+    return dg.materialize(
+        [thumbnail_assets.thumbnails_fast],
+        partition_key=partition,
+        resources=resources(lib, data, **cfg),
+        instance=instance,
+        raise_on_error=False,
+    )
 
 
 def rows(data) -> dict[str, tuple]:
     with Catalogue(data).connect(write=False) as con:
-        return {r[0]: r[1:] for r in con.execute("""
+        return {
+            r[0]: r[1:]
+            for r in con.execute("""
             SELECT f.rel_path, t.status, t.source, t.thumbnail_relpath, t.rendered_at, t.transient
-            FROM thumbnails t JOIN file_inventory f USING (file_id)""").fetchall()}
+            FROM thumbnails t JOIN file_inventory f USING (file_id)""").fetchall()
+        }
 
 
 def test_a_partition_renders_its_models_and_says_what_it_did(model_library, tmp_path):
@@ -79,7 +100,10 @@ def test_a_partition_renders_its_models_and_says_what_it_did(model_library, tmp_
     # every model and image under 1 MiB went through the lane, nothing else (not the .mtl,
     # not the tray: over 1 MiB, it belongs to the next bucket)
     assert set(got) == {n for n in MODELS if n not in ("fuze.obj.mtl", "1002_tray_bottom.STL")} | {
-        "copies/torus again.STL", "sketch.scad", "truncated.stl"}
+        "copies/torus again.STL",
+        "sketch.scad",
+        "truncated.stl",
+    }
     assert got["busted.STL"][0] == "ok"  # a valid file holding a broken mesh still draws
     assert got["truncated.stl"][0] == "failed" and got["truncated.stl"][4] is False
     assert got["empty.stl"][0] == "failed"
@@ -119,11 +143,13 @@ def test_second_run_renders_nothing_and_a_changed_file_alone(model_library, tmp_
     now = rows(data)
     assert now["box.STL"][3] > first["box.STL"][3]
     assert {k: v for k, v in now.items() if k != "box.STL"} == {
-        k: v for k, v in first.items() if k != "box.STL"}
+        k: v for k, v in first.items() if k != "box.STL"
+    }
 
 
 def test_a_hung_render_fails_the_partition_and_a_rerun_retries_only_it(
-        model_library, tmp_path, monkeypatch):
+    model_library, tmp_path, monkeypatch
+):
     data = tmp_path / "data"
     stl_variant(model_library / "torus.STL", model_library / "stuck_hang.stl", b"stuck")
     inventory(model_library, data)
@@ -131,8 +157,10 @@ def test_a_hung_render_fails_the_partition_and_a_rerun_retries_only_it(
     failed = render(model_library, data, fast_timeout_s=3)
     assert not failed.success
     [failure] = [e for e in failed.all_events if e.is_step_failure]
-    assert "1 file(s) failed for a reason that may pass" in \
-        failure.step_failure_data.user_failure_data.description
+    assert (
+        "1 file(s) failed for a reason that may pass"
+        in failure.step_failure_data.user_failure_data.description
+    )
     first = rows(data)
     assert first["stuck_hang.stl"][0] == "timeout" and first["stuck_hang.stl"][4] is True
     assert first["box.STL"][0] == "ok"  # the rest of the partition completed
@@ -145,7 +173,8 @@ def test_a_hung_render_fails_the_partition_and_a_rerun_retries_only_it(
     second = rows(data)
     assert second["stuck_hang.stl"][0] == "ok"
     assert {k: v for k, v in second.items() if k != "stuck_hang.stl"} == {
-        k: v for k, v in first.items() if k != "stuck_hang.stl"}
+        k: v for k, v in first.items() if k != "stuck_hang.stl"
+    }
 
 
 def test_a_lost_png_is_rendered_again(model_library, tmp_path):
@@ -174,14 +203,15 @@ def test_buckets_split_the_lanes_by_size(model_library, tmp_path):
 
 def test_thumbnails_follow_the_inventory_on_their_own(model_library, tmp_path):
     instance = dg.DagsterInstance.get()
-    defs = dg.Definitions(assets=dedup_assets.ASSETS + thumbnail_assets.ASSETS,
-                          asset_checks=dedup_assets.CHECKS + thumbnail_assets.CHECKS,
-                          resources=resources(model_library, tmp_path / "data"))
+    defs = dg.Definitions(
+        assets=dedup_assets.ASSETS + thumbnail_assets.ASSETS,
+        asset_checks=dedup_assets.CHECKS + thumbnail_assets.CHECKS,
+        resources=resources(model_library, tmp_path / "data"),
+    )
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     inventory(model_library, tmp_path / "data", instance=instance)
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
-    requested = {r.key.to_user_string(): r.true_subset for r in tick.results
-                 if r.true_subset.size}
+    requested = {r.key.to_user_string(): r.true_subset for r in tick.results if r.true_subset.size}
     assert requested["thumbnails_fast"].size == 3 and requested["thumbnails_slow"].size == 3
 
 

@@ -20,8 +20,16 @@ def kinds(result):
 
 
 def test_default_excludes_skip_nas_and_os_litter(tmp_path):
-    for rel in ["a.stl", ".git/objects/x", "@eaDir/a.stl/SYNOFILE_THUMB_M.jpg", ".DS_Store",
-                "sub/Thumbs.db", "sub/._a.stl", "sub/b.3mf", "#recycle/old.stl"]:
+    for rel in [
+        "a.stl",
+        ".git/objects/x",
+        "@eaDir/a.stl/SYNOFILE_THUMB_M.jpg",
+        ".DS_Store",
+        "sub/Thumbs.db",
+        "sub/._a.stl",
+        "sub/b.3mf",
+        "#recycle/old.stl",
+    ]:
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
@@ -44,19 +52,24 @@ def test_symlinks_broken_looping_and_not_followed(tmp_path):
     (tmp_path / "broken.stl").symlink_to(tmp_path / "nowhere.stl")
     (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
     (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
-    (tmp_path / "real" / "up").symlink_to(tmp_path)          # a link to an ancestor
+    (tmp_path / "real" / "up").symlink_to(tmp_path)  # a link to an ancestor
     (tmp_path / "alias.stl").symlink_to(tmp_path / "real" / "m.stl")
 
     default = walk_library([tmp_path])
     assert rels(default) == ["real/m.stl"]
-    assert {("broken.stl", "broken_symlink"), ("loop_a", "symlink_loop"),
-            ("loop_b", "symlink_loop"), ("up", "symlink_skipped"),
-            ("alias.stl", "symlink_skipped")} <= kinds(default)
+    assert {
+        ("broken.stl", "broken_symlink"),
+        ("loop_a", "symlink_loop"),
+        ("loop_b", "symlink_loop"),
+        ("up", "symlink_skipped"),
+        ("alias.stl", "symlink_skipped"),
+    } <= kinds(default)
 
     followed = walk_library([tmp_path], follow_symlinks=True)
     assert rels(followed) == ["alias.stl", "real/m.stl"]  # the ancestor loop is not walked
     assert ("up", "symlink_loop") in kinds(followed) or any(
-        i.kind == "symlink_loop" and i.path.endswith("/up") for i in followed.issues)
+        i.kind == "symlink_loop" and i.path.endswith("/up") for i in followed.issues
+    )
 
 
 def test_fifo_and_undecodable_names(tmp_path):
@@ -68,8 +81,9 @@ def test_fifo_and_undecodable_names(tmp_path):
     assert ("pipe.stl", "special_file") in kinds(result)
     assert [f.size_bytes for f in result.files] == [5]
     assert os.fsencode(result.files[0].path) == raw  # the exact bytes survive
-    assert any(i.kind == "undecodable_name" and i.path.endswith("caf\\xe9.stl")
-               for i in result.issues)
+    assert any(
+        i.kind == "undecodable_name" and i.path.endswith("caf\\xe9.stl") for i in result.issues
+    )
 
 
 def test_missing_root_is_a_clear_error(tmp_path):
@@ -122,8 +136,7 @@ def test_threaded_walk_finds_the_same_as_one_thread(hard_library):
         one = walk_library([hard_library], follow_symlinks=follow, threads=1)
         many = walk_library([hard_library], follow_symlinks=follow, threads=6)
         assert sorted(one.files, key=lambda f: f.path) == sorted(many.files, key=lambda f: f.path)
-        assert sorted(one.issues, key=lambda i: i.path) == sorted(many.issues,
-                                                                  key=lambda i: i.path)
+        assert sorted(one.issues, key=lambda i: i.path) == sorted(many.issues, key=lambda i: i.path)
         assert one.dirs == many.dirs
 
 

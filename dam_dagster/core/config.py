@@ -41,17 +41,40 @@ SETTINGS: tuple[EnvSetting, ...] = (
     EnvSetting("DAM_THUMBNAIL_BACKGROUND", "transparent", "'transparent' or a colour (#rrggbb)."),
     EnvSetting("DAM_RENDER_MEMORY_MB", "4096", "Address-space cap per render process."),
     EnvSetting("DAM_WORKER_MAX_FILES", "500", "A render process is recycled after this many."),
-    EnvSetting("DAM_PREFER_EMBEDDED", "1", "1 to use a 3MF's embedded preview instead of rendering."),
+    EnvSetting(
+        "DAM_PREFER_EMBEDDED", "1", "1 to use a 3MF's embedded preview instead of rendering."
+    ),
 )
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
 DEFAULTS = {s.name: s.default for s in SETTINGS}
 
 # Folders and files that are never part of a library: version control, NAS and OS litter.
 DEFAULT_EXCLUDES: tuple[str, ...] = (
-    ".git", ".hg", ".svn", "@eaDir", "#recycle", "#snapshot", ".snapshot", "@Recycle",
-    "$RECYCLE.BIN", "System Volume Information", ".Trash-*", ".Trashes", ".Spotlight-V100",
-    ".fseventsd", ".TemporaryItems", ".DS_Store", "._*", "Thumbs.db", "ehthumbs.db",
-    "desktop.ini", ".stfolder", ".stversions", "*.part", "*.crdownload", "~$*",
+    ".git",
+    ".hg",
+    ".svn",
+    "@eaDir",
+    "#recycle",
+    "#snapshot",
+    ".snapshot",
+    "@Recycle",
+    "$RECYCLE.BIN",
+    "System Volume Information",
+    ".Trash-*",
+    ".Trashes",
+    ".Spotlight-V100",
+    ".fseventsd",
+    ".TemporaryItems",
+    ".DS_Store",
+    "._*",
+    "Thumbs.db",
+    "ehthumbs.db",
+    "desktop.ini",
+    ".stfolder",
+    ".stversions",
+    "*.part",
+    "*.crdownload",
+    "~$*",
 )
 
 

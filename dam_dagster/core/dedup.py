@@ -26,8 +26,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from .hashing import HashJob, HashOutcome, Progress, hash_full, hash_many, hash_partial, \
-    hash_prefix
+from .hashing import HashJob, HashOutcome, Progress, hash_full, hash_many, hash_partial, hash_prefix
 from .store import Catalogue
 from .walk import on_network_filesystem
 
@@ -47,10 +46,11 @@ def _jobs(rows) -> list[HashJob]:
 @dataclass
 class HashStats:
     """What a hashing stage did; `failures` are (path, error class, message)."""
-    eligible: int = 0           # files this stage is about
-    reused: int = 0             # already current: not read
-    prefix_reads: int = 0       # stage 1a: files whose first 4 KiB were read
-    files_read: int = 0         # head and tail (stage 1b) or whole file (stage 3)
+
+    eligible: int = 0  # files this stage is about
+    reused: int = 0  # already current: not read
+    prefix_reads: int = 0  # stage 1a: files whose first 4 KiB were read
+    files_read: int = 0  # head and tail (stage 1b) or whole file (stage 3)
     bytes_read: int = 0
     errors: int = 0
     transient_errors: int = 0
@@ -61,21 +61,24 @@ class HashStats:
 
 
 def _outcome_table(outcomes: list[HashOutcome], now: datetime) -> pa.Table:
-    return pa.table({
-        "file_id": pa.array([o.file_id for o in outcomes], pa.int64()),
-        "size_bytes": pa.array([o.size_bytes for o in outcomes], pa.int64()),
-        "mtime_ns": pa.array([o.mtime_ns for o in outcomes], pa.int64()),
-        "prefix_hash": pa.array([o.prefix_hash for o in outcomes], pa.string()),
-        "partial_hash": pa.array([o.partial_hash for o in outcomes], pa.string()),
-        "full_hash": pa.array([o.full_hash for o in outcomes], pa.string()),
-        "hashed_at": pa.array([now] * len(outcomes), pa.timestamp("us")),
-        "error_class": pa.array([o.error_class for o in outcomes], pa.string()),
-        "error_message": pa.array([o.error_message for o in outcomes], pa.string()),
-    })
+    return pa.table(
+        {
+            "file_id": pa.array([o.file_id for o in outcomes], pa.int64()),
+            "size_bytes": pa.array([o.size_bytes for o in outcomes], pa.int64()),
+            "mtime_ns": pa.array([o.mtime_ns for o in outcomes], pa.int64()),
+            "prefix_hash": pa.array([o.prefix_hash for o in outcomes], pa.string()),
+            "partial_hash": pa.array([o.partial_hash for o in outcomes], pa.string()),
+            "full_hash": pa.array([o.full_hash for o in outcomes], pa.string()),
+            "hashed_at": pa.array([now] * len(outcomes), pa.timestamp("us")),
+            "error_class": pa.array([o.error_class for o in outcomes], pa.string()),
+            "error_message": pa.array([o.error_message for o in outcomes], pa.string()),
+        }
+    )
 
 
-def _tally(stats: HashStats, outcomes: list[HashOutcome], paths: dict[int, str],
-           prefix: bool = False) -> None:
+def _tally(
+    stats: HashStats, outcomes: list[HashOutcome], paths: dict[int, str], prefix: bool = False
+) -> None:
     for o in outcomes:
         stats.bytes_read += o.bytes_read
         if o.ok and prefix:
@@ -131,23 +134,34 @@ def update_partial_hashes(
     with catalogue.connect(write=False) as con:
         con.execute(_ELIGIBLE, args)  # stage 0
         stats.eligible = con.execute("SELECT count(*) FROM eligible").fetchone()[0]
-        stats.skipped_unique_size = con.execute(
-            "SELECT count(*) FROM present_files WHERE size_bytes > 0").fetchone()[0] - stats.eligible
-        prefix_rows = [] if hash_all_sizes else con.execute("""
+        stats.skipped_unique_size = (
+            con.execute("SELECT count(*) FROM present_files WHERE size_bytes > 0").fetchone()[0]
+            - stats.eligible
+        )
+        prefix_rows = (
+            []
+            if hash_all_sizes
+            else con.execute("""
             SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns FROM eligible e
             WHERE e.file_id NOT IN (
                 SELECT file_id FROM current_partial_hashes WHERE prefix_hash IS NOT NULL)
             ORDER BY e.path
         """).fetchall()
+        )
         roots = [r[0] for r in con.execute("SELECT DISTINCT root FROM eligible").fetchall()]
-    outcomes = hash_many(_jobs(prefix_rows), lambda j: hash_prefix(j, follow_symlinks),
-                         prefix_threads(roots, io_threads), on_progress)  # stage 1a
+    outcomes = hash_many(
+        _jobs(prefix_rows),
+        lambda j: hash_prefix(j, follow_symlinks),
+        prefix_threads(roots, io_threads),
+        on_progress,
+    )  # stage 1a
     _tally(stats, outcomes, {r[0]: r[1] for r in prefix_rows}, prefix=True)
     _write_partial_rows(catalogue, outcomes)
 
     with catalogue.connect(write=False) as con:
         con.execute(_ELIGIBLE, args)
-        partial_rows = con.execute("""
+        partial_rows = con.execute(
+            """
             WITH cur AS (
                 SELECT p.* FROM current_partial_hashes p JOIN eligible USING (file_id)),
             shared AS (
@@ -158,9 +172,12 @@ def update_partial_hashes(
             WHERE cur.partial_hash IS NULL AND ($all OR (cur.size_bytes, cur.prefix_hash) IN (
                 SELECT (size_bytes, prefix_hash) FROM shared))
             ORDER BY e.path
-        """, args).fetchall()
-    outcomes = hash_many(_jobs(partial_rows), lambda j: hash_partial(j, follow_symlinks),
-                         io_threads, on_progress)  # stage 1b
+        """,
+            args,
+        ).fetchall()
+    outcomes = hash_many(
+        _jobs(partial_rows), lambda j: hash_partial(j, follow_symlinks), io_threads, on_progress
+    )  # stage 1b
     _tally(stats, outcomes, {r[0]: r[1] for r in partial_rows})
     _write_partial_rows(catalogue, outcomes)
     stats.reused = stats.eligible - len({r[0] for r in prefix_rows + partial_rows})
@@ -213,14 +230,17 @@ def update_full_hashes(
     with catalogue.connect() as con:
         stats.eligible = con.execute("SELECT count(*) FROM collision_candidates").fetchone()[0]
         # Small files were read whole by stage 1: their full hash is already known.
-        stats.from_small_file_read = con.execute("""
+        stats.from_small_file_read = con.execute(
+            """
             INSERT OR REPLACE INTO full_hashes
             SELECT p.file_id, p.size_bytes, p.mtime_ns, p.full_hash, 'small_file', $now,
                    NULL, NULL
             FROM collision_candidates c JOIN current_partial_hashes p USING (file_id)
             WHERE p.full_hash IS NOT NULL AND c.file_id NOT IN (
                 SELECT file_id FROM current_full_hashes WHERE full_hash IS NOT NULL)
-        """, {"now": _now()}).fetchone()[0]
+        """,
+            {"now": _now()},
+        ).fetchone()[0]
         rows = con.execute("""
             SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns
             FROM collision_candidates c JOIN present_files f USING (file_id)
@@ -293,8 +313,7 @@ def _duplicate_stats(con, largest: int) -> DuplicateStats:
                COALESCE(sum(CASE WHEN duplicate_of_id IS NOT NULL THEN size_bytes END), 0)
         FROM duplicates
     """).fetchone()
-    return DuplicateStats(int(groups), int(files), int(reclaimable),
-                          _groups(con, limit=largest))
+    return DuplicateStats(int(groups), int(files), int(reclaimable), _groups(con, limit=largest))
 
 
 def _groups(con, limit: int | None = None) -> list[DuplicateGroup]:
@@ -306,7 +325,7 @@ def _groups(con, limit: int | None = None) -> list[DuplicateGroup]:
         FROM duplicates d JOIN file_inventory f USING (file_id)
         GROUP BY d.original_id, d.full_hash, d.size_bytes
         ORDER BY d.size_bytes * (count(*) - 1) DESC, original
-        {'LIMIT ' + str(int(limit)) if limit else ''}
+        {"LIMIT " + str(int(limit)) if limit else ""}
     """).fetchall()
     return [DuplicateGroup(r[0], int(r[1]), r[2], list(r[3][1:])) for r in rows]
 

@@ -38,22 +38,29 @@ SMALL_FILE_MAX = HEAD_BYTES + TAIL_BYTES
 CHUNK_BYTES = 1024 * 1024
 
 # OSErrors that say something about the file, not about the storage: not worth failing a run.
-_PERMANENT_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ELOOP, errno.EISDIR,
-                     errno.ENOTDIR, errno.ENAMETOOLONG}
+_PERMANENT_ERRNOS = {
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ELOOP,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+}
 
 
 @dataclass(frozen=True)
 class HashJob:
     file_id: int
-    path: str            # filesystem path (surrogate escapes allowed)
-    size_bytes: int      # as the inventory saw it
+    path: str  # filesystem path (surrogate escapes allowed)
+    size_bytes: int  # as the inventory saw it
     mtime_ns: int
 
 
 @dataclass(frozen=True)
 class HashOutcome:
     file_id: int
-    size_bytes: int      # the state that was actually read (may differ from the job's)
+    size_bytes: int  # the state that was actually read (may differ from the job's)
     mtime_ns: int
     prefix_hash: str | None = None
     partial_hash: str | None = None
@@ -138,9 +145,15 @@ def hash_prefix(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
         if not _same_state(st, os.fstat(fd)):
             raise ChangedDuringRead("the file changed while it was read")
         small = size <= PREFIX_BYTES
-        return HashOutcome(job.file_id, size, st.st_mtime_ns, prefix_hash=_md5(data),
-                           partial_hash=partial_hash_of(data, b"", size) if small else None,
-                           full_hash=_md5(data) if small else None, bytes_read=len(data))
+        return HashOutcome(
+            job.file_id,
+            size,
+            st.st_mtime_ns,
+            prefix_hash=_md5(data),
+            partial_hash=partial_hash_of(data, b"", size) if small else None,
+            full_hash=_md5(data) if small else None,
+            bytes_read=len(data),
+        )
     except (OSError, ChangedDuringRead, NotARegularFile) as exc:
         return _failure(job, exc)
     finally:
@@ -168,10 +181,15 @@ def hash_partial(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
             read = HEAD_BYTES + TAIL_BYTES
         if not _same_state(st, os.fstat(fd)):
             raise ChangedDuringRead("the file changed while it was read")
-        return HashOutcome(job.file_id, size, st.st_mtime_ns,
-                           prefix_hash=_md5(head[:PREFIX_BYTES]),
-                           partial_hash=partial_hash_of(head, tail, size), full_hash=full,
-                           bytes_read=read)
+        return HashOutcome(
+            job.file_id,
+            size,
+            st.st_mtime_ns,
+            prefix_hash=_md5(head[:PREFIX_BYTES]),
+            partial_hash=partial_hash_of(head, tail, size),
+            full_hash=full,
+            bytes_read=read,
+        )
     except (OSError, ChangedDuringRead, NotARegularFile) as exc:
         return _failure(job, exc)
     finally:
@@ -200,8 +218,9 @@ def hash_full(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
             read += n
         if read != st.st_size or not _same_state(st, os.fstat(fd)):
             raise ChangedDuringRead("the file changed while it was read")
-        return HashOutcome(job.file_id, st.st_size, st.st_mtime_ns,
-                           full_hash=digest.hexdigest(), bytes_read=read)
+        return HashOutcome(
+            job.file_id, st.st_size, st.st_mtime_ns, full_hash=digest.hexdigest(), bytes_read=read
+        )
     except (OSError, ChangedDuringRead, NotARegularFile) as exc:
         return _failure(job, exc)
     finally:
@@ -215,8 +234,14 @@ def _failure(job: HashJob, exc: BaseException) -> HashOutcome:
     else:
         transient = False
         message = str(exc)
-    return HashOutcome(job.file_id, job.size_bytes, job.mtime_ns, error_class=type(exc).__name__,
-                       error_message=message, transient=transient)
+    return HashOutcome(
+        job.file_id,
+        job.size_bytes,
+        job.mtime_ns,
+        error_class=type(exc).__name__,
+        error_message=message,
+        transient=transient,
+    )
 
 
 @dataclass
@@ -235,8 +260,10 @@ class Progress:
         if 0 < self.done < self.total and self.elapsed_s > 0:
             left = (self.total - self.done) * self.elapsed_s / self.done
             eta = f", about {left:.0f} s left"
-        return (f"{what}: {self.done:,}/{self.total:,} files, {self.bytes_read / 1e6:,.1f} MB "
-                f"read at {self.rate_mb_s:,.1f} MB/s{eta}")
+        return (
+            f"{what}: {self.done:,}/{self.total:,} files, {self.bytes_read / 1e6:,.1f} MB "
+            f"read at {self.rate_mb_s:,.1f} MB/s{eta}"
+        )
 
 
 def hash_many(
@@ -256,7 +283,7 @@ def hash_many(
         return outcomes
     threads = max(1, threads)
     batch = max(1, min(64, len(jobs) // (threads * 4)))
-    batches = [jobs[i:i + batch] for i in range(0, len(jobs), batch)]
+    batches = [jobs[i : i + batch] for i in range(0, len(jobs), batch)]
     started = last = time.monotonic()
     read = 0
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dam-io") as pool:

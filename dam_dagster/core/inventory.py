@@ -22,8 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from .store import Catalogue
-from .walk import PathFilter, WalkResult, display_path, has_undecodable, walk_library, \
-    walk_threads
+from .walk import PathFilter, WalkResult, display_path, has_undecodable, walk_library, walk_threads
 
 
 @dataclass
@@ -54,17 +53,22 @@ def _walk_table(walk: WalkResult) -> pa.Table:
     bad = [has_undecodable(f.path) for f in files]  # rare: most names are valid UTF-8
     paths = [display_path(f.path) if b else f.path for f, b in zip(files, bad)]
     roots = {f.root: display_path(f.root) for f in files}
-    return pa.table({
-        "path": pa.array(paths, pa.string()),
-        "raw_path": pa.array([os.fsencode(f.path) if b else None for f, b in zip(files, bad)],
-                             pa.binary()),
-        "root": pa.array([roots[f.root] for f in files], pa.string()),
-        "rel_path": pa.array([display_path(f.rel_path) if b else f.rel_path
-                              for f, b in zip(files, bad)], pa.string()),
-        "extension": pa.array([_extension(p) for p in paths], pa.string()),
-        "size_bytes": pa.array([f.size_bytes for f in files], pa.int64()),
-        "mtime_ns": pa.array([f.mtime_ns for f in files], pa.int64()),
-    })
+    return pa.table(
+        {
+            "path": pa.array(paths, pa.string()),
+            "raw_path": pa.array(
+                [os.fsencode(f.path) if b else None for f, b in zip(files, bad)], pa.binary()
+            ),
+            "root": pa.array([roots[f.root] for f in files], pa.string()),
+            "rel_path": pa.array(
+                [display_path(f.rel_path) if b else f.rel_path for f, b in zip(files, bad)],
+                pa.string(),
+            ),
+            "extension": pa.array([_extension(p) for p in paths], pa.string()),
+            "size_bytes": pa.array([f.size_bytes for f in files], pa.int64()),
+            "mtime_ns": pa.array([f.mtime_ns for f in files], pa.int64()),
+        }
+    )
 
 
 def _extension(path: str) -> str:
@@ -86,18 +90,21 @@ def update_inventory(
     roots = list(roots)
     started = _now()
     t0 = datetime.now()
-    walk = walk_library(roots, path_filter, follow_symlinks, on_progress,
-                        threads=walk_threads(roots, io_threads))
+    walk = walk_library(
+        roots, path_filter, follow_symlinks, on_progress, threads=walk_threads(roots, io_threads)
+    )
     walk_seconds = (datetime.now() - t0).total_seconds()
 
     walked = _walk_table(walk)
     unlisted = pa.table({"prefix": pa.array(walk.unlisted_dirs, pa.string())})
-    issues = pa.table({
-        "path": pa.array([i.path for i in walk.issues], pa.string()),
-        "kind": pa.array([i.kind for i in walk.issues], pa.string()),
-        "error_class": pa.array([i.error_class for i in walk.issues], pa.string()),
-        "message": pa.array([i.message for i in walk.issues], pa.string()),
-    })
+    issues = pa.table(
+        {
+            "path": pa.array([i.path for i in walk.issues], pa.string()),
+            "kind": pa.array([i.kind for i in walk.issues], pa.string()),
+            "error_class": pa.array([i.error_class for i in walk.issues], pa.string()),
+            "message": pa.array([i.message for i in walk.issues], pa.string()),
+        }
+    )
     now = _now()
     with catalogue.connect() as con:
         con.register("walked", walked)
@@ -111,7 +118,9 @@ def update_inventory(
                    w.size_bytes, w.mtime_ns, true, $now, $now, NULL
             FROM w ANTI JOIN file_inventory f USING (path)
             ORDER BY w.path
-            """, {"now": now}).fetchone()[0]
+            """,
+            {"now": now},
+        ).fetchone()[0]
         changed_files = con.execute(
             """
             UPDATE file_inventory f
@@ -119,13 +128,16 @@ def update_inventory(
                 changed_at = $now, gone_at = NULL, root = w.root, rel_path = w.rel_path
             FROM w
             WHERE f.path = w.path AND (f.size_bytes <> w.size_bytes OR f.mtime_ns <> w.mtime_ns)
-            """, {"now": now}).fetchone()[0]
+            """,
+            {"now": now},
+        ).fetchone()[0]
         returned_files = con.execute(
             """
             UPDATE file_inventory f
             SET present = true, gone_at = NULL, root = w.root, rel_path = w.rel_path
             FROM w WHERE f.path = w.path AND NOT f.present
-            """).fetchone()[0]
+            """
+        ).fetchone()[0]
         gone_files = con.execute(
             """
             UPDATE file_inventory f SET present = false, gone_at = $now
@@ -133,10 +145,14 @@ def update_inventory(
               AND NOT EXISTS (SELECT 1 FROM w WHERE w.path = f.path)
               AND NOT EXISTS (SELECT 1 FROM unlisted u
                               WHERE f.path = u.prefix OR starts_with(f.path, u.prefix || '/'))
-            """, {"now": now}).fetchone()[0]
+            """,
+            {"now": now},
+        ).fetchone()[0]
         con.execute("DELETE FROM walk_issues")
-        con.execute("INSERT INTO walk_issues SELECT path, kind, error_class, message, $now "
-                    "FROM issues", {"now": now})
+        con.execute(
+            "INSERT INTO walk_issues SELECT path, kind, error_class, message, $now FROM issues",
+            {"now": now},
+        )
         # A root that suddenly holds nothing while the catalogue knew files there is most
         # often an unmounted share: say so loudly (nothing is lost, ids and hashes are kept).
         warnings = []
@@ -146,7 +162,8 @@ def update_inventory(
             if seen == 0:
                 had = con.execute(
                     "SELECT count(*) FROM file_inventory WHERE root = $root AND gone_at = $now",
-                    {"root": root_s, "now": now}).fetchone()[0]
+                    {"root": root_s, "now": now},
+                ).fetchone()[0]
                 if had:
                     warnings.append(
                         f"root {root_s} is empty now but held {had} files at the last scan: "
@@ -168,7 +185,16 @@ def update_inventory(
         )
         con.execute(
             "INSERT INTO inventory_scans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [started, _now(), ":".join(stats.roots), stats.files_seen, stats.bytes_seen,
-             stats.new_files, stats.changed_files, stats.gone_files, stats.issues],
+            [
+                started,
+                _now(),
+                ":".join(stats.roots),
+                stats.files_seen,
+                stats.bytes_seen,
+                stats.new_files,
+                stats.changed_files,
+                stats.gone_files,
+                stats.issues,
+            ],
         )
     return stats

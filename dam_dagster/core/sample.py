@@ -49,18 +49,21 @@ def make_sample_library(dest: str | Path, overwrite: bool = False) -> Path:
 
     (dest / "parts" / "cube_20mm.stl").write_bytes(_stl(trimesh.creation.box((20, 20, 20))))
     cylinder = trimesh.creation.cylinder(radius=8, height=25, sections=64)
-    (dest / "parts" / "spacer.obj").write_bytes(
-        trimesh.exchange.obj.export_obj(cylinder).encode())
+    (dest / "parts" / "spacer.obj").write_bytes(trimesh.exchange.obj.export_obj(cylinder).encode())
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=15)
     (dest / "figures" / "ball.ply").write_bytes(trimesh.exchange.ply.export_ply(sphere))
     cone = trimesh.creation.cone(radius=10, height=30, sections=48)
-    cone.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))  # glTF is Y-up
+    cone.apply_transform(
+        trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0])
+    )  # glTF is Y-up
     cone.visual.face_colors = np.tile([200, 60, 40, 255], (len(cone.faces), 1))
     (dest / "figures" / "red_cone.glb").write_bytes(trimesh.Scene(cone).export(file_type="glb"))
     capsule = trimesh.creation.capsule(height=30, radius=8)
     (dest / "figures" / "capsule.3mf").write_bytes(trimesh.Scene(capsule).export(file_type="3mf"))
     torus = trimesh.creation.torus(major_radius=20, minor_radius=6)
-    (dest / "figures" / "ring.stl").write_bytes(trimesh.exchange.stl.export_stl_ascii(torus).encode())
+    (dest / "figures" / "ring.stl").write_bytes(
+        trimesh.exchange.stl.export_stl_ascii(torus).encode()
+    )
 
     # A broken STL: a binary header that promises more triangles than the file holds.
     broken = bytearray(_stl(trimesh.creation.box((5, 5, 5))))

@@ -210,18 +210,30 @@ CREATE OR REPLACE VIEW models AS
 
 # What the `models` view counts as a 3D model (lower case, with the dot): every format the
 # renderer draws, and model formats it can only list (their thumbnails are 'unsupported').
-UNRENDERED_MODEL_EXTENSIONS = frozenset({
-    ".amf", ".3ds", ".fbx", ".ctm", ".x3d", ".wrl", ".blend", ".scad", ".f3d", ".skp", ".iges",
-    ".igs",
-})
-MODEL_EXTENSIONS: tuple[str, ...] = tuple(sorted(RENDERED_MODEL_EXTENSIONS
-                                                 | UNRENDERED_MODEL_EXTENSIONS))
+UNRENDERED_MODEL_EXTENSIONS = frozenset(
+    {
+        ".amf",
+        ".3ds",
+        ".fbx",
+        ".ctm",
+        ".x3d",
+        ".wrl",
+        ".blend",
+        ".scad",
+        ".f3d",
+        ".skp",
+        ".iges",
+        ".igs",
+    }
+)
+MODEL_EXTENSIONS: tuple[str, ...] = tuple(
+    sorted(RENDERED_MODEL_EXTENSIONS | UNRENDERED_MODEL_EXTENSIONS)
+)
 
 
 def _view_sql(thumbs_dir: Path) -> str:
     exts = ", ".join(f"'{e}'" for e in MODEL_EXTENSIONS)
-    return _VIEWS.format(model_extensions=exts,
-                         thumbs_dir=str(thumbs_dir).replace("'", "''"))
+    return _VIEWS.format(model_extensions=exts, thumbs_dir=str(thumbs_dir).replace("'", "''"))
 
 
 # --- the lock -----------------------------------------------------------------------------
@@ -292,8 +304,13 @@ class Catalogue:
     _migrated: set[tuple[Path, int]] = set()
     _migrated_guard = threading.Lock()
 
-    def __init__(self, data_dir: str | os.PathLike, lock_timeout_s: float = 300.0,
-                 on_wait: Callable[[str], None] | None = None, who: str = ""):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        lock_timeout_s: float = 300.0,
+        on_wait: Callable[[str], None] | None = None,
+        who: str = "",
+    ):
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_NAME
         self.lock_path = self.data_dir / (DB_NAME + ".lock")
@@ -365,8 +382,7 @@ def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0] or 0)
 
 
-def migrate(con: duckdb.DuckDBPyConnection, thumbs_dir: Path,
-            target: int = SCHEMA_VERSION) -> int:
+def migrate(con: duckdb.DuckDBPyConnection, thumbs_dir: Path, target: int = SCHEMA_VERSION) -> int:
     """Bring the schema to `target` in one transaction and re-create the views."""
     con.execute("BEGIN TRANSACTION")
     try:

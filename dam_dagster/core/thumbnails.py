@@ -35,6 +35,7 @@ FAILED_STATUSES = ("failed", "timeout", "memory")
 @dataclass(frozen=True)
 class SizeBucket:
     """One partition: files of size in [low, high) bytes; high None means no upper bound."""
+
     key: str
     lane: str
     low: int
@@ -68,29 +69,31 @@ def size_buckets(threshold_mb: int) -> tuple[SizeBucket, ...]:
 @dataclass
 class Plan:
     tasks: list[RenderTask] = field(default_factory=list)
-    unsupported: list[int] = field(default_factory=list)   # file ids, no renderer for them
+    unsupported: list[int] = field(default_factory=list)  # file ids, no renderer for them
     states: dict[int, tuple[int, int]] = field(default_factory=dict)  # id: (size, mtime)
-    in_bucket: int = 0          # thumbnail-able files of the bucket
-    up_to_date: int = 0         # current thumbnail, or a permanent failure: nothing to do
-    retries: int = 0            # last attempt failed for a reason that may pass
-    missing_png: int = 0        # marked ok, but the PNG is gone
-    settings_changed: int = 0   # made at another size or background: the PNG must be redone
+    in_bucket: int = 0  # thumbnail-able files of the bucket
+    up_to_date: int = 0  # current thumbnail, or a permanent failure: nothing to do
+    retries: int = 0  # last attempt failed for a reason that may pass
+    missing_png: int = 0  # marked ok, but the PNG is gone
+    settings_changed: int = 0  # made at another size or background: the PNG must be redone
 
 
 def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background: str) -> Plan:
     exts = ", ".join(f"'{e}'" for e in sorted(THUMBNAIL_EXTENSIONS))
     with catalogue.connect(write=False) as con:
-        rows = con.execute(f"""
+        rows = con.execute(
+            f"""
             SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.extension,
                    t.status, t.transient, t.thumbnail_relpath, t.thumbnail_size, t.background
             FROM present_files f LEFT JOIN current_thumbnails t USING (file_id)
             WHERE f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
               AND f.extension IN ({exts})
             ORDER BY f.path
-        """, {"low": bucket.low, "high": bucket.high}).fetchall()
+        """,
+            {"low": bucket.low, "high": bucket.high},
+        ).fetchall()
     plan = Plan(in_bucket=len(rows))
-    for (file_id, path, raw, fsize, mtime, ext, status, transient, rel, tsize,
-         tbg) in rows:
+    for file_id, path, raw, fsize, mtime, ext, status, transient, rel, tsize, tbg in rows:
         plan.states[file_id] = (fsize, mtime)
         if status == "ok" and tsize == size and tbg == background:
             if (catalogue.thumbs_dir / rel).exists():
@@ -116,8 +119,16 @@ class OutcomeWriter:
     """Collects outcomes as they arrive and writes them in batches, each one transaction, so
     hours of rendering are never lost to a crash and no connection stays open meanwhile."""
 
-    def __init__(self, catalogue: Catalogue, bucket: SizeBucket, plan: Plan, size: int,
-                 background: str, batch: int = 500, every_s: float = 20.0):
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        bucket: SizeBucket,
+        plan: Plan,
+        size: int,
+        background: str,
+        batch: int = 500,
+        every_s: float = 20.0,
+    ):
         self.catalogue, self.bucket, self.plan = catalogue, bucket, plan
         self.size, self.background = size, background
         self.batch, self.every_s = batch, every_s
@@ -127,27 +138,42 @@ class OutcomeWriter:
 
     def add(self, outcome: RenderOutcome) -> None:
         size, mtime = self.plan.states[outcome.key]
-        self.pending.append({
-            "file_id": int(outcome.key), "size_bytes": size, "mtime_ns": mtime,
-            "status": outcome.status,
-            "source": outcome.source, "content_md5": outcome.content_md5,
-            "thumbnail_relpath": outcome.thumbnail_relpath,
-            "error_class": outcome.error_class, "error_message": outcome.error_message,
-            "transient": bool(outcome.transient), "render_seconds": float(outcome.seconds),
-        })
+        self.pending.append(
+            {
+                "file_id": int(outcome.key),
+                "size_bytes": size,
+                "mtime_ns": mtime,
+                "status": outcome.status,
+                "source": outcome.source,
+                "content_md5": outcome.content_md5,
+                "thumbnail_relpath": outcome.thumbnail_relpath,
+                "error_class": outcome.error_class,
+                "error_message": outcome.error_message,
+                "transient": bool(outcome.transient),
+                "render_seconds": float(outcome.seconds),
+            }
+        )
         if len(self.pending) >= self.batch or time.monotonic() - self.last_flush > self.every_s:
             self.flush()
 
     def add_unsupported(self) -> None:
         for file_id in self.plan.unsupported:
             fsize, mtime = self.plan.states[file_id]
-            self.pending.append({
-                "file_id": file_id, "size_bytes": fsize, "mtime_ns": mtime,
-                "status": "unsupported", "source": None, "content_md5": None,
-                "thumbnail_relpath": None, "error_class": "UnsupportedFormat",
-                "error_message": "no renderer for this format", "transient": False,
-                "render_seconds": 0.0,
-            })
+            self.pending.append(
+                {
+                    "file_id": file_id,
+                    "size_bytes": fsize,
+                    "mtime_ns": mtime,
+                    "status": "unsupported",
+                    "source": None,
+                    "content_md5": None,
+                    "thumbnail_relpath": None,
+                    "error_class": "UnsupportedFormat",
+                    "error_message": "no renderer for this format",
+                    "transient": False,
+                    "render_seconds": 0.0,
+                }
+            )
 
     def flush(self) -> None:
         self.last_flush = time.monotonic()
@@ -156,24 +182,26 @@ class OutcomeWriter:
         rows, self.pending = self.pending, []
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         cols = {k: [r[k] for r in rows] for k in rows[0]}
-        table = pa.table({
-            "file_id": pa.array(cols["file_id"], pa.int64()),
-            "size_bytes": pa.array(cols["size_bytes"], pa.int64()),
-            "mtime_ns": pa.array(cols["mtime_ns"], pa.int64()),
-            "lane": pa.array([self.bucket.lane] * len(rows), pa.string()),
-            "bucket": pa.array([self.bucket.key] * len(rows), pa.string()),
-            "status": pa.array(cols["status"], pa.string()),
-            "source": pa.array(cols["source"], pa.string()),
-            "content_md5": pa.array(cols["content_md5"], pa.string()),
-            "thumbnail_relpath": pa.array(cols["thumbnail_relpath"], pa.string()),
-            "thumbnail_size": pa.array([self.size] * len(rows), pa.int32()),
-            "background": pa.array([self.background] * len(rows), pa.string()),
-            "error_class": pa.array(cols["error_class"], pa.string()),
-            "error_message": pa.array(cols["error_message"], pa.string()),
-            "transient": pa.array(cols["transient"], pa.bool_()),
-            "render_seconds": pa.array(cols["render_seconds"], pa.float64()),
-            "rendered_at": pa.array([now] * len(rows), pa.timestamp("us")),
-        })
+        table = pa.table(
+            {
+                "file_id": pa.array(cols["file_id"], pa.int64()),
+                "size_bytes": pa.array(cols["size_bytes"], pa.int64()),
+                "mtime_ns": pa.array(cols["mtime_ns"], pa.int64()),
+                "lane": pa.array([self.bucket.lane] * len(rows), pa.string()),
+                "bucket": pa.array([self.bucket.key] * len(rows), pa.string()),
+                "status": pa.array(cols["status"], pa.string()),
+                "source": pa.array(cols["source"], pa.string()),
+                "content_md5": pa.array(cols["content_md5"], pa.string()),
+                "thumbnail_relpath": pa.array(cols["thumbnail_relpath"], pa.string()),
+                "thumbnail_size": pa.array([self.size] * len(rows), pa.int32()),
+                "background": pa.array([self.background] * len(rows), pa.string()),
+                "error_class": pa.array(cols["error_class"], pa.string()),
+                "error_message": pa.array(cols["error_message"], pa.string()),
+                "transient": pa.array(cols["transient"], pa.bool_()),
+                "render_seconds": pa.array(cols["render_seconds"], pa.float64()),
+                "rendered_at": pa.array([now] * len(rows), pa.timestamp("us")),
+            }
+        )
         with self.catalogue.connect() as con:
             con.register("outcomes", table)
             con.execute("INSERT OR REPLACE INTO thumbnails SELECT * FROM outcomes")
@@ -183,13 +211,14 @@ class OutcomeWriter:
 @dataclass
 class LaneStats:
     """What one partition's run did, from its outcomes."""
+
     planned: int
     seconds: float
     by_status: Counter
     by_source: Counter
-    failures: list[tuple[str, str, str, str]]   # path, status, error class, message
-    made: list[Path]                             # PNGs rendered (or taken) this run
-    transient_failures: int                      # failures a retry could mend
+    failures: list[tuple[str, str, str, str]]  # path, status, error class, message
+    made: list[Path]  # PNGs rendered (or taken) this run
+    transient_failures: int  # failures a retry could mend
 
     @property
     def rendered(self) -> int:
@@ -201,18 +230,22 @@ class LaneStats:
         return self.planned / self.seconds if self.seconds > 0 else 0.0
 
 
-def lane_stats(outcomes: Iterable[RenderOutcome], plan: Plan, thumbs_dir: Path,
-               seconds: float) -> LaneStats:
+def lane_stats(
+    outcomes: Iterable[RenderOutcome], plan: Plan, thumbs_dir: Path, seconds: float
+) -> LaneStats:
     paths = {t.key: t.path for t in plan.tasks}
     outcomes = list(outcomes)
     stats = LaneStats(
-        planned=len(plan.tasks), seconds=seconds,
+        planned=len(plan.tasks),
+        seconds=seconds,
         by_status=Counter(o.status for o in outcomes),
         by_source=Counter(o.source for o in outcomes if o.ok),
-        failures=[(paths[o.key], o.status, o.error_class or "", o.error_message or "")
-                  for o in outcomes if not o.ok],
-        made=[thumbs_dir / o.thumbnail_relpath for o in outcomes
-              if o.ok and o.source != "cache"],
+        failures=[
+            (paths[o.key], o.status, o.error_class or "", o.error_message or "")
+            for o in outcomes
+            if not o.ok
+        ],
+        made=[thumbs_dir / o.thumbnail_relpath for o in outcomes if o.ok and o.source != "cache"],
         transient_failures=sum(1 for o in outcomes if not o.ok and o.transient),
     )
     stats.by_status["unsupported"] += len(plan.unsupported)
@@ -222,6 +255,7 @@ def lane_stats(outcomes: Iterable[RenderOutcome], plan: Plan, thumbs_dir: Path,
 def lane_counts(catalogue: Catalogue, lane: str) -> dict[str, int]:
     """Current thumbnail rows of a lane by status."""
     with catalogue.connect(write=False) as con:
-        rows = con.execute("SELECT status, count(*) FROM current_thumbnails WHERE lane = ? "
-                           "GROUP BY status", [lane]).fetchall()
+        rows = con.execute(
+            "SELECT status, count(*) FROM current_thumbnails WHERE lane = ? GROUP BY status", [lane]
+        ).fetchall()
     return {status: int(n) for status, n in rows}

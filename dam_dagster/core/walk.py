@@ -31,7 +31,7 @@ class RootUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class WalkedFile:
-    path: str          # absolute filesystem path (surrogate escapes for undecodable bytes)
+    path: str  # absolute filesystem path (surrogate escapes for undecodable bytes)
     root: str
     rel_path: str
     size_bytes: int
@@ -41,7 +41,7 @@ class WalkedFile:
 @dataclass(frozen=True)
 class WalkIssue:
     path: str
-    kind: str          # see ISSUE_KINDS
+    kind: str  # see ISSUE_KINDS
     error_class: str | None
     message: str
 
@@ -81,8 +81,12 @@ class PathFilter:
     asks this question for every entry.
     """
 
-    def __init__(self, include: Iterable[str] = (), exclude: Iterable[str] = (),
-                 default_excludes: bool = True):
+    def __init__(
+        self,
+        include: Iterable[str] = (),
+        exclude: Iterable[str] = (),
+        default_excludes: bool = True,
+    ):
         excl = list(DEFAULT_EXCLUDES if default_excludes else ()) + list(exclude)
         self._exclude_name, self._exclude_rel = self._compile(excl)
         self._include_name, self._include_rel = self._compile(list(include))
@@ -93,8 +97,10 @@ class PathFilter:
         def rx(pats):
             if not pats:
                 return None
-            return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in pats),
-                              re.IGNORECASE | re.DOTALL)
+            return re.compile(
+                "|".join(f"(?:{fnmatch.translate(p)})" for p in pats), re.IGNORECASE | re.DOTALL
+            )
+
         return rx([p for p in patterns if "/" not in p]), rx([p for p in patterns if "/" in p])
 
     @staticmethod
@@ -105,8 +111,9 @@ class PathFilter:
         return self._match(self._exclude_name, self._exclude_rel, name, rel)
 
     def included(self, name: str, rel: str) -> bool:
-        return not self._has_include or self._match(self._include_name, self._include_rel,
-                                                    name, rel)
+        return not self._has_include or self._match(
+            self._include_name, self._include_rel, name, rel
+        )
 
 
 def has_undecodable(path: str) -> bool:
@@ -153,11 +160,31 @@ def check_roots(roots: Iterable[Path]) -> list[Path]:
 
 # Where a stat is a network round trip, several folders are listed at once (DAM_IO_THREADS);
 # on a local disk one thread is faster (measured: docs/BENCHMARKS.md).
-NETWORK_FILESYSTEMS = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre",
-    "fuse.sshfs", "fuse.rclone", "fuse.s3fs", "fuse.glusterfs", "fuse.smbnetfs", "davfs",
-    "fuse.davfs2", "ncpfs", "gpfs", "beegfs", "fuse.juicefs",
-})
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "fuse.sshfs",
+        "fuse.rclone",
+        "fuse.s3fs",
+        "fuse.glusterfs",
+        "fuse.smbnetfs",
+        "davfs",
+        "fuse.davfs2",
+        "ncpfs",
+        "gpfs",
+        "beegfs",
+        "fuse.juicefs",
+    }
+)
 
 
 def filesystem_type(path: str | os.PathLike) -> str | None:
@@ -193,6 +220,7 @@ def walk_threads(roots: Iterable[Path], io_threads: int) -> int:
 @dataclass
 class _Listing:
     """What one folder holds: the unit of work of the walk."""
+
     files: list[WalkedFile] = field(default_factory=list)
     folders: list[str] = field(default_factory=list)
     issues: list[WalkIssue] = field(default_factory=list)
@@ -201,7 +229,8 @@ class _Listing:
 
     def issue(self, path: str, kind: str, exc: BaseException | None, message: str) -> None:
         self.issues.append(
-            WalkIssue(display_path(path), kind, type(exc).__name__ if exc else None, message))
+            WalkIssue(display_path(path), kind, type(exc).__name__ if exc else None, message)
+        )
 
 
 def walk_library(
@@ -224,10 +253,10 @@ def walk_library(
         root_str = str(root)
         visited: set[tuple[int, int]] = set()  # folders entered, when following links
 
-        def list_folder(folder: str) -> _Listing:
+        def list_folder(folder: str, root_str: str = root_str) -> _Listing:
             return _list_folder(folder, root_str, path_filter, follow_symlinks)
 
-        def enter(folder: str) -> bool:
+        def enter(folder: str, visited: set = visited) -> bool:
             return not follow_symlinks or _first_visit(folder, visited, result)
 
         def take(listing: _Listing) -> None:
@@ -253,7 +282,7 @@ def walk_library(
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dam-walk") as pool:
             outstanding = 0
 
-            def submit(folder: str) -> None:
+            def submit(folder: str, done: queue.SimpleQueue = done) -> None:
                 nonlocal outstanding
                 if enter(folder):
                     outstanding += 1
@@ -276,16 +305,22 @@ def _first_visit(folder: str, visited: set[tuple[int, int]], result: WalkResult)
         return True  # let the listing report the problem
     key = (st.st_dev, st.st_ino)
     if key in visited:
-        result.issues.append(WalkIssue(
-            display_path(folder), "symlink_loop", None,
-            "leads to a folder already walked (a link loop or a second link to it)"))
+        result.issues.append(
+            WalkIssue(
+                display_path(folder),
+                "symlink_loop",
+                None,
+                "leads to a folder already walked (a link loop or a second link to it)",
+            )
+        )
         return False
     visited.add(key)
     return True
 
 
-def _list_folder(folder: str, root: str, path_filter: PathFilter,
-                 follow_symlinks: bool) -> _Listing:
+def _list_folder(
+    folder: str, root: str, path_filter: PathFilter, follow_symlinks: bool
+) -> _Listing:
     out = _Listing()
     try:
         with os.scandir(folder) as it:
@@ -325,8 +360,12 @@ def _list_folder(folder: str, root: str, path_filter: PathFilter,
                 else:
                     out.excluded += 1
             else:
-                out.issue(path, "special_file", None,
-                          "not a regular file (FIFO, socket or device): not opened")
+                out.issue(
+                    path,
+                    "special_file",
+                    None,
+                    "not a regular file (FIFO, socket or device): not opened",
+                )
         except FileNotFoundError as exc:
             out.issue(path, "vanished", exc, "disappeared during the walk")
         except PermissionError as exc:

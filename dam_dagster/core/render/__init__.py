@@ -12,14 +12,35 @@ read, hash, cache, image / embedded preview / render), loaders (bytes -> drawabl
 (camera), gl (pyrender renderer, one EGL context per worker), shaders (GLSL), images (Pillow).
 """
 
-from .api import (IMAGE_EXTENSIONS, MODEL_EXTENSIONS, SOURCES, STATUSES, TEST_CRASH_ENV,
-                  TEST_HANG_ENV, RenderConfig, RenderOutcome, RenderTask, parse_background,
-                  thumbnail_relpath)
+from .api import (
+    IMAGE_EXTENSIONS,
+    MODEL_EXTENSIONS,
+    SOURCES,
+    STATUSES,
+    TEST_CRASH_ENV,
+    TEST_HANG_ENV,
+    RenderConfig,
+    RenderOutcome,
+    RenderTask,
+    parse_background,
+    thumbnail_relpath,
+)
 from .images import make_contact_sheet, make_contact_sheet_data_uri
 from .pool import render_files
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "MODEL_EXTENSIONS", "SOURCES", "STATUSES", "TEST_CRASH_ENV",
-    "TEST_HANG_ENV", "RenderConfig", "RenderOutcome", "RenderTask", "make_contact_sheet",
-    "make_contact_sheet_data_uri", "parse_background", "render_files", "thumbnail_relpath",
+    "IMAGE_EXTENSIONS",
+    "MODEL_EXTENSIONS",
+    "SOURCES",
+    "STATUSES",
+    "TEST_CRASH_ENV",
+    "TEST_HANG_ENV",
+    "RenderConfig",
+    "RenderOutcome",
+    "RenderTask",
+    "make_contact_sheet",
+    "make_contact_sheet_data_uri",
+    "parse_background",
+    "render_files",
+    "thumbnail_relpath",
 ]

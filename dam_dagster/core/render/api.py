@@ -12,17 +12,42 @@ from dataclasses import dataclass
 # What trimesh can load as 3D geometry (lower case, with the dot). STEP needs the optional
 # `cascadio` package; without it STEP files get status 'unsupported'. 2D drawings (DXF, SVG)
 # and archives (ZIP) are deliberately not models.
-MODEL_EXTENSIONS: frozenset[str] = frozenset({
-    ".stl", ".3mf", ".obj", ".ply", ".off", ".glb", ".gltf", ".dae", ".zae",
-    ".step", ".stp", ".3dxml", ".xaml", ".xyz",
-})
+MODEL_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".stl",
+        ".3mf",
+        ".obj",
+        ".ply",
+        ".off",
+        ".glb",
+        ".gltf",
+        ".dae",
+        ".zae",
+        ".step",
+        ".stp",
+        ".3dxml",
+        ".xaml",
+        ".xyz",
+    }
+)
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 
 # Formats drawn Z-up, as slicers show them (STEP too: trimesh's cascadio path keeps the CAD
 # axes). glTF is Y-up by its specification; COLLADA says which in its <up_axis>.
-Z_UP_EXTENSIONS: frozenset[str] = frozenset({
-    ".stl", ".3mf", ".obj", ".ply", ".off", ".3dxml", ".xaml", ".xyz", ".step", ".stp",
-})
+Z_UP_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".stl",
+        ".3mf",
+        ".obj",
+        ".ply",
+        ".off",
+        ".3dxml",
+        ".xaml",
+        ".xyz",
+        ".step",
+        ".stp",
+    }
+)
 
 STATUSES = ("ok", "failed", "timeout", "memory", "unsupported")
 SOURCES = ("render", "embedded", "image", "cache")
@@ -36,13 +61,13 @@ TEST_CRASH_ENV = "DAM_RENDER_TEST_CRASH_SUFFIX"
 
 @dataclass(frozen=True)
 class RenderConfig:
-    size: int = 256                    # pixels, square (DAM_THUMBNAIL_SIZE)
-    background: str = "transparent"    # or "#rrggbb" (DAM_THUMBNAIL_BACKGROUND)
-    workers: int = 2                   # worker processes (DAM_FAST_WORKERS / DAM_SLOW_WORKERS)
-    timeout_s: float = 120.0           # per-file timeout; the hung worker is killed and replaced
-    memory_mb: int = 4096              # per-worker memory cap (DAM_RENDER_MEMORY_MB)
-    max_files_per_worker: int = 500    # recycle a worker after this many files
-    prefer_embedded: bool = True       # use a 3MF's embedded preview instead of rendering
+    size: int = 256  # pixels, square (DAM_THUMBNAIL_SIZE)
+    background: str = "transparent"  # or "#rrggbb" (DAM_THUMBNAIL_BACKGROUND)
+    workers: int = 2  # worker processes (DAM_FAST_WORKERS / DAM_SLOW_WORKERS)
+    timeout_s: float = 120.0  # per-file timeout; the hung worker is killed and replaced
+    memory_mb: int = 4096  # per-worker memory cap (DAM_RENDER_MEMORY_MB)
+    max_files_per_worker: int = 500  # recycle a worker after this many files
+    prefer_embedded: bool = True  # use a 3MF's embedded preview instead of rendering
     # Threads Mesa's llvmpipe may use inside one worker (LP_NUM_THREADS); None: CPUs / workers.
     gl_threads: int | None = None
     # Render even when thumbs_dir/ab/<md5>.png exists (the cache is keyed by content only:
@@ -61,27 +86,28 @@ class RenderConfig:
             raise ValueError(f"memory_mb must be at least 256, not {self.memory_mb}")
         if int(self.max_files_per_worker) < 1:
             raise ValueError(
-                f"max_files_per_worker must be at least 1, not {self.max_files_per_worker}")
+                f"max_files_per_worker must be at least 1, not {self.max_files_per_worker}"
+            )
 
 
 @dataclass(frozen=True)
 class RenderTask:
-    key: object          # the caller's id (a file_id); returned untouched in the outcome
-    path: str            # filesystem path as Python str (may hold surrogate escapes)
+    key: object  # the caller's id (a file_id); returned untouched in the outcome
+    path: str  # filesystem path as Python str (may hold surrogate escapes)
     size_bytes: int
 
 
 @dataclass(frozen=True)
 class RenderOutcome:
     key: object
-    status: str                 # 'ok' | 'failed' | 'timeout' | 'memory' | 'unsupported'
-    source: str | None          # 'render' | 'embedded' | 'image' | 'cache'
-    content_md5: str | None     # MD5 hex of the file's bytes
+    status: str  # 'ok' | 'failed' | 'timeout' | 'memory' | 'unsupported'
+    source: str | None  # 'render' | 'embedded' | 'image' | 'cache'
+    content_md5: str | None  # MD5 hex of the file's bytes
     thumbnail_relpath: str | None  # 'ab/<md5>.png', relative to thumbs_dir, when status == 'ok'
     error_class: str | None
     error_message: str | None
-    seconds: float              # wall time spent on this file
-    transient: bool             # True when a retry could succeed
+    seconds: float  # wall time spent on this file
+    transient: bool  # True when a retry could succeed
 
     @property
     def ok(self) -> bool:
@@ -99,7 +125,7 @@ def parse_background(value: str) -> tuple[float, float, float, float]:
     try:
         if len(hexpart) != 6:
             raise ValueError
-        r, g, b = (int(hexpart[i:i + 2], 16) / 255.0 for i in (0, 2, 4))
+        r, g, b = (int(hexpart[i : i + 2], 16) / 255.0 for i in (0, 2, 4))
     except ValueError:
         raise ValueError(
             f"thumbnail background must be 'transparent' or a colour like '#rrggbb', not {value!r}"

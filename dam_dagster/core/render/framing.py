@@ -14,31 +14,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
-AZIMUTH_DEG = 35.0     # to the right of the front
-ELEVATION_DEG = 28.0   # above the horizon
-FOV_DEG = 30.0         # sets the perspective's strength (distance = R / sin(fov / 2))
-MARGIN = 0.05          # of the square, on the limiting side
+AZIMUTH_DEG = 35.0  # to the right of the front
+ELEVATION_DEG = 28.0  # above the horizon
+FOV_DEG = 30.0  # sets the perspective's strength (distance = R / sin(fov / 2))
+MARGIN = 0.05  # of the square, on the limiting side
 
 
 @dataclass(frozen=True)
 class CameraSetup:
-    pose: np.ndarray        # 4x4 camera-to-world (OpenGL convention: looks down its -Z)
-    view: np.ndarray        # 4x4 world-to-camera
+    pose: np.ndarray  # 4x4 camera-to-world (OpenGL convention: looks down its -Z)
+    view: np.ndarray  # 4x4 world-to-camera
     projection: np.ndarray  # 4x4 OpenGL projection (off-centre, fitted to the model)
     znear: float
     zfar: float
 
 
-def view_direction(azimuth_deg: float = AZIMUTH_DEG,
-                   elevation_deg: float = ELEVATION_DEG) -> np.ndarray:
+def view_direction(
+    azimuth_deg: float = AZIMUTH_DEG, elevation_deg: float = ELEVATION_DEG
+) -> np.ndarray:
     """Unit vector from the model towards the camera."""
     az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
     return np.array([math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el)])
 
 
-def frame(points_list, size: int, azimuth_deg: float = AZIMUTH_DEG,
-          elevation_deg: float = ELEVATION_DEG, fov_deg: float = FOV_DEG,
-          margin: float = MARGIN) -> CameraSetup:
+def frame(
+    points_list,
+    size: int,
+    azimuth_deg: float = AZIMUTH_DEG,
+    elevation_deg: float = ELEVATION_DEG,
+    fov_deg: float = FOV_DEG,
+    margin: float = MARGIN,
+) -> CameraSetup:
     """Camera for the points (a list of (n, 3) arrays, world space) in a size x size image."""
     points_list = [p for p in points_list if len(p)]
     # per-column reductions: numpy's min(axis=0) on (n, 3) arrays is ~80x slower
@@ -67,7 +73,7 @@ def frame(points_list, size: int, azimuth_deg: float = AZIMUTH_DEG,
     floor = radius * 1e-6
     for pts in points_list:
         for start in range(0, len(pts), 1 << 20):
-            cam = (pts[start:start + (1 << 20)] - center32) @ rot32
+            cam = (pts[start : start + (1 << 20)] - center32) @ rot32
             depth = np.maximum(-(cam[:, 2] + np.float32(offset[2])), np.float32(floor))
             u = (cam[:, 0] + np.float32(offset[0])) / depth
             v = (cam[:, 1] + np.float32(offset[1])) / depth

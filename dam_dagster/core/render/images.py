@@ -59,8 +59,9 @@ def write_png(image, thumbs_dir: Path, md5_hex: str) -> str:
     rel = thumbnail_relpath(md5_hex)
     final = Path(thumbs_dir) / rel
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{md5_hex}.", suffix=f".{os.getpid()}.tmp",
-                               dir=final.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{md5_hex}.", suffix=f".{os.getpid()}.tmp", dir=final.parent
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, "PNG", compress_level=PNG_COMPRESS_LEVEL)
@@ -77,6 +78,7 @@ def write_png(image, thumbs_dir: Path, md5_hex: str) -> str:
 # ----------------------------------------------------------------------------------------
 # Contact sheet
 # ----------------------------------------------------------------------------------------
+
 
 def _sheet_format() -> tuple[str, str]:
     from PIL import features
@@ -103,8 +105,9 @@ def make_contact_sheet_data_uri(png_paths: Sequence[Path], max_chars: int = 60_0
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _contact_sheet(png_paths: Sequence[Path], max_bytes: int, max_images: int = 48,
-                   columns: int | None = None):
+def _contact_sheet(
+    png_paths: Sequence[Path], max_bytes: int, max_images: int = 48, columns: int | None = None
+):
     from PIL import Image
 
     images = []
@@ -137,5 +140,5 @@ def _contact_sheet(png_paths: Sequence[Path], max_bytes: int, max_images: int = 
                     sheet.save(buf, fmt, quality=quality, optimize=True)
                 if buf.tell() <= max_bytes:
                     return buf.getvalue(), mime
-        images = images[:len(images) // 2]  # still too big: show fewer
+        images = images[: len(images) // 2]  # still too big: show fewer
     return None

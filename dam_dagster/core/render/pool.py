@@ -36,13 +36,22 @@ from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-from .api import (IMAGE_EXTENSIONS, MODEL_EXTENSIONS, TEST_CRASH_ENV, TEST_HANG_ENV,
-                  RenderConfig, RenderOutcome, RenderTask, extension_of, parse_background)
+from .api import (
+    IMAGE_EXTENSIONS,
+    MODEL_EXTENSIONS,
+    TEST_CRASH_ENV,
+    TEST_HANG_ENV,
+    RenderConfig,
+    RenderOutcome,
+    RenderTask,
+    extension_of,
+    parse_background,
+)
 
-PREFETCH = 2             # tasks queued per worker, the one it works on included
-POLL_S = 0.05            # memory polling period
+PREFETCH = 2  # tasks queued per worker, the one it works on included
+POLL_S = 0.05  # memory polling period
 START_TIMEOUT_S = 120.0  # a worker that is not ready by then is killed
-MAX_START_FAILURES = 3   # workers (or fork servers) dying before ready, in a row: give up
+MAX_START_FAILURES = 3  # workers (or fork servers) dying before ready, in a row: give up
 EXIT_STATUS_WAIT_S = 1.0
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -96,8 +105,11 @@ class _Zygote:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, str(ctl_child.fileno()), str(fds_child.fileno())],
-                pass_fds=(ctl_child.fileno(), fds_child.fileno()), env=env,
-                stdin=subprocess.DEVNULL, close_fds=True)
+                pass_fds=(ctl_child.fileno(), fds_child.fileno()),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
         finally:
             ctl_child.close()
             fds_child.close()
@@ -140,8 +152,21 @@ class _Zygote:
 
 
 class _Worker:
-    __slots__ = ("zygote", "request", "conn", "pid", "ready", "started", "queue", "head_start",
-                 "sent", "retiring", "cpu_s", "peak_rss", "dead")
+    __slots__ = (
+        "zygote",
+        "request",
+        "conn",
+        "pid",
+        "ready",
+        "started",
+        "queue",
+        "head_start",
+        "sent",
+        "retiring",
+        "cpu_s",
+        "peak_rss",
+        "dead",
+    )
 
     def __init__(self, zygote: _Zygote, request: int, conn: Connection):
         self.zygote = zygote
@@ -150,8 +175,8 @@ class _Worker:
         self.pid: int | None = None
         self.ready = False
         self.started = time.monotonic()
-        self.queue: deque[int] = deque()   # task indexes, in the order sent
-        self.head_start = 0.0               # when the worker started on queue[0]
+        self.queue: deque[int] = deque()  # task indexes, in the order sent
+        self.head_start = 0.0  # when the worker started on queue[0]
         self.sent = 0
         self.retiring = False
         self.cpu_s = 0.0
@@ -160,8 +185,13 @@ class _Worker:
 
 
 class _Pool:
-    def __init__(self, tasks: list[RenderTask], thumbs_dir: Path, config: RenderConfig,
-                 on_outcome: Callable[[RenderOutcome], None] | None):
+    def __init__(
+        self,
+        tasks: list[RenderTask],
+        thumbs_dir: Path,
+        config: RenderConfig,
+        on_outcome: Callable[[RenderOutcome], None] | None,
+    ):
         self.tasks = tasks
         self.thumbs_dir = thumbs_dir
         self.config = config
@@ -173,9 +203,15 @@ class _Pool:
         self.zygote: _Zygote | None = None
         self.exit_codes: dict[int, int] = {}
         self.start_failures = 0
-        self.stats = {"workers_started": 0, "worker_crashes": 0, "timeouts": 0,
-                      "memory_kills": 0, "recycled": 0, "peak_rss_mb": 0.0,
-                      "worker_cpu_s": 0.0}
+        self.stats = {
+            "workers_started": 0,
+            "worker_crashes": 0,
+            "timeouts": 0,
+            "memory_kills": 0,
+            "recycled": 0,
+            "peak_rss_mb": 0.0,
+            "worker_cpu_s": 0.0,
+        }
         gl_threads = config.gl_threads
         self.settings = {
             "thumbs_dir": str(thumbs_dir),
@@ -184,7 +220,8 @@ class _Pool:
             "prefer_embedded": bool(config.prefer_embedded),
             "overwrite": bool(config.overwrite),
             "memory_mb": int(config.memory_mb),
-            "gl_threads": default_gl_threads(config.workers) if gl_threads is None
+            "gl_threads": default_gl_threads(config.workers)
+            if gl_threads is None
             else int(gl_threads),
             "address_space_mb": 2 * int(config.memory_mb) + 2048,
             "hang_suffix": os.environ.get(TEST_HANG_ENV) or None,
@@ -193,14 +230,32 @@ class _Pool:
 
     # -- outcomes ----------------------------------------------------------------------
 
-    def _finish(self, index: int, status: str, seconds: float, *, source=None, md5=None,
-                rel=None, error_class=None, message=None, transient=False) -> None:
+    def _finish(
+        self,
+        index: int,
+        status: str,
+        seconds: float,
+        *,
+        source=None,
+        md5=None,
+        rel=None,
+        error_class=None,
+        message=None,
+        transient=False,
+    ) -> None:
         if self.outcomes[index] is not None:
             return
         outcome = RenderOutcome(
-            key=self.tasks[index].key, status=status, source=source, content_md5=md5,
-            thumbnail_relpath=rel if status == "ok" else None, error_class=error_class,
-            error_message=message, seconds=round(max(0.0, seconds), 6), transient=transient)
+            key=self.tasks[index].key,
+            status=status,
+            source=source,
+            content_md5=md5,
+            thumbnail_relpath=rel if status == "ok" else None,
+            error_class=error_class,
+            error_message=message,
+            seconds=round(max(0.0, seconds), 6),
+            transient=transient,
+        )
         self.outcomes[index] = outcome
         self.remaining -= 1
         if self.on_outcome is not None:
@@ -258,8 +313,12 @@ class _Pool:
 
     def _kill(self, w: _Worker) -> None:
         deadline = time.monotonic() + EXIT_STATUS_WAIT_S
-        while w.pid is None and time.monotonic() < deadline and \
-                self.zygote is w.zygote and w.zygote.alive:
+        while (
+            w.pid is None
+            and time.monotonic() < deadline
+            and self.zygote is w.zygote
+            and w.zygote.alive
+        ):
             self._zygote_messages(block_s=0.05)  # its pid comes with the 'forked' reply
         if w.pid is not None:
             try:
@@ -271,8 +330,9 @@ class _Pool:
 
     def _remove_temp_files(self, pid: int) -> None:
         """A worker killed while writing a PNG leaves its temp file: remove it."""
-        for path in glob.glob(os.path.join(glob.escape(str(self.thumbs_dir)), "??",
-                                           f".*.{pid}.tmp")):
+        for path in glob.glob(
+            os.path.join(glob.escape(str(self.thumbs_dir)), "??", f".*.{pid}.tmp")
+        ):
             try:
                 os.unlink(path)
             except OSError:
@@ -300,8 +360,14 @@ class _Pool:
     def _lose(self, w: _Worker, status: str, error_class: str, message: str) -> None:
         """The worker is gone (or about to be killed): its current file gets the outcome."""
         if w.queue:
-            self._finish(w.queue[0], status, time.monotonic() - w.head_start,
-                         error_class=error_class, message=message, transient=True)
+            self._finish(
+                w.queue[0],
+                status,
+                time.monotonic() - w.head_start,
+                error_class=error_class,
+                message=message,
+                transient=True,
+            )
         self._requeue_rest(w)
 
     # -- the loop ----------------------------------------------------------------------
@@ -310,8 +376,13 @@ class _Pool:
         for index, task in enumerate(self.tasks):
             ext = extension_of(task.path)
             if ext not in MODEL_EXTENSIONS and ext not in IMAGE_EXTENSIONS:
-                self._finish(index, "unsupported", 0.0, error_class="UnsupportedFormat",
-                             message=f"no thumbnailer for '{ext or 'no extension'}' files")
+                self._finish(
+                    index,
+                    "unsupported",
+                    0.0,
+                    error_class="UnsupportedFormat",
+                    message=f"no thumbnailer for '{ext or 'no extension'}' files",
+                )
             else:
                 self.pending.append(index)
         try:
@@ -344,8 +415,9 @@ class _Pool:
         return list(self.outcomes)  # type: ignore[arg-type]
 
     def _top_up(self) -> None:
-        want = min(int(self.config.workers),
-                   len(self.pending) + sum(len(w.queue) for w in self._live()))
+        want = min(
+            int(self.config.workers), len(self.pending) + sum(len(w.queue) for w in self._live())
+        )
         while len(self._live()) < want:
             if self.start_failures >= MAX_START_FAILURES:
                 self._give_up()
@@ -353,11 +425,19 @@ class _Pool:
             self._start_worker()
 
     def _give_up(self) -> None:
-        message = ("render processes die before they are ready "
-                   f"({MAX_START_FAILURES} in a row); see the run's stderr")
+        message = (
+            "render processes die before they are ready "
+            f"({MAX_START_FAILURES} in a row); see the run's stderr"
+        )
         while self.pending:
-            self._finish(self.pending.popleft(), "failed", 0.0, error_class="WorkerStartFailed",
-                         message=message, transient=True)
+            self._finish(
+                self.pending.popleft(),
+                "failed",
+                0.0,
+                error_class="WorkerStartFailed",
+                message=message,
+                transient=True,
+            )
 
     def _dispatch(self) -> None:
         now = time.monotonic()
@@ -401,10 +481,17 @@ class _Pool:
                 w.head_start = now
                 w.cpu_s = cpu_s
                 w.peak_rss = max(w.peak_rss, maxrss_kb * 1024)
-                self._finish(index, result["status"], result["seconds"], source=result["source"],
-                             md5=result["content_md5"], rel=result["thumbnail_relpath"],
-                             error_class=result["error_class"],
-                             message=result["error_message"], transient=result["transient"])
+                self._finish(
+                    index,
+                    result["status"],
+                    result["seconds"],
+                    source=result["source"],
+                    md5=result["content_md5"],
+                    rel=result["thumbnail_relpath"],
+                    error_class=result["error_class"],
+                    message=result["error_message"],
+                    transient=result["transient"],
+                )
                 if w.retiring and not w.queue:
                     self._retire(w)
                     return
@@ -420,8 +507,13 @@ class _Pool:
         """The worker's socket closed without a 'stop' from us: it died."""
         if w.pid is not None and w.pid not in self.exit_codes:
             deadline = time.monotonic() + EXIT_STATUS_WAIT_S
-            while w.pid not in self.exit_codes and time.monotonic() < deadline and \
-                    self.zygote is not None and self.zygote.alive and self.zygote is w.zygote:
+            while (
+                w.pid not in self.exit_codes
+                and time.monotonic() < deadline
+                and self.zygote is not None
+                and self.zygote.alive
+                and self.zygote is w.zygote
+            ):
                 self._zygote_messages(block_s=0.05)
         code = self.exit_codes.get(w.pid) if w.pid is not None else None
         if not w.ready:
@@ -429,8 +521,12 @@ class _Pool:
         elif w.queue:
             self.stats["worker_crashes"] += 1
             hint = " (killed from outside: out of memory?)" if code == -signal.SIGKILL else ""
-            self._lose(w, "failed", "WorkerCrashed",
-                       f"the render process died ({_signal_text(code)}){hint} on this file")
+            self._lose(
+                w,
+                "failed",
+                "WorkerCrashed",
+                f"the render process died ({_signal_text(code)}){hint} on this file",
+            )
         if w.pid is not None:
             self._remove_temp_files(w.pid)
         self._forget(w)
@@ -448,8 +544,12 @@ class _Pool:
         for w in list(self.workers):
             if w.ready and w.queue and now - w.head_start > self.config.timeout_s:
                 self.stats["timeouts"] += 1
-                self._lose(w, "timeout", "Timeout",
-                           f"no result after {self.config.timeout_s:g} s: render process killed")
+                self._lose(
+                    w,
+                    "timeout",
+                    "Timeout",
+                    f"no result after {self.config.timeout_s:g} s: render process killed",
+                )
                 self._kill(w)
             elif not w.ready and now - w.started > START_TIMEOUT_S:
                 self.start_failures += 1
@@ -466,9 +566,13 @@ class _Pool:
             w.peak_rss = max(w.peak_rss, rss)
             if rss > cap:
                 self.stats["memory_kills"] += 1
-                self._lose(w, "memory", "MemoryLimit",
-                           f"the render process passed its {self.config.memory_mb} MB memory "
-                           f"cap ({rss / 2**20:.0f} MB resident): killed")
+                self._lose(
+                    w,
+                    "memory",
+                    "MemoryLimit",
+                    f"the render process passed its {self.config.memory_mb} MB memory "
+                    f"cap ({rss / 2**20:.0f} MB resident): killed",
+                )
                 self._kill(w)
 
     def _shutdown(self) -> None:
@@ -488,9 +592,13 @@ class _Pool:
             self.zygote.close()
 
 
-def render_files(tasks: Iterable[RenderTask], thumbs_dir: Path, config: RenderConfig,
-                 on_outcome: Callable[[RenderOutcome], None] | None = None,
-                 stats: dict | None = None) -> list[RenderOutcome]:
+def render_files(
+    tasks: Iterable[RenderTask],
+    thumbs_dir: Path,
+    config: RenderConfig,
+    on_outcome: Callable[[RenderOutcome], None] | None = None,
+    stats: dict | None = None,
+) -> list[RenderOutcome]:
     """Thumbnail every task with a pool of `config.workers` processes; one outcome per task,
     in the tasks' order, whatever happens to each file (never raises for a per-file problem).
 

@@ -23,9 +23,9 @@ import os
 
 # Before numpy or OpenGL are imported (here or, preloaded, in the fork server):
 os.environ["PYOPENGL_PLATFORM"] = "egl"
-os.environ["MESA_SHADER_CACHE_DISABLE"] = "true"   # Mesa would write under ~/.cache otherwise
+os.environ["MESA_SHADER_CACHE_DISABLE"] = "true"  # Mesa would write under ~/.cache otherwise
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")                 # workers are the parallelism
+    os.environ.setdefault(_var, "1")  # workers are the parallelism
 
 import errno  # noqa: E402
 import hashlib  # noqa: E402
@@ -36,19 +36,32 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from .api import (IMAGE_EXTENSIONS, MODEL_EXTENSIONS, extension_of,  # noqa: E402
-                  parse_background, thumbnail_relpath)
+from .api import (  # noqa: E402
+    IMAGE_EXTENSIONS,
+    MODEL_EXTENSIONS,
+    extension_of,
+    parse_background,
+    thumbnail_relpath,
+)
 
 _NOATIME = getattr(os, "O_NOATIME", 0)
 _MESSAGE_MAX = 500
 
 
-def _result(status, source=None, md5=None, rel=None, error_class=None, message=None,
-            transient=False) -> dict:
+def _result(
+    status, source=None, md5=None, rel=None, error_class=None, message=None, transient=False
+) -> dict:
     if message is not None and len(message) > _MESSAGE_MAX:
-        message = message[:_MESSAGE_MAX - 3] + "..."
-    return {"status": status, "source": source, "content_md5": md5, "thumbnail_relpath": rel,
-            "error_class": error_class, "error_message": message, "transient": transient}
+        message = message[: _MESSAGE_MAX - 3] + "..."
+    return {
+        "status": status,
+        "source": source,
+        "content_md5": md5,
+        "thumbnail_relpath": rel,
+        "error_class": error_class,
+        "error_message": message,
+        "transient": transient,
+    }
 
 
 def read_file(path: str) -> bytes:
@@ -92,13 +105,18 @@ class Worker:
         if self._renderer is None:
             if self._renderer_error is not None:
                 from .gl import RendererUnavailable
+
                 raise RendererUnavailable(self._renderer_error)
             try:
                 from .gl import ThumbnailRenderer
+
                 self._renderer = ThumbnailRenderer(self.size, self.bg_rgba)
             except Exception as exc:
-                self._renderer_error = str(exc) if type(exc).__name__ == \
-                    "RendererUnavailable" else f"{type(exc).__name__}: {exc}"
+                self._renderer_error = (
+                    str(exc)
+                    if type(exc).__name__ == "RendererUnavailable"
+                    else f"{type(exc).__name__}: {exc}"
+                )
                 raise
         return self._renderer
 
@@ -120,23 +138,35 @@ class Worker:
         if self.crash_suffix and path.lower().endswith(self.crash_suffix):
             os.kill(os.getpid(), signal.SIGSEGV)  # test hook: see the module docstring
         if ext not in MODEL_EXTENSIONS and ext not in IMAGE_EXTENSIONS:
-            return _result("unsupported", error_class="UnsupportedFormat",
-                           message=f"no thumbnailer for '{ext or 'no extension'}' files")
+            return _result(
+                "unsupported",
+                error_class="UnsupportedFormat",
+                message=f"no thumbnailer for '{ext or 'no extension'}' files",
+            )
         try:
             data = read_file(path)
         except OSError as exc:
-            return _result("failed", error_class=type(exc).__name__,
-                           message=f"cannot read the file: {exc}", transient=True)
+            return _result(
+                "failed",
+                error_class=type(exc).__name__,
+                message=f"cannot read the file: {exc}",
+                transient=True,
+            )
         except MemoryError:
-            return _result("memory", error_class="MemoryLimit",
-                           message="out of memory reading the file", transient=True)
+            return _result(
+                "memory",
+                error_class="MemoryLimit",
+                message="out of memory reading the file",
+                transient=True,
+            )
         md5 = hashlib.md5(data).hexdigest()
         rel = thumbnail_relpath(md5)
         if not self.overwrite and (self.thumbs_dir / rel).is_file():
             return _result("ok", "cache", md5, rel)
         if not data:
-            return _result("failed", md5=md5, error_class="EmptyFile",
-                           message="the file is empty (0 bytes)")
+            return _result(
+                "failed", md5=md5, error_class="EmptyFile", message="the file is empty (0 bytes)"
+            )
         try:
             if ext in IMAGE_EXTENSIONS:
                 return self._image(data, md5)
@@ -147,27 +177,39 @@ class Worker:
             return self._render(data, ext, path, md5)
         except MemoryError:
             self.reset_renderer()
-            return _result("memory", md5=md5, error_class="MemoryLimit",
-                           message="out of memory (allocation refused)", transient=True)
+            return _result(
+                "memory",
+                md5=md5,
+                error_class="MemoryLimit",
+                message="out of memory (allocation refused)",
+                transient=True,
+            )
         except OSError as exc:
-            return _result("failed", md5=md5, error_class=type(exc).__name__,
-                           message=str(exc), transient=True)
+            return _result(
+                "failed", md5=md5, error_class=type(exc).__name__, message=str(exc), transient=True
+            )
 
     def _image(self, data: bytes, md5: str) -> dict:
         from .images import fit_image, write_png
+
         try:
             image = fit_image(data, self.size, self.background)
         except MemoryError:
             raise
         except Exception as exc:  # UnidentifiedImageError, truncated data (OSErrors from
             # decoding bytes already in memory: permanent), DecompressionBombError, ...
-            return _result("failed", md5=md5, error_class=type(exc).__name__,
-                           message=f"cannot decode the image: {exc}")
+            return _result(
+                "failed",
+                md5=md5,
+                error_class=type(exc).__name__,
+                message=f"cannot decode the image: {exc}",
+            )
         return _result("ok", "image", md5, write_png(image, self.thumbs_dir, md5))
 
     def _embedded(self, data: bytes, md5: str) -> dict | None:
         from .images import fit_image, write_png
         from .loaders import find_3mf_preview
+
         preview = find_3mf_preview(data)
         if preview is None:
             return None
@@ -180,30 +222,49 @@ class Worker:
     def _render(self, data: bytes, ext: str, path: str, md5: str) -> dict:
         from .images import write_png
         from .loaders import LoadError, load_model
+
         try:
             model = load_model(data, ext, path, memory_mb=self.memory_mb)
         except LoadError as exc:
-            return _result(exc.status, md5=md5, error_class=exc.error_class, message=str(exc),
-                           transient=exc.status == "memory")
+            return _result(
+                exc.status,
+                md5=md5,
+                error_class=exc.error_class,
+                message=str(exc),
+                transient=exc.status == "memory",
+            )
         except (MemoryError, OSError):
             raise
         except Exception as exc:
-            return _result("failed", md5=md5, error_class=type(exc).__name__,
-                           message=f"cannot parse the model: {_describe(exc)}")
+            return _result(
+                "failed",
+                md5=md5,
+                error_class=type(exc).__name__,
+                message=f"cannot parse the model: {_describe(exc)}",
+            )
         del data
         try:
             renderer = self.renderer()
         except Exception as exc:
-            return _result("failed", md5=md5, error_class="RendererUnavailable",
-                           message=str(exc), transient=True)
+            return _result(
+                "failed",
+                md5=md5,
+                error_class="RendererUnavailable",
+                message=str(exc),
+                transient=True,
+            )
         try:
             image = renderer.render(model)
         except MemoryError:
             raise
         except Exception as exc:
             self.reset_renderer()  # a GL error may leave the context in a bad state
-            return _result("failed", md5=md5, error_class=type(exc).__name__,
-                           message=f"rendering failed: {_describe(exc)}")
+            return _result(
+                "failed",
+                md5=md5,
+                error_class=type(exc).__name__,
+                message=f"rendering failed: {_describe(exc)}",
+            )
         return _result("ok", "render", md5, write_png(image, self.thumbs_dir, md5))
 
 
@@ -226,6 +287,7 @@ def _quiet() -> None:
     warnings.simplefilter("ignore")
     try:
         import numpy
+
         numpy.seterr(all="ignore")
     except ImportError:  # pragma: no cover
         pass
@@ -235,6 +297,7 @@ def _set_parent_death_signal() -> None:
     """Die with the pool: SIGKILL when the process that forked us goes away (Linux)."""
     try:
         import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:
@@ -276,11 +339,15 @@ def main(conn, settings: dict) -> None:
             try:
                 result = worker.process(path, size_bytes)
             except MemoryError:
-                result = _result("memory", error_class="MemoryLimit",
-                                 message="out of memory", transient=True)
+                result = _result(
+                    "memory", error_class="MemoryLimit", message="out of memory", transient=True
+                )
             except Exception as exc:  # a bug of ours: report it, keep the worker
-                result = _result("failed", error_class=type(exc).__name__,
-                                 message=f"internal error: {_describe(exc)}")
+                result = _result(
+                    "failed",
+                    error_class=type(exc).__name__,
+                    message=f"internal error: {_describe(exc)}",
+                )
             result["seconds"] = time.perf_counter() - started
             usage = resource.getrusage(resource.RUSAGE_SELF)
             try:

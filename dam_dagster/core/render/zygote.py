@@ -29,8 +29,10 @@ import time
 def serve(ctl_fd: int, fds_fd: int) -> None:
     from multiprocessing.connection import Connection
 
-    from . import _preload  # noqa: F401  (numpy, Pillow, trimesh, pyrender; no GL context)
-    from . import worker
+    from . import (
+        _preload,  # noqa: F401  (numpy, Pillow, trimesh, pyrender; no GL context)
+        worker,
+    )
 
     ctl = Connection(ctl_fd)
     fds = socket.socket(fileno=fds_fd)
@@ -61,6 +63,7 @@ def serve(ctl_fd: int, fds_fd: int) -> None:
                 code = 0
             except BaseException:  # noqa: BLE001 - report and leave without cleanup handlers
                 import traceback
+
                 traceback.print_exc()
             finally:
                 os._exit(code)
