@@ -11,7 +11,7 @@ llvmpipe, 14k-triangle STL, 256 px; see docs/BENCHMARKS.md):
 * anti-aliasing by 2x2 supersampling (draw at twice the size, single-sample framebuffer, box
   filter in Pillow) instead of pyrender's 4x MSAA framebuffer: llvmpipe's MSAA path costs
   more than shading four times the pixels, for the same edges;
-* back faces culled on closed surfaces (loaders.orient_for_culling);
+* back faces culled on closed surfaces (model.orient_for_culling);
 * the view and projection come straight from framing.py (an off-centre projection fitted to
   the model), not from a pyrender camera;
 * only the colour buffer is read back (pyrender also reads and linearises depth), straight
@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from . import framing
-from .loaders import LINES, POINTS, LoadedModel
+from .model import LINES, POINTS, LoadedModel
 from .shaders import SOURCES
 
 if os.environ.get("PYOPENGL_PLATFORM") != "egl":  # pragma: no cover - the worker sets it
@@ -70,8 +70,11 @@ class _ShaderCache(ShaderProgramCache):
         key = ("dam", tuple(sorted(defines.items())))
         if key not in self._program_cache:
             self._program_cache[key] = _EmbeddedShaderProgram(
-                vertex_shader=vertex_shader, fragment_shader=fragment_shader,
-                geometry_shader=None, defines=defines)
+                vertex_shader=vertex_shader,
+                fragment_shader=fragment_shader,
+                geometry_shader=None,
+                defines=defines,
+            )
         return self._program_cache[key]
 
 
@@ -102,10 +105,12 @@ class _ThumbRenderer(Renderer):
         GL.glRenderbufferStorage(GL.GL_RENDERBUFFER, GL.GL_DEPTH_COMPONENT24, *dims)
         fb = GL.glGenFramebuffers(1)
         GL.glBindFramebuffer(GL.GL_DRAW_FRAMEBUFFER, fb)
-        GL.glFramebufferRenderbuffer(GL.GL_DRAW_FRAMEBUFFER, GL.GL_COLOR_ATTACHMENT0,
-                                     GL.GL_RENDERBUFFER, color)
-        GL.glFramebufferRenderbuffer(GL.GL_DRAW_FRAMEBUFFER, GL.GL_DEPTH_ATTACHMENT,
-                                     GL.GL_RENDERBUFFER, depth)
+        GL.glFramebufferRenderbuffer(
+            GL.GL_DRAW_FRAMEBUFFER, GL.GL_COLOR_ATTACHMENT0, GL.GL_RENDERBUFFER, color
+        )
+        GL.glFramebufferRenderbuffer(
+            GL.GL_DRAW_FRAMEBUFFER, GL.GL_DEPTH_ATTACHMENT, GL.GL_RENDERBUFFER, depth
+        )
         self._main_fb = self._main_fb_ms = fb
         self._main_cb = self._main_cb_ms = color
         self._main_db = self._main_db_ms = depth
@@ -160,7 +165,8 @@ class ThumbnailRenderer:
             raise RendererUnavailable(
                 f"cannot create an off-screen EGL context ({exc}); Mesa's EGL is needed: "
                 "make system-deps, or apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri "
-                "libgbm1") from exc
+                "libgbm1"
+            ) from exc
         self._renderer = _ThumbRenderer(full, full)
         old, self._offscreen._renderer = self._offscreen._renderer, self._renderer
         old.delete()

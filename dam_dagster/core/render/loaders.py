@@ -12,100 +12,46 @@ Runs only in render worker processes (it imports numpy and, lazily, trimesh).
 from __future__ import annotations
 
 import io
-import math
 import re
 import zipfile
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from .api import Z_UP_EXTENSIONS
+from .model import (  # noqa: F401  (re-exported: the loaders' public types)
+    LINES,
+    NEUTRAL,
+    POINT_COLOR,
+    POINTS,
+    TRIANGLES,
+    CorruptFile,
+    Drawable,
+    EmptyMesh,
+    LoadedModel,
+    LoadError,
+    MissingDependency,
+    TooLarge,
+    UnsupportedFormat,
+    orient_for_culling,
+)
 
-# glTF primitive modes, as pyrender uses them
-POINTS, LINES, TRIANGLES = 0, 1, 4
-
-# Neutral material for models that carry no colour of their own (sRGB, 0..1).
-NEUTRAL = (0.80, 0.80, 0.82, 1.0)
-# Points without colours of their own
-POINT_COLOR = (0.23, 0.36, 0.55, 1.0)
 # trimesh's placeholder colour for "no colour given" (visual.DEFAULT_COLOR): not the author's
 _TRIMESH_DEFAULT_RGBA = (102, 102, 102, 255)
 # Largest texture edge uploaded: a thumbnail never needs more.
 MAX_TEXTURE_EDGE = 512
 
 # Y up (glTF) to Z up: (x, y, z) -> (x, -z, y); the glTF front (+Z) then faces the camera (-Y).
-Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0, 0.0],
-                         [0.0, 0.0, -1.0, 0.0],
-                         [0.0, 1.0, 0.0, 0.0],
-                         [0.0, 0.0, 0.0, 1.0]])
+Y_UP_TO_Z_UP = np.array(
+    [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+)
 
 _STL_DTYPE = np.dtype([("normal", "<f4", (3,)), ("v", "<f4", (3, 3)), ("attr", "<u2")])
-
-
-class LoadError(Exception):
-    """A model file that cannot be drawn; `error_class` names the reason in the outcome."""
-
-    error_class = "LoadError"
-    status = "failed"
-
-    def __init__(self, message: str):
-        super().__init__(message)
-
-
-class EmptyMesh(LoadError):
-    error_class = "EmptyMesh"
-
-
-class CorruptFile(LoadError):
-    error_class = "CorruptFile"
-
-
-class UnsupportedFormat(LoadError):
-    error_class = "UnsupportedFormat"
-    status = "unsupported"
-
-
-class MissingDependency(LoadError):
-    error_class = "MissingDependency"
-    status = "unsupported"
-
-
-class TooLarge(LoadError):
-    """The model would need more memory than the worker's cap: known before allocating it."""
-
-    error_class = "MemoryLimit"
-    status = "memory"
-
-
-@dataclass
-class Drawable:
-    positions: np.ndarray                  # (n, 3) float32, world space, Z up
-    mode: int = TRIANGLES
-    indices: np.ndarray | None = None      # flat uint32 (3 per triangle, 2 per line)
-    normals: np.ndarray | None = None      # (n, 3) float32, from the file (smooth shading)
-    uv: np.ndarray | None = None           # (n, 2) float32
-    colors: np.ndarray | None = None       # (n, 4) float32 0..1 (sRGB)
-    texture: object | None = None          # PIL image, RGB or RGBA
-    base_color: tuple = NEUTRAL            # (4,) sRGB 0..1
-    blend: bool = False                    # alpha blending (translucent material or colours)
-    double_sided: bool = True              # False: a closed surface, back faces culled
-
-    @property
-    def primitive_count(self) -> int:
-        n = len(self.indices) if self.indices is not None else len(self.positions)
-        return n // 3 if self.mode == TRIANGLES else (n // 2 if self.mode == LINES else n)
-
-
-@dataclass
-class LoadedModel:
-    drawables: list[Drawable] = field(default_factory=list)
-    triangles: int = 0
-    points: int = 0
 
 
 # ----------------------------------------------------------------------------------------
 # Binary STL, the fast path
 # ----------------------------------------------------------------------------------------
+
 
 def stl_layout(data) -> tuple[str, int]:
     """('binary', n_triangles) or ('ascii', 0) for STL bytes; raises CorruptFile/EmptyMesh."""
@@ -128,8 +74,10 @@ def stl_layout(data) -> tuple[str, int]:
         return "ascii", 0
     if size > expected and n > 0:
         return "binary", n  # trailing bytes after the triangles: tolerated, as slicers do
-    raise CorruptFile(f"binary STL header announces {n} triangles ({expected} bytes) "
-                      f"but the file has {size} bytes")
+    raise CorruptFile(
+        f"binary STL header announces {n} triangles ({expected} bytes) "
+        f"but the file has {size} bytes"
+    )
 
 
 def load_binary_stl(data, n: int) -> LoadedModel:
@@ -150,59 +98,6 @@ def _drop_non_finite_triangles(soup: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(soup.reshape(-1, 3, 3)[keep].reshape(-1, 3))
 
 
-CLOSED_TOLERANCE = 1e-3
-
-
-def orient_for_culling(d: Drawable) -> None:
-    """Let the GPU skip back faces when that cannot show: for a closed surface the area-
-    weighted normals sum to zero (divergence theorem), and the sign of the enclosed volume
-    says whether the winding points out (cull back faces) or in (flip the winding, then cull).
-    Open or inconsistently wound surfaces stay double-sided. About 0.3 ms for 14k triangles.
-    With culling, llvmpipe rasterises half the triangles: a third of the render time saved."""
-    if d.mode != TRIANGLES:
-        return
-    pos = d.positions
-    if d.indices is None:
-        tris = pos.reshape(-1, 3, 3)
-    else:
-        tris = pos[d.indices.reshape(-1, 3)]
-    if len(tris) < 4:
-        return
-    lo = np.array([pos[:, k].min() for k in range(3)], dtype=np.float32)
-    hi = np.array([pos[:, k].max() for k in range(3)], dtype=np.float32)
-    origin = (lo + hi) / 2
-    a = tris[:, 0] - origin
-    e1 = tris[:, 1] - tris[:, 0]
-    e2 = tris[:, 2] - tris[:, 0]
-    nx = e1[:, 1] * e2[:, 2] - e1[:, 2] * e2[:, 1]
-    ny = e1[:, 2] * e2[:, 0] - e1[:, 0] * e2[:, 2]
-    nz = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    total = float(np.sqrt(nx.astype(np.float64) ** 2 + ny ** 2 + nz ** 2).sum())
-    if not total > 0:
-        return
-    net = math.sqrt(float(nx.sum(dtype=np.float64)) ** 2 + float(ny.sum(dtype=np.float64)) ** 2
-                    + float(nz.sum(dtype=np.float64)) ** 2)
-    if net > CLOSED_TOLERANCE * total:
-        return
-    volume = float((a[:, 0] * nx).sum(dtype=np.float64) + (a[:, 1] * ny).sum(dtype=np.float64)
-                   + (a[:, 2] * nz).sum(dtype=np.float64))
-    extent = float(np.prod(np.maximum(hi - lo, 1e-30)))
-    if abs(volume) < 1e-9 * extent:
-        return  # a flat closed surface (two coincident sheets): no inside to hide
-    if volume < 0:  # wound inside-out: flip every triangle
-        if d.indices is None:
-            def rev(arr):
-                return np.ascontiguousarray(arr.reshape(len(arr) // 3, 3, -1)[:, ::-1]
-                                            .reshape(arr.shape))
-            d.positions = rev(d.positions)
-            d.normals = None if d.normals is None else rev(d.normals)
-            d.uv = None if d.uv is None else rev(d.uv)
-            d.colors = None if d.colors is None else rev(d.colors)
-        else:
-            d.indices = np.ascontiguousarray(d.indices.reshape(-1, 3)[:, ::-1].ravel())
-    d.double_sided = False
-
-
 def estimate_stl_memory_mb(n_triangles: int) -> float:
     """A lower bound of the resident memory a binary STL of n triangles adds to a worker
     (measured: ~360 bytes per triangle, the file's bytes included, over a ~200 MB worker).
@@ -214,6 +109,7 @@ def estimate_stl_memory_mb(n_triangles: int) -> float:
 # ----------------------------------------------------------------------------------------
 # Everything else, through trimesh
 # ----------------------------------------------------------------------------------------
+
 
 def load_model(data: bytes, ext: str, path: str, memory_mb: int | None = None) -> LoadedModel:
     """Parse a model from its bytes (side files read through a resolver next to `path`)."""
@@ -228,6 +124,7 @@ def load_model(data: bytes, ext: str, path: str, memory_mb: int | None = None) -
             return load_binary_stl(data, n)
     if ext == ".3mf":
         from .threemf import has_colours, load_3mf_with_colours
+
         if has_colours(data):
             try:
                 model = load_3mf_with_colours(data)
@@ -262,7 +159,7 @@ def _up_axis_matrix(data: bytes, ext: str) -> np.ndarray | None:
                             break
             except (zipfile.BadZipFile, OSError):
                 return None  # trimesh will say what is wrong with it
-        m = re.search(rb"<up_axis>\s*([XYZ])_UP\s*</up_axis>", text[:1 << 20])
+        m = re.search(rb"<up_axis>\s*([XYZ])_UP\s*</up_axis>", text[: 1 << 20])
         axis = m.group(1) if m else b"Y"  # COLLADA's default is Y up
         return Y_UP_TO_Z_UP if axis == b"Y" else None
     return None
@@ -279,8 +176,9 @@ def _load_with_trimesh(data: bytes, ext: str, path: str) -> LoadedModel:
         file_type = "step"
     resolver = FilePathResolver(os.path.dirname(os.path.abspath(path)) + os.sep)
     try:
-        scene = trimesh.load_scene(io.BytesIO(data), file_type=file_type, resolver=resolver,
-                                   process=False)
+        scene = trimesh.load_scene(
+            io.BytesIO(data), file_type=file_type, resolver=resolver, process=False
+        )
     except (NotImplementedError, ModuleNotFoundError) as exc:
         if isinstance(exc, ModuleNotFoundError):
             raise MissingDependency(f"{ext} files need the optional package '{exc.name}'") from None
@@ -418,8 +316,9 @@ def _apply_material(d: Drawable, visual, n_vertices: int) -> None:
         d.base_color = color
     elif d.texture is not None:
         d.base_color = (1.0, 1.0, 1.0, 1.0)
-    d.blend = bool(blend and (d.base_color[3] < 0.999 or
-                              (d.texture is not None and d.texture.mode == "RGBA")))
+    d.blend = bool(
+        blend and (d.base_color[3] < 0.999 or (d.texture is not None and d.texture.mode == "RGBA"))
+    )
 
 
 def _is_placeholder(image) -> bool:
@@ -434,8 +333,11 @@ def _is_placeholder(image) -> bool:
 def _rgba01(value) -> tuple | None:
     """A colour as sRGB floats 0..1; None for trimesh's grey placeholder."""
     raw = np.asarray(value).ravel()
-    if raw.size >= 3 and np.issubdtype(raw.dtype, np.integer) and \
-            tuple(int(x) for x in raw[:4]) in (_TRIMESH_DEFAULT_RGBA, _TRIMESH_DEFAULT_RGBA[:3]):
+    if (
+        raw.size >= 3
+        and np.issubdtype(raw.dtype, np.integer)
+        and tuple(int(x) for x in raw[:4]) in (_TRIMESH_DEFAULT_RGBA, _TRIMESH_DEFAULT_RGBA[:3])
+    ):
         return None
     arr = np.asarray(value, dtype=np.float64).ravel()
     if arr.size == 3:
@@ -450,6 +352,7 @@ def _prepare_texture(image):
     """A PIL image fit for upload: RGB/RGBA, no larger than MAX_TEXTURE_EDGE."""
     try:
         from PIL import Image
+
         if not isinstance(image, Image.Image):
             image = Image.fromarray(np.asarray(image))
         if image.mode not in ("RGB", "RGBA"):
@@ -481,9 +384,12 @@ def _points_drawable(cloud, matrix: np.ndarray) -> Drawable | None:
         colors = colors[finite] if colors is not None else None
         if len(positions) == 0:
             return None
-    return Drawable(positions=np.ascontiguousarray(positions), mode=POINTS,
-                    colors=None if colors is None else np.ascontiguousarray(colors),
-                    base_color=POINT_COLOR if colors is None else (1.0, 1.0, 1.0, 1.0))
+    return Drawable(
+        positions=np.ascontiguousarray(positions),
+        mode=POINTS,
+        colors=None if colors is None else np.ascontiguousarray(colors),
+        base_color=POINT_COLOR if colors is None else (1.0, 1.0, 1.0, 1.0),
+    )
 
 
 def _path_drawable(path, matrix: np.ndarray) -> Drawable | None:
@@ -527,19 +433,34 @@ def find_3mf_preview(data: bytes) -> bytes | None:
                     if rtype and target and rtype.group(1).lower().endswith(_THUMBNAIL_REL):
                         candidates.append(target.group(1).lstrip("/").lower())
             candidates += ["metadata/thumbnail.png", "metadata/plate_1.png"]
-            aux = sorted(n for n in names
-                         if n.startswith("auxiliaries/.thumbnails/") and
-                         n.endswith((".png", ".jpg", ".jpeg")))
+            aux = sorted(
+                n
+                for n in names
+                if n.startswith("auxiliaries/.thumbnails/")
+                and n.endswith((".png", ".jpg", ".jpeg"))
+            )
             # PrusaSlicer writes thumbnail_3mf.png, thumbnail_middle.png, thumbnail_small.png
             aux.sort(key=lambda n: (0 if "middle" in n or "3mf" in n else 1, n))
             candidates += aux
-            candidates += sorted(n for n in names if n.startswith("metadata/") and
-                                 n.endswith((".png", ".jpg", ".jpeg")) and "thumbnail" in n)
+            candidates += sorted(
+                n
+                for n in names
+                if n.startswith("metadata/")
+                and n.endswith((".png", ".jpg", ".jpeg"))
+                and "thumbnail" in n
+            )
             for name in candidates:
                 info = names.get(name)
                 if info is not None and 0 < info.file_size <= _MAX_PREVIEW_BYTES:
                     return z.read(info)
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError, RuntimeError,
-            NotImplementedError, EOFError):
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        KeyError,
+        ValueError,
+        RuntimeError,
+        NotImplementedError,
+        EOFError,
+    ):
         return None
     return None

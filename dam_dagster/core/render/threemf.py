@@ -17,6 +17,8 @@ import zipfile
 
 import numpy as np
 
+from .model import NEUTRAL, Drawable, LoadedModel, orient_for_culling
+
 _CORE_MODEL_REL = "/3dmodel"
 _MAX_DEPTH = 32
 
@@ -50,8 +52,7 @@ def _color(text: str) -> tuple[float, float, float, float] | None:
     alpha = int(m.group(2), 16) / 255.0 if m.group(2) else 1.0
     if alpha < 0.05:
         alpha = 1.0  # exporters (SolidWorks among them) write #RRGGBB00 for an opaque colour
-    return (int(rgb[0:2], 16) / 255.0, int(rgb[2:4], 16) / 255.0, int(rgb[4:6], 16) / 255.0,
-            alpha)
+    return (int(rgb[0:2], 16) / 255.0, int(rgb[2:4], 16) / 255.0, int(rgb[4:6], 16) / 255.0, alpha)
 
 
 def _transform(attrib) -> np.ndarray:
@@ -88,28 +89,31 @@ def _parse_part(stream) -> _Part:
     from lxml import etree
 
     part = _Part()
-    for _, el in etree.iterparse(stream, events=("end",), resolve_entities=False,
-                                 no_network=True, load_dtd=False):
+    for _, el in etree.iterparse(
+        stream, events=("end",), resolve_entities=False, no_network=True, load_dtd=False
+    ):
         tag = _local(el.tag)
         if tag == "basematerials":
-            part.groups[el.get("id")] = [_color(b.get("displaycolor", "")) for b in el
-                                         if _local(b.tag) == "base"]
+            part.groups[el.get("id")] = [
+                _color(b.get("displaycolor", "")) for b in el if _local(b.tag) == "base"
+            ]
             el.clear()
         elif tag == "colorgroup":
-            part.groups[el.get("id")] = [_color(c.get("color", "")) for c in el
-                                         if _local(c.tag) == "color"]
+            part.groups[el.get("id")] = [
+                _color(c.get("color", "")) for c in el if _local(c.tag) == "color"
+            ]
             el.clear()
         elif tag == "object":
-            obj = {"pid": el.get("pid"), "pindex": el.get("pindex"), "mesh": None,
-                   "components": []}
+            obj = {"pid": el.get("pid"), "pindex": el.get("pindex"), "mesh": None, "components": []}
             mesh = next((c for c in el if _local(c.tag) == "mesh"), None)
             if mesh is not None:
                 obj["mesh"] = _read_mesh(mesh)
             for comps in (c for c in el if _local(c.tag) == "components"):
                 for comp in comps:
                     if _local(comp.tag) == "component":
-                        obj["components"].append((comp.get("objectid"), _transform(comp.attrib),
-                                                  _path_attr(comp.attrib)))
+                        obj["components"].append(
+                            (comp.get("objectid"), _transform(comp.attrib), _path_attr(comp.attrib))
+                        )
             part.objects[el.get("id")] = obj
             el.clear()
         elif tag == "item":
@@ -122,14 +126,16 @@ def _read_mesh(mesh):
     triangles = next((c for c in mesh if _local(c.tag) == "triangles"), None)
     if vertices is None or triangles is None:
         return None
-    v = np.array([(float(e.get("x")), float(e.get("y")), float(e.get("z")))
-                  for e in vertices], dtype=np.float64).reshape(-1, 3)
-    rows = [(t.get("v1"), t.get("v2"), t.get("v3"), t.get("pid"), t.get("p1"))
-            for t in triangles]
+    v = np.array(
+        [(float(e.get("x")), float(e.get("y")), float(e.get("z"))) for e in vertices],
+        dtype=np.float64,
+    ).reshape(-1, 3)
+    rows = [(t.get("v1"), t.get("v2"), t.get("v3"), t.get("pid"), t.get("p1")) for t in triangles]
     if not rows:
         return None
-    faces = np.array([(int(a), int(b), int(c)) for a, b, c, _, _ in rows],
-                     dtype=np.int64).reshape(-1, 3)
+    faces = np.array([(int(a), int(b), int(c)) for a, b, c, _, _ in rows], dtype=np.int64).reshape(
+        -1, 3
+    )
     tri_props = [(pid, p1) for _, _, _, pid, p1 in rows]
     return v, faces, tri_props
 
@@ -137,7 +143,6 @@ def _read_mesh(mesh):
 def load_3mf_with_colours(data: bytes):
     """A LoadedModel of the 3MF's build, with its colours; raises ValueError for archives
     this reader cannot follow (the caller then falls back to trimesh)."""
-    from .loaders import NEUTRAL, Drawable, LoadedModel, orient_for_culling
 
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         names = {i.filename.lstrip("/").lower(): i for i in z.infolist()}
@@ -207,8 +212,9 @@ def _drawable(obj: dict, part: _Part, matrix: np.ndarray, neutral, Drawable):
     def colour(props):
         if props not in memo:
             pid, p1 = props
-            memo[props] = (_lookup(part, pid or obj["pid"],
-                                   p1 if pid else (p1 or obj["pindex"])) or default)
+            memo[props] = (
+                _lookup(part, pid or obj["pid"], p1 if pid else (p1 or obj["pindex"])) or default
+            )
         return memo[props]
 
     colours = np.array([colour(props) for props in tri_props], dtype=np.float32)
@@ -217,15 +223,19 @@ def _drawable(obj: dict, part: _Part, matrix: np.ndarray, neutral, Drawable):
         return None
     positions = positions.astype(np.float32)
     if (colours == colours[0]).all():
-        return Drawable(positions=np.ascontiguousarray(positions),
-                        indices=faces.astype(np.uint32).ravel(),
-                        base_color=tuple(float(c) for c in colours[0]),
-                        blend=bool(colours[0][3] < 0.999))
+        return Drawable(
+            positions=np.ascontiguousarray(positions),
+            indices=faces.astype(np.uint32).ravel(),
+            base_color=tuple(float(c) for c in colours[0]),
+            blend=bool(colours[0][3] < 0.999),
+        )
     flat = faces.ravel()
-    return Drawable(positions=np.ascontiguousarray(positions[flat]),
-                    colors=np.ascontiguousarray(np.repeat(colours, 3, axis=0)),
-                    base_color=(1.0, 1.0, 1.0, 1.0),
-                    blend=bool((colours[:, 3] < 0.999).any()))
+    return Drawable(
+        positions=np.ascontiguousarray(positions[flat]),
+        colors=np.ascontiguousarray(np.repeat(colours, 3, axis=0)),
+        base_color=(1.0, 1.0, 1.0, 1.0),
+        blend=bool((colours[:, 3] < 0.999).any()),
+    )
 
 
 def _lookup(part: _Part, pid: str | None, index: str | None):
