@@ -90,17 +90,27 @@ def run(sample: bool, skip_thumbnails: bool) -> None:
     if not skip_thumbnails:
         runs += [("thumbnails_fast_job", k) for k in fast_partitions.get_partition_keys()]
         runs += [("thumbnails_slow_job", k) for k in slow_partitions.get_partition_keys()]
+        runs += [("similar_models_job", None)]
+    failed = _execute(defs, instance, runs, quiet)
+    click.echo("")
+    _print_status(_status())
+    _report_failures(failed, len(runs))
+
+
+def _execute(defs, instance, runs, run_config) -> list:
     failed = []
     for job_name, partition in runs:
         result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance, raise_on_error=False, run_config=quiet, partition_key=partition
+            instance=instance, raise_on_error=False, run_config=run_config, partition_key=partition
         )
         if not result.success:
             failed.append((job_name, partition, result))
             if job_name == "dedup":
                 break  # the inventory is what everything else stands on
-    click.echo("")
-    _print_status(_status())
+    return failed
+
+
+def _report_failures(failed: list, total: int) -> None:
     for _job, partition, result in failed:
         for event in (e for e in result.all_events if e.is_step_failure):
             data = event.step_failure_data
@@ -113,7 +123,7 @@ def run(sample: bool, skip_thumbnails: bool) -> None:
             )
     if failed:
         _fail(
-            f"{len(failed)} of {len(runs)} runs failed (details in the Dagster UI, run "
+            f"{len(failed)} of {total} runs failed (details in the Dagster UI, run "
             "history); `dam backfill-failed` retries failed thumbnail partitions",
             1,
         )
@@ -145,6 +155,8 @@ def _print_status(status: dict) -> None:
         "thumbnails_failed": "thumbnails failed",
         "thumbnails_unsupported": "files of a format without a renderer",
         "models_without_thumbnail": "models without a thumbnail",
+        "models_measured": "models measured (facts)",
+        "similar_groups": "same model, different files: groups",
         "walk_issues": "walk issues",
     }
     width = max(len(v) for v in labels.values())
@@ -251,6 +263,231 @@ def backfill_failed(url: str) -> None:
                 )
     except BackfillError as exc:
         _fail(str(exc))
+
+
+@main.command()
+@click.option(
+    "--status",
+    "scope",
+    type=click.Choice(["unsupported", "failed", "all"]),
+    default="all",
+    show_default=True,
+    help="Which files: 'unsupported' (no loader then), 'failed' (failed, timeout, memory).",
+)
+@click.option("--bucket", help="Only this size bucket (a partition key, e.g. '1-5MB').")
+@click.option(
+    "--no-run",
+    is_flag=True,
+    help="Only mark the files; the next run of their partitions (UI, sensors) renders them.",
+)
+def retry(scope: str, bucket: str | None, no_run: bool) -> None:
+    """Render again the files whose thumbnail said 'unsupported' or failed for good, e.g.
+    after installing a loader or fixing a file in place (rows made by older loaders are
+    retried without asking)."""
+    from .core.thumbnails import request_retries, size_buckets
+
+    buckets = {b.key: b for b in size_buckets(int(config.env("DAM_SIZE_THRESHOLD_MB")))}
+    if bucket is not None and bucket not in buckets:
+        _fail(f"no size bucket {bucket!r}; the buckets are {', '.join(buckets)}")
+    chosen = [buckets[bucket]] if bucket else list(buckets.values())
+    marked: dict[str, int] = {}
+    try:
+        for b in chosen:
+            for status, n in request_retries(_catalogue(), scope, b).items():
+                marked[status] = marked.get(status, 0) + n
+    except CatalogueError as exc:
+        _fail(str(exc))
+    total = sum(marked.values())
+    detail = ", ".join(f"{n} {s}" for s, n in sorted(marked.items())) or "none"
+    click.echo(f"{total} file(s) asked for again ({detail})")
+    if no_run or not total:
+        return
+    _roots(use_sample=False)
+    from .home import prepare_dagster_home
+
+    prepare_dagster_home()
+    import dagster as dg
+
+    from .definitions import defs
+
+    runs = [(f"thumbnails_{b.lane}_job", b.key) for b in chosen if _bucket_has_retries(b)] + [
+        ("similar_models_job", None)
+    ]
+    quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    failed = _execute(defs, dg.DagsterInstance.get(), runs, quiet)
+    with _catalogue().connect(write=False) as con:
+        left = con.execute(
+            "SELECT count(*) FROM current_thumbnails WHERE retry_requested"
+        ).fetchone()[0]
+        now = dict(
+            con.execute(
+                "SELECT thumbnail_status, count(*) FROM library_files "
+                "WHERE thumbnail_status IS NOT NULL GROUP BY thumbnail_status"
+            ).fetchall()
+        )
+    click.echo(
+        "thumbnails now: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(now.items()))
+        + (f"; {left} still waiting" if left else "")
+    )
+    _report_failures(failed, len(runs))
+
+
+def _bucket_has_retries(bucket) -> bool:
+    with _catalogue().connect(write=False) as con:
+        return bool(
+            con.execute(
+                "SELECT count(*) FROM current_thumbnails t JOIN file_inventory f USING (file_id) "
+                "WHERE t.retry_requested AND f.size_bytes >= $low "
+                "AND ($high IS NULL OR f.size_bytes < $high)",
+                {"low": bucket.low, "high": bucket.high},
+            ).fetchone()[0]
+        )
+
+
+_FIND_COLUMNS = (
+    "path",
+    "triangles",
+    "size_x_mm",
+    "size_y_mm",
+    "size_z_mm",
+    "volume_mm3",
+    "watertight",
+    "probably_inches",
+    "fits_printers",
+)
+
+
+@main.command()
+@click.option("--max-x", type=float, help="Largest size along X, mm (likewise -y, -z).")
+@click.option("--max-y", type=float)
+@click.option("--max-z", type=float)
+@click.option("--min-x", type=float, help="Smallest size along X, mm (likewise -y, -z).")
+@click.option("--min-y", type=float)
+@click.option("--min-z", type=float)
+@click.option("--watertight/--not-watertight", default=None, help="Closed meshes, or open ones.")
+@click.option("--probably-inches", is_flag=True, help="Unit-less files sized as if in inches.")
+@click.option("--fits", "fits", help="Fits this printer of DAM_PRINTERS (its name).")
+@click.option("--max-triangles", type=int)
+@click.option("--name", "pattern", help="Path glob, e.g. '*dragon*' (case-insensitive).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--limit", type=int, default=0, help="At most this many (0: all).")
+def find(fmt: str, limit: int, pattern: str | None, fits: str | None, **bounds) -> None:
+    """Models by their geometry facts, e.g. `dam find --max-x 180 --watertight`."""
+    from .core.printers import parse_printers, sync_printers
+
+    try:
+        printers = parse_printers()
+    except ConfigError as exc:
+        _fail(str(exc))
+    if fits is not None and fits not in {p.name for p in printers}:
+        _fail(f"no printer {fits!r} in DAM_PRINTERS: {', '.join(p.name for p in printers)}")
+    where, params = ["triangles IS NOT NULL"], {}
+    for axis in "xyz":
+        for kind, op in (("max", "<="), ("min", ">=")):
+            value = bounds.get(f"{kind}_{axis}")
+            if value is not None:
+                where.append(f"size_{axis}_mm {op} ${kind}_{axis}")
+                params[f"{kind}_{axis}"] = value
+    if bounds.get("watertight") is not None:
+        where.append("watertight = $watertight")
+        params["watertight"] = bounds["watertight"]
+    if bounds.get("probably_inches"):
+        where.append("probably_inches")
+    if bounds.get("max_triangles") is not None:
+        where.append("triangles <= $max_triangles")
+        params["max_triangles"] = bounds["max_triangles"]
+    if fits is not None:
+        where.append("list_contains(fits_printers, $fits)")
+        params["fits"] = fits
+    if pattern:
+        where.append("path ILIKE $pattern")
+        params["pattern"] = pattern.replace("%", "\\%").replace("*", "%").replace("?", "_")
+    sql = f"SELECT {', '.join(_FIND_COLUMNS)} FROM models WHERE {' AND '.join(where)} ORDER BY path"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    try:
+        with _catalogue().connect() as con:
+            sync_printers(con, printers)
+            rows = con.execute(sql, params).fetchall()
+    except CatalogueError as exc:
+        _fail(str(exc))
+    records = [dict(zip(_FIND_COLUMNS, r)) for r in rows]
+    if fmt == "json":
+        click.echo(json.dumps(records, indent=2))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(_FIND_COLUMNS)
+        for r in records:
+            writer.writerow(
+                [";".join(r[c]) if isinstance(r[c], list) else r[c] for c in _FIND_COLUMNS]
+            )
+    else:
+        for r in records:
+            size = " x ".join(f"{r[f'size_{a}_mm']:.1f}" for a in "xyz")
+            flags = [
+                "watertight" if r["watertight"] else "open",
+                *(["inches?"] if r["probably_inches"] else []),
+            ]
+            click.echo(
+                f"{size:>24} mm  {r['triangles']:>9,} tri  {', '.join(flags):<18} {r['path']}"
+            )
+        click.echo(f"{len(records)} model(s)", err=True)
+
+
+@main.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+)
+def similar(fmt: str) -> None:
+    """Same model, different file: groups of files holding the same mesh in other bytes
+    (other format, ASCII or binary, another header, moved, re-saved), as of the last
+    `similar_models` (dam run, or the UI)."""
+    from .core.similar import similar_groups
+
+    try:
+        groups = similar_groups(_catalogue())
+    except CatalogueError as exc:
+        _fail(str(exc))
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "fingerprint": g.fingerprint,
+                        "members": g.members,
+                        "exact_duplicates": g.exact_duplicates,
+                        "triangles": g.triangles,
+                        "size_mm": list(g.size_mm) if g.size_mm else None,
+                    }
+                    for g in groups
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not groups:
+        click.echo("No model is held by two different files.")
+    for g in groups:
+        size = " x ".join(f"{v:g}" for v in g.size_mm) + " mm" if g.size_mm else ""
+        click.echo(
+            f"{g.fingerprint}  {len(g.members)} files  {g.triangles or 0:,} triangles  {size}"
+        )
+        copies = {p for group in g.exact_duplicates for p in group[1:]}
+        for path in g.members:
+            click.echo(f"  {'copy of above' if path in copies else 'file':<14} {path}")
+    if groups:
+        click.echo(f"{len(groups)} group(s), {sum(len(g.members) for g in groups)} files")
 
 
 @main.command()

@@ -3,10 +3,14 @@
     file_inventory -> partial_hashes -> collision_candidates -> full_hashes -> duplicates
     file_inventory -> thumbnails_fast   (partitions: size buckets under the threshold)
     file_inventory -> thumbnails_slow   (partitions: size buckets at or over it)
+    thumbnails_fast, thumbnails_slow -> similar_models
 
-`file_inventory` is asked for by `library_sensor` when files change; every later asset has an
-eager automation condition, evaluated by the `dam_automation` sensor. Both sensors are on by
-default. Configuration comes from the environment (.env, .env.local): docs/CONFIGURATION.md.
+The render lanes also measure every model in the same pass (geometry facts, fingerprint,
+print facts: the `model_facts` table, columns of `models`); `similar_models` groups the files
+that hold the same mesh. `file_inventory` is asked for by `library_sensor` when files change
+(or a loader is installed); every later asset has an eager automation condition, evaluated by
+the `dam_automation` sensor. Both sensors are on by default. Configuration comes from the
+environment (.env, .env.local): docs/CONFIGURATION.md.
 """
 
 import dagster as dg
@@ -15,14 +19,19 @@ from .core.config import load_env_files
 
 load_env_files()  # .env and .env.local, for every process that loads this code location
 
-from . import dedup_assets, thumbnail_assets  # noqa: E402
+from . import dedup_assets, similar_assets, thumbnail_assets  # noqa: E402
 from .resources import CatalogueResource, LibraryResource, RenderResource  # noqa: E402
 from .sensors import automation_sensor, library_sensor  # noqa: E402
 
 defs = dg.Definitions(
-    assets=dedup_assets.ASSETS + thumbnail_assets.ASSETS,
+    assets=dedup_assets.ASSETS + thumbnail_assets.ASSETS + similar_assets.ASSETS,
     asset_checks=dedup_assets.CHECKS + thumbnail_assets.CHECKS,
-    jobs=[dedup_assets.dedup_job, thumbnail_assets.fast_job, thumbnail_assets.slow_job],
+    jobs=[
+        dedup_assets.dedup_job,
+        thumbnail_assets.fast_job,
+        thumbnail_assets.slow_job,
+        similar_assets.similar_job,
+    ],
     sensors=[library_sensor, automation_sensor],
     # The chain's steps run one after the other anyway, and the render lanes have process
     # pools of their own: a process per step would only add start-up time to every run.

@@ -1,7 +1,9 @@
 """Sensors: what keeps the catalogue current without anyone clicking.
 
 - `library_sensor` walks the roots (stat only, nothing is read) and asks for `file_inventory`
-  when any file was added, removed or modified since its last look.
+  when any file was added, removed or modified since its last look, or when the renderer's
+  loaders changed (a library installed or upgraded: core/render/capabilities.py), so the
+  thumbnails that follow the inventory re-plan exactly the files that concerns.
 - `dam_automation` evaluates the eager automation conditions: whatever follows the inventory
   (the dedup chain, the thumbnails) is materialized once its upstream has been updated.
 Both run by default: no toggle needed in the UI.
@@ -10,6 +12,7 @@ Both run by default: no toggle needed in the UI.
 import dagster as dg
 
 from .core.config import ConfigError, env
+from .core.render.capabilities import capabilities_digest
 from .core.walk import RootUnavailable, library_fingerprint, walk_library, walk_threads
 from .dedup_assets import file_inventory
 from .resources import LibraryResource
@@ -29,7 +32,8 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=int(env("DAM_SENSOR_INTERVAL_S")),
     description="Asks for a new file inventory when files under the library roots were added, "
-    "removed or modified (by size and mtime) since the last look.",
+    "removed or modified (by size and mtime) since the last look, or when a model loader was "
+    "installed or upgraded.",
 )
 def library_sensor(context: dg.SensorEvaluationContext, library: LibraryResource):
     try:
@@ -42,10 +46,14 @@ def library_sensor(context: dg.SensorEvaluationContext, library: LibraryResource
         )
     except (ConfigError, RootUnavailable) as exc:
         return dg.SkipReason(str(exc))
-    fingerprint = library_fingerprint(walk)
+    fingerprint = f"{library_fingerprint(walk)}-{capabilities_digest()}"
     if fingerprint == context.cursor:
         return dg.SkipReason(f"no change in {len(walk.files):,} files since the last look")
-    context.log.info(f"library changed ({len(walk.files):,} files): asking for file_inventory")
+    library_changed = (context.cursor or "").split("-")[0] != fingerprint.split("-")[0]
+    context.log.info(
+        f"{'library' if library_changed else 'renderer loaders'} changed "
+        f"({len(walk.files):,} files): asking for file_inventory"
+    )
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=fingerprint)],
         cursor=fingerprint,

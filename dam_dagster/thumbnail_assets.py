@@ -5,19 +5,23 @@
 
 A huge file never blocks small ones: the lanes have their own pools of render processes and
 their own concurrency pools, so both run at once. Within a partition only files without a
-current thumbnail are rendered (core/thumbnails.py says exactly which). Permanent failures are
-recorded and kept; failures that may pass (timeout, memory cap, crashed worker) make the
-partition's run fail at its end, so the UI shows the partition as failed and a backfill of
-failed partitions renders exactly those files again. Thumbnails follow the inventory by
-themselves (eager automation).
+current thumbnail are rendered (core/thumbnails.py says exactly which); every model parsed is
+measured in the same pass (geometry facts, fingerprint, print facts: `model_facts`).
+Permanent failures are recorded and kept until the file or its loader changes; failures that
+may pass (timeout, memory cap, crashed worker) make the partition's run fail at its end, so
+the UI shows the partition as failed and a backfill of failed partitions renders exactly those
+files again. Thumbnails follow the inventory by themselves (eager automation); `retry` in the
+run config (Launchpad) or the run tag `dam/retry` asks for unsupported or failed files again.
 """
 
-import dataclasses
 import time
+from enum import Enum
 
 import dagster as dg
+from pydantic import Field
 
 from .core.config import env
+from .core.printers import parse_printers, sync_printers
 from .core.render import make_contact_sheet_data_uri, render_files
 from .core.thumbnails import (
     FAILED_STATUSES,
@@ -28,6 +32,7 @@ from .core.thumbnails import (
     lane_counts,
     lane_stats,
     plan_bucket,
+    request_retries,
     size_buckets,
 )
 from .dedup_assets import file_inventory, table_metadata
@@ -39,6 +44,28 @@ EAGER = dg.AutomationCondition.eager()
 BUCKETS = {b.key: b for b in size_buckets(int(env("DAM_SIZE_THRESHOLD_MB")))}
 fast_partitions = dg.StaticPartitionsDefinition([k for k, b in BUCKETS.items() if b.lane == FAST])
 slow_partitions = dg.StaticPartitionsDefinition([k for k, b in BUCKETS.items() if b.lane == SLOW])
+
+
+class Retry(Enum):
+    none = "none"
+    failed = "failed"
+    unsupported = "unsupported"
+    all = "all"
+
+
+class LaneConfig(dg.Config):
+    """Set in the Launchpad (Materialize > Open launchpad), e.g. `retry: unsupported`."""
+
+    retry: Retry = Field(
+        default=Retry.none,
+        description="Render again the partition's files whose last attempt said 'unsupported' "
+        "(after installing a loader), 'failed' (failed, timeout or memory), or 'all' of "
+        "those; 'none' renders only what is due. A backfill can ask the same with the run tag "
+        "dam/retry=<scope>.",
+    )
+
+
+RETRY_TAG = "dam/retry"
 
 
 class _Progress:
@@ -71,23 +98,41 @@ def _failures_md(stats: LaneStats, limit: int = 25) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
+def _retry_scope(context: dg.AssetExecutionContext, config: LaneConfig) -> str:
+    scope = config.retry.value
+    tag = (context.run.tags.get(RETRY_TAG) or "").strip().lower()
+    if scope == "none" and tag:
+        if tag not in {r.value for r in Retry}:
+            raise dg.Failure(f"run tag {RETRY_TAG}={tag!r}: use failed, unsupported or all")
+        scope = tag
+    return scope
+
+
 def render_partition(
     context: dg.AssetExecutionContext,
     lane: str,
     renderer: RenderResource,
     catalogue: CatalogueResource,
+    lane_config: LaneConfig,
 ) -> dg.MaterializeResult:
     bucket = BUCKETS[context.partition_key]
     config = renderer.config(lane)
     cat = catalogue.catalogue(context.log)
+    with cat.connect() as con:  # fits_printers in the views follows DAM_PRINTERS
+        sync_printers(con, parse_printers())
+    scope = _retry_scope(context, lane_config)
+    if scope != "none":
+        marked = request_retries(cat, scope, bucket)
+        context.log.info(f"retry {scope}: {sum(marked.values())} file(s) asked for again")
     plan = plan_bucket(cat, bucket, config.size, config.background)
-    if plan.settings_changed:  # PNGs are keyed by content: redo those made with old settings
-        config = dataclasses.replace(config, overwrite=True)
     what = f"thumbnails {bucket.key}"
     context.log.info(
-        f"{what}: {plan.in_bucket:,} files in the bucket, {len(plan.tasks):,} to render "
-        f"({plan.retries} retries, {plan.missing_png} lost PNGs), {plan.up_to_date:,} up to "
-        f"date; {config.workers} workers, {config.timeout_s:.0f} s timeout"
+        f"{what}: {plan.in_bucket:,} files in the bucket, {len(plan.tasks):,} to render or "
+        f"measure ({plan.retries} retries, {plan.missing_png} lost PNGs, "
+        f"{plan.renderer_changed} made by older code, {plan.capability_changed} whose loader "
+        f"changed, {plan.retry_requested} asked for, {plan.facts_missing} to measure only), "
+        f"{plan.up_to_date:,} up to date; {config.workers} workers, "
+        f"{config.timeout_s:.0f} s timeout"
     )
     writer = OutcomeWriter(cat, bucket, plan, config.size, config.background)
     writer.add_unsupported()
@@ -111,6 +156,11 @@ def render_partition(
         "files in the bucket": plan.in_bucket,
         "files to render": len(plan.tasks),
         "up to date (not rendered)": plan.up_to_date,
+        "retried: made by older code for the format": plan.renderer_changed,
+        "retried: the format's loader changed": plan.capability_changed,
+        "retried: asked for": plan.retry_requested,
+        "measured only (thumbnail current)": plan.facts_missing,
+        "models measured (model_facts rows)": writer.measured,
         "rendered": stats.by_source.get("render", 0),
         "reused (same content already rendered)": stats.by_source.get("cache", 0),
         "embedded previews": stats.by_source.get("embedded", 0),
@@ -144,12 +194,16 @@ def render_partition(
     partitions_def=fast_partitions,
     automation_condition=EAGER,
     pool="thumbnails_fast",
-    description="Thumbnails of the models under the size threshold: many workers, short timeout.",
+    description="Thumbnails of the models under the size threshold: many workers, short timeout. "
+    "Every model parsed is measured in the same pass (model_facts).",
 )
 def thumbnails_fast(
-    context: dg.AssetExecutionContext, renderer: RenderResource, catalogue: CatalogueResource
+    context: dg.AssetExecutionContext,
+    config: LaneConfig,
+    renderer: RenderResource,
+    catalogue: CatalogueResource,
 ) -> dg.MaterializeResult:
-    return render_partition(context, FAST, renderer, catalogue)
+    return render_partition(context, FAST, renderer, catalogue, config)
 
 
 @dg.asset(
@@ -160,12 +214,16 @@ def thumbnails_fast(
     automation_condition=EAGER,
     pool="thumbnails_slow",
     description="Thumbnails of the models at or over the size threshold: few workers, long "
-    "timeout, so huge files never hold up the small ones.",
+    "timeout, so huge files never hold up the small ones. Every model parsed is measured in "
+    "the same pass (model_facts).",
 )
 def thumbnails_slow(
-    context: dg.AssetExecutionContext, renderer: RenderResource, catalogue: CatalogueResource
+    context: dg.AssetExecutionContext,
+    config: LaneConfig,
+    renderer: RenderResource,
+    catalogue: CatalogueResource,
 ) -> dg.MaterializeResult:
-    return render_partition(context, SLOW, renderer, catalogue)
+    return render_partition(context, SLOW, renderer, catalogue, config)
 
 
 def _failure_rate(lane: str, catalogue: CatalogueResource) -> dg.AssetCheckResult:

@@ -131,3 +131,66 @@ def test_sample_library_run(tmp_path):
     # the duplicate pair is found; the same-size stranger is not mistaken for a copy
     assert status["duplicate_groups"] == 1 and status["duplicate_files"] == 1
     assert status["models"] >= 8
+
+
+def test_find_similar_and_retry(corpus, tmp_path):
+    """The model commands on one real run: `dam find` by geometry facts, `dam similar` for
+    the same mesh in other files, `dam retry` for files that failed for good."""
+    import shutil
+
+    import trimesh
+
+    from . import slicer_files as sf
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("box.STL", "torus.STL", "busted.STL", "pyramids.3mf", "featuretype.STEP"):
+        shutil.copy(corpus / name, lib / name)
+    trimesh.load(corpus / "box.STL").export(lib / "box.obj")
+    (lib / "box copy.STL").write_bytes((corpus / "box.STL").read_bytes())
+    (lib / "slicer.gcode").write_bytes(sf.cura_gcode())  # no preview: 'unsupported'
+    env = {
+        "DAM_LIBRARY_ROOTS": str(lib),
+        "DAM_DATA_DIR": str(tmp_path / "data"),
+        "DAM_PRINTERS": "Mini=180x180x180, Plate=300x200x100",
+    }
+    run = dam("run", env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    status = json.loads(dam("status", "--json", env=env, cwd=tmp_path).stdout)
+    assert status["models_measured"] == 8 and status["similar_groups"] == 1  # every file
+
+    found = json.loads(
+        dam("find", "--max-x", "180", "--watertight", "--format", "json", env=env).stdout
+    )
+    names = sorted(os.path.basename(r["path"]) for r in found)
+    # pyramids.3mf is 347 mm long; the STEP part is 127 mm; the rest are small
+    assert names == sorted(
+        ["box.STL", "box copy.STL", "box.obj", "torus.STL", "busted.STL", "featuretype.STEP"]
+    )
+    assert all(r["size_x_mm"] <= 180 and r["watertight"] for r in found)
+    plate = json.loads(dam("find", "--fits", "Plate", "--format", "json", env=env).stdout)
+    assert "pyramids.3mf" not in {os.path.basename(r["path"]) for r in plate}  # 347 x 163 mm
+    inches = dam("find", "--probably-inches", "--format", "csv", env=env).stdout
+    assert "box.STL" in inches and "featuretype.STEP" not in inches
+    bad = dam("find", "--fits", "Nope", env=env)
+    assert bad.returncode == 2 and "no printer 'Nope'" in bad.stderr
+
+    similar = json.loads(dam("similar", "--format", "json", env=env).stdout)
+    assert [sorted(os.path.basename(p) for p in g["members"]) for g in similar] == [
+        ["box copy.STL", "box.STL", "box.obj"]
+    ]
+    assert all(os.path.isabs(p) for p in similar[0]["members"])
+    assert sorted(os.path.basename(p) for p in similar[0]["exact_duplicates"][0]) == [
+        "box copy.STL",
+        "box.STL",
+    ]
+    assert "copy of above" in dam("similar", env=env).stdout
+
+    retried = dam("retry", "--status", "unsupported", "--bucket", "<1MB", env=env, cwd=tmp_path)
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    assert "1 file(s) asked for again (1 unsupported)" in retried.stdout
+    assert "unsupported" in retried.stdout.splitlines()[-1]  # still no preview in it
+    none = dam("retry", "--status", "failed", env=env, cwd=tmp_path)
+    assert none.returncode == 0 and "0 file(s) asked for again" in none.stdout
+    wrong = dam("retry", "--bucket", "huge", env=env, cwd=tmp_path)
+    assert wrong.returncode == 2 and "no size bucket 'huge'" in wrong.stderr

@@ -44,6 +44,14 @@ SETTINGS: tuple[EnvSetting, ...] = (
     EnvSetting(
         "DAM_PREFER_EMBEDDED", "1", "1 to use a 3MF's embedded preview instead of rendering."
     ),
+    EnvSetting(
+        "DAM_PRINTERS",
+        # build volumes from the makers' specifications, mm
+        "Prusa MINI=180x180x180, Prusa MK4=250x210x220, Prusa XL=360x360x360, "
+        "Bambu Lab A1 mini=180x180x180, Bambu Lab X1/P1/A1=256x256x256, "
+        "Creality Ender-3=220x220x250",
+        "Printers models are checked against: Name=XxYxZ (mm), separated by commas.",
+    ),
 )
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
 DEFAULTS = {s.name: s.default for s in SETTINGS}

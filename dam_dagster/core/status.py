@@ -39,6 +39,10 @@ def catalogue_status(catalogue: Catalogue) -> dict[str, int]:
                 "SELECT count(*) FROM library_files WHERE thumbnail_status = 'unsupported'"
             ),
             "models_without_thumbnail": one("SELECT count(*) FROM models WHERE has_thumbnail = 0"),
+            "models_measured": one(
+                "SELECT count(*) FROM current_model_facts WHERE error_class IS NULL"
+            ),
+            "similar_groups": one("SELECT count(DISTINCT group_id) FROM similar_models"),
             "walk_issues": one("SELECT count(*) FROM walk_issues"),
         }
     return status
