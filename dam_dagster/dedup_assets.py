@@ -100,8 +100,7 @@ def file_inventory(
 
     def on_walk(w: WalkResult) -> None:
         context.log.info(
-            f"walking: {len(w.files):,} files, {w.bytes_seen / 1e9:,.2f} GB, "
-            f"{w.dirs:,} folders so far"
+            f"walking: {len(w):,} files, {w.bytes_seen / 1e9:,.2f} GB, {w.dirs:,} folders so far"
         )
 
     cat = catalogue.catalogue(context.log)

@@ -47,8 +47,8 @@ def library_sensor(context: dg.SensorEvaluationContext, library: LibraryResource
         return dg.SkipReason(str(exc))
     fingerprint = library_fingerprint(walk)
     if fingerprint == context.cursor:
-        return dg.SkipReason(f"no change in {len(walk.files):,} files since the last look")
-    context.log.info(f"library changed ({len(walk.files):,} files): asking for file_inventory")
+        return dg.SkipReason(f"no change in {len(walk):,} files since the last look")
+    context.log.info(f"library changed ({len(walk):,} files): asking for file_inventory")
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=fingerprint)],
         cursor=fingerprint,
