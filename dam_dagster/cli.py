@@ -63,6 +63,14 @@ def _roots(use_sample: bool) -> tuple[Path, ...]:
 def main() -> None:
     """Digital-asset management for 3D-model libraries (a Dagster code location)."""
     load_env_files()
+    # Whatever the command: the data folder is never inside a library root (nothing may write
+    # there, not even a reading command's lock file).
+    try:
+        config.check_data_dir_outside_roots(
+            config.data_dir(), config.parse_roots(config.env("DAM_LIBRARY_ROOTS"))
+        )
+    except ConfigError as exc:
+        _fail(str(exc))
 
 
 @main.command()
@@ -82,48 +90,54 @@ def run(sample: bool, skip_thumbnails: bool) -> None:
     import dagster as dg
 
     from .definitions import defs
+    from .runs import mark_dead_runs_failed, process_tags
+    from .terminal import failure_cause
     from .thumbnail_assets import fast_partitions, slow_partitions
 
     instance = dg.DagsterInstance.get()
-    quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    for gone in mark_dead_runs_failed(instance):
+        click.echo(
+            f"dam: run {gone.run_id[:8]} ({gone.job_name}) was left in progress by a process "
+            "that is gone: marked failed",
+            err=True,
+        )
+    terminal = {"loggers": {"dam_terminal": {}}}
     runs = [("dedup", None)]
     if not skip_thumbnails:
         runs += [("thumbnails_fast_job", k) for k in fast_partitions.get_partition_keys()]
         runs += [("thumbnails_slow_job", k) for k in slow_partitions.get_partition_keys()]
-        runs += [("similar_models_job", None)]
-    failed = _execute(defs, instance, runs, quiet)
-    click.echo("")
-    _print_status(_status())
-    _report_failures(failed, len(runs))
-
-
-def _execute(defs, instance, runs, run_config) -> list:
+        runs += [("similar_models_job", None)]  # the same mesh in other files
     failed = []
     for job_name, partition in runs:
         result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance, raise_on_error=False, run_config=run_config, partition_key=partition
+            instance=instance,
+            raise_on_error=False,
+            run_config=terminal,
+            partition_key=partition,
+            tags=process_tags(),
         )
         if not result.success:
             failed.append((job_name, partition, result))
             if job_name == "dedup":
                 break  # the inventory is what everything else stands on
-    return failed
+    click.echo("")
+    from .core.status import catalogue_status
 
-
-def _report_failures(failed: list, total: int) -> None:
+    try:
+        _print_status(catalogue_status(_catalogue()))
+    except CatalogueError as exc:
+        if not failed:  # otherwise the run's own failure says why, below, cause first
+            _fail(str(exc))
     for _job, partition, result in failed:
         for event in (e for e in result.all_events if e.is_step_failure):
-            data = event.step_failure_data
-            why = (data.user_failure_data.description if data.user_failure_data else None) or (
-                data.error.message.strip() if data.error else "see the run log"
-            )
+            why = failure_cause(event.step_failure_data)
             click.echo(
                 f"dam: {event.step_key}{f' [{partition}]' if partition else ''} failed: {why}",
                 err=True,
             )
     if failed:
         _fail(
-            f"{len(failed)} of {total} runs failed (details in the Dagster UI, run "
+            f"{len(failed)} of {len(runs)} runs failed (details in the Dagster UI, run "
             "history); `dam backfill-failed` retries failed thumbnail partitions",
             1,
         )
@@ -167,17 +181,49 @@ def _print_status(status: dict) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(as_json: bool) -> None:
-    """Counts of files, models, hashes, duplicates and thumbnails."""
+    """Counts of files, models, hashes, duplicates and thumbnails, and the run queue."""
     figures = _status()
+    queue = _queue()
+    if queue is not None:
+        figures.update(
+            runs_in_progress=queue.in_progress,
+            runs_queued=queue.queued,
+            run_queue_limit=queue.limit,
+            runs_without_process=len(queue.dead),
+        )
     if as_json:
         click.echo(json.dumps(figures, indent=2))
-    else:
-        click.echo(f"catalogue: {config.data_dir() / 'dam.duckdb'}")
-        _print_status(figures)
-        if figures["files"] == 0:
+        return
+    click.echo(f"catalogue: {config.data_dir() / 'dam.duckdb'}")
+    _print_status(figures)
+    if queue is not None:
+        click.echo(f"runs: {queue.describe()}")
+        if queue.dead:
             click.echo(
-                "The catalogue is empty: run `dam run` (or `make dev` and the UI).", err=True
+                f"dam: {len(queue.dead)} run(s) in progress have no process any more (killed or "
+                "crashed); the next `dam run`, or the dam_dead_runs sensor of `make dev` within a "
+                "minute, marks them failed",
+                err=True,
             )
+    if figures["files"] == 0:
+        click.echo("The catalogue is empty: run `dam run` (or `make dev` and the UI).", err=True)
+
+
+def _queue():
+    """The run queue of the Dagster home, when there is one (never created by reading)."""
+    from .runs import queue_state, queue_state_from_sqlite
+
+    home = config.dagster_home()
+    if not (home / "dagster.yaml").is_file():
+        return None
+    state = queue_state_from_sqlite(home)
+    if state is None:  # another run storage (PostgreSQL): ask Dagster
+        import dagster as dg
+
+        os.environ["DAGSTER_HOME"] = str(home)
+        with dg.DagsterInstance.get() as instance:
+            state = queue_state(instance)
+    return state
 
 
 @main.command()
@@ -309,14 +355,25 @@ def retry(scope: str, bucket: str | None, no_run: bool) -> None:
     import dagster as dg
 
     from .definitions import defs
+    from .runs import process_tags
+    from .terminal import failure_cause
 
-    runs = [(f"thumbnails_{b.lane}_job", b.key) for b in chosen if _bucket_has_retries(b)] + [
-        ("similar_models_job", None)
-    ]
-    quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    failed = _execute(defs, dg.DagsterInstance.get(), runs, quiet)
+    instance = dg.DagsterInstance.get()
+    jobs = [(f"thumbnails_{b.lane}_job", b.key) for b in chosen if _bucket_has_retries(b)]
+    jobs.append(("similar_models_job", None))
+    failed = []
+    for job_name, partition in jobs:
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"dam_terminal": {}}},
+            partition_key=partition,
+            tags=process_tags(),
+        )
+        if not result.success:
+            failed.append((job_name, partition, result))
     with _catalogue().connect(write=False) as con:
-        left = con.execute(
+        waiting = con.execute(
             "SELECT count(*) FROM current_thumbnails WHERE retry_requested"
         ).fetchone()[0]
         now = dict(
@@ -328,9 +385,14 @@ def retry(scope: str, bucket: str | None, no_run: bool) -> None:
     click.echo(
         "thumbnails now: "
         + ", ".join(f"{n} {s}" for s, n in sorted(now.items()))
-        + (f"; {left} still waiting" if left else "")
+        + (f"; {waiting} still waiting" if waiting else "")
     )
-    _report_failures(failed, len(runs))
+    for _job, partition, result in failed:
+        for event in (e for e in result.all_events if e.is_step_failure):
+            why = failure_cause(event.step_failure_data)
+            click.echo(f"dam: {event.step_key} [{partition}] failed: {why}", err=True)
+    if failed:
+        _fail(f"{len(failed)} of {len(jobs)} runs failed (details in the Dagster UI)", 1)
 
 
 def _bucket_has_retries(bucket) -> bool:
@@ -379,15 +441,17 @@ _FIND_COLUMNS = (
 )
 @click.option("--limit", type=int, default=0, help="At most this many (0: all).")
 def find(fmt: str, limit: int, pattern: str | None, fits: str | None, **bounds) -> None:
-    """Models by their geometry facts, e.g. `dam find --max-x 180 --watertight`."""
-    from .core.printers import parse_printers, sync_printers
+    """Models by their geometry facts, e.g. `dam find --max-x 180 --watertight`. Reads the
+    catalogue only; which printers a model fits follows DAM_PRINTERS as it is now."""
+    from .core.printers import parse_printers
 
     try:
         printers = parse_printers()
     except ConfigError as exc:
         _fail(str(exc))
-    if fits is not None and fits not in {p.name for p in printers}:
-        _fail(f"no printer {fits!r} in DAM_PRINTERS: {', '.join(p.name for p in printers)}")
+    by_name = {p.name: p for p in printers}
+    if fits is not None and fits not in by_name:
+        _fail(f"no printer {fits!r} in DAM_PRINTERS: {', '.join(by_name)}")
     where, params = ["triangles IS NOT NULL"], {}
     for axis in "xyz":
         for kind, op in (("max", "<="), ("min", ">=")):
@@ -403,22 +467,37 @@ def find(fmt: str, limit: int, pattern: str | None, fits: str | None, **bounds) 
     if bounds.get("max_triangles") is not None:
         where.append("triangles <= $max_triangles")
         params["max_triangles"] = bounds["max_triangles"]
-    if fits is not None:
-        where.append("list_contains(fits_printers, $fits)")
-        params["fits"] = fits
+    if fits is not None:  # the rule of core/printers.py, in SQL
+        p = by_name[fits]
+        where.append(
+            "size_z_mm <= $pz AND ((size_x_mm <= $px AND size_y_mm <= $py) "
+            "OR (size_y_mm <= $px AND size_x_mm <= $py))"
+        )
+        params.update(px=p.x_mm, py=p.y_mm, pz=p.z_mm)
     if pattern:
-        where.append("path ILIKE $pattern")
-        params["pattern"] = pattern.replace("%", "\\%").replace("*", "%").replace("?", "_")
-    sql = f"SELECT {', '.join(_FIND_COLUMNS)} FROM models WHERE {' AND '.join(where)} ORDER BY path"
+        where.append("path ILIKE $pattern ESCAPE '\\'")
+        params["pattern"] = (
+            pattern.replace("\\", "\\\\")
+            .replace("%", "\\%")
+            .replace("_", "\\_")
+            .replace("*", "%")
+            .replace("?", "_")
+        )
+    columns = [c for c in _FIND_COLUMNS if c != "fits_printers"]
+    sql = f"SELECT {', '.join(columns)} FROM models WHERE {' AND '.join(where)} ORDER BY path"
     if limit:
         sql += f" LIMIT {int(limit)}"
     try:
-        with _catalogue().connect() as con:
-            sync_printers(con, printers)
+        with _catalogue().connect(write=False) as con:
             rows = con.execute(sql, params).fetchall()
     except CatalogueError as exc:
         _fail(str(exc))
-    records = [dict(zip(_FIND_COLUMNS, r)) for r in rows]
+    records = []
+    for row in rows:
+        r = dict(zip(columns, row))
+        size = (r["size_x_mm"], r["size_y_mm"], r["size_z_mm"])
+        r["fits_printers"] = sorted(p.name for p in printers if p.fits(*size))
+        records.append(r)
     if fmt == "json":
         click.echo(json.dumps(records, indent=2))
     elif fmt == "csv":
@@ -431,12 +510,11 @@ def find(fmt: str, limit: int, pattern: str | None, fits: str | None, **bounds) 
     else:
         for r in records:
             size = " x ".join(f"{r[f'size_{a}_mm']:.1f}" for a in "xyz")
-            flags = [
-                "watertight" if r["watertight"] else "open",
-                *(["inches?"] if r["probably_inches"] else []),
-            ]
+            flags = ["watertight" if r["watertight"] else "open"]
+            if r["probably_inches"]:
+                flags.append("inches?")
             click.echo(
-                f"{size:>24} mm  {r['triangles']:>9,} tri  {', '.join(flags):<18} {r['path']}"
+                f"{size:>24} mm  {r['triangles']:>9,} tri  {', '.join(flags):<20} {r['path']}"
             )
         click.echo(f"{len(records)} model(s)", err=True)
 

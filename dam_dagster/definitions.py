@@ -9,8 +9,9 @@ The render lanes also measure every model in the same pass (geometry facts, fing
 print facts: the `model_facts` table, columns of `models`); `similar_models` groups the files
 that hold the same mesh. `file_inventory` is asked for by `library_sensor` when files change
 (or a loader is installed); every later asset has an eager automation condition, evaluated by
-the `dam_automation` sensor. Both sensors are on by default. Configuration comes from the
-environment (.env, .env.local): docs/CONFIGURATION.md.
+the `dam_automation` sensor; `dam_dead_runs` marks failed the runs whose process is gone, so
+the run queue never fills with them. All three sensors are on by default. Configuration comes
+from the environment (.env, .env.local): docs/CONFIGURATION.md.
 """
 
 import dagster as dg
@@ -21,7 +22,8 @@ load_env_files()  # .env and .env.local, for every process that loads this code 
 
 from . import dedup_assets, similar_assets, thumbnail_assets  # noqa: E402
 from .resources import CatalogueResource, LibraryResource, RenderResource  # noqa: E402
-from .sensors import automation_sensor, library_sensor  # noqa: E402
+from .sensors import automation_sensor, dead_runs_sensor, library_sensor  # noqa: E402
+from .terminal import dam_terminal  # noqa: E402
 
 defs = dg.Definitions(
     assets=dedup_assets.ASSETS + thumbnail_assets.ASSETS + similar_assets.ASSETS,
@@ -32,7 +34,9 @@ defs = dg.Definitions(
         thumbnail_assets.slow_job,
         similar_assets.similar_job,
     ],
-    sensors=[library_sensor, automation_sensor],
+    sensors=[library_sensor, automation_sensor, dead_runs_sensor],
+    # `dam run` logs with dam_terminal (one line per step); the UI's runs use Dagster's own.
+    loggers={"dam_terminal": dam_terminal},
     # The chain's steps run one after the other anyway, and the render lanes have process
     # pools of their own: a process per step would only add start-up time to every run.
     executor=dg.in_process_executor,

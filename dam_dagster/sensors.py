@@ -6,7 +6,9 @@
   thumbnails that follow the inventory re-plan exactly the files that concerns.
 - `dam_automation` evaluates the eager automation conditions: whatever follows the inventory
   (the dedup chain, the thumbnails) is materialized once its upstream has been updated.
-Both run by default: no toggle needed in the UI.
+- `dam_dead_runs` marks failed the runs whose process is gone (dam_dagster/runs.py), so that a
+  killed run never holds the run queue, and says in each tick how the queue stands.
+All run by default: no toggle needed in the UI.
 """
 
 import dagster as dg
@@ -16,6 +18,7 @@ from .core.render.capabilities import capabilities_digest
 from .core.walk import RootUnavailable, library_fingerprint, walk_library, walk_threads
 from .dedup_assets import file_inventory
 from .resources import LibraryResource
+from .runs import PID_TAG, mark_dead_runs_failed, queue_state
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "dam_automation",
@@ -48,13 +51,33 @@ def library_sensor(context: dg.SensorEvaluationContext, library: LibraryResource
         return dg.SkipReason(str(exc))
     fingerprint = f"{library_fingerprint(walk)}-{capabilities_digest()}"
     if fingerprint == context.cursor:
-        return dg.SkipReason(f"no change in {len(walk.files):,} files since the last look")
+        return dg.SkipReason(f"no change in {len(walk):,} files since the last look")
     library_changed = (context.cursor or "").split("-")[0] != fingerprint.split("-")[0]
     context.log.info(
         f"{'library' if library_changed else 'renderer loaders'} changed "
-        f"({len(walk.files):,} files): asking for file_inventory"
+        f"({len(walk):,} files): asking for file_inventory"
     )
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=fingerprint)],
         cursor=fingerprint,
     )
+
+
+@dg.sensor(
+    name="dam_dead_runs",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="Marks failed the runs left in progress by a process that is gone (killed, "
+    "crashed), which would otherwise hold places in the run queue for ever, and says how the "
+    "queue stands.",
+)
+def dead_runs_sensor(context: dg.SensorEvaluationContext):
+    marked = mark_dead_runs_failed(context.instance)
+    for run in marked:
+        context.log.warning(
+            f"run {run.run_id} ({run.job_name}) was in progress with no process left "
+            f"(pid {run.tags.get(PID_TAG)}): marked failed"
+        )
+    state = queue_state(context.instance)
+    done = f"marked {len(marked)} run(s) failed whose process was gone; " if marked else ""
+    return dg.SkipReason(f"{done}{state.describe()}")

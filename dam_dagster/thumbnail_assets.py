@@ -71,8 +71,8 @@ RETRY_TAG = "dam/retry"
 class _Progress:
     """done / total, rate and time left in the run log, every 15 s on long partitions."""
 
-    def __init__(self, log, what: str, total: int, every_s: float = 15.0):
-        self.log, self.what, self.total, self.every_s = log, what, total, every_s
+    def __init__(self, log, total: int, every_s: float = 15.0):
+        self.log, self.total, self.every_s = log, total, every_s
         self.done = 0
         self.started = self.last = time.monotonic()
 
@@ -83,8 +83,7 @@ class _Progress:
             rate = self.done / (now - self.started)
             left = (self.total - self.done) / rate if rate else 0
             self.log.info(
-                f"{self.what}: {self.done:,}/{self.total:,} files, {rate:.1f}/s, "
-                f"about {left:,.0f} s left"
+                f"{self.done:,}/{self.total:,} files, {rate:.1f}/s, about {left:,.0f} s left"
             )
             self.last = now
 
@@ -125,29 +124,28 @@ def render_partition(
         marked = request_retries(cat, scope, bucket)
         context.log.info(f"retry {scope}: {sum(marked.values())} file(s) asked for again")
     plan = plan_bucket(cat, bucket, config.size, config.background)
-    what = f"thumbnails {bucket.key}"
     context.log.info(
-        f"{what}: {plan.in_bucket:,} files in the bucket, {len(plan.tasks):,} to render or "
-        f"measure ({plan.retries} retries, {plan.missing_png} lost PNGs, "
-        f"{plan.renderer_changed} made by older code, {plan.capability_changed} whose loader "
-        f"changed, {plan.retry_requested} asked for, {plan.facts_missing} to measure only), "
+        f"{plan.in_bucket:,} files in the bucket, {len(plan.tasks):,} to render or measure "
+        f"({plan.retries} retries, {plan.missing_png} lost PNGs, {plan.renderer_changed} made "
+        f"by older code, {plan.capability_changed} whose loader changed, "
+        f"{plan.retry_requested} asked for, {plan.facts_missing} to measure only), "
         f"{plan.up_to_date:,} up to date; {config.workers} workers, "
         f"{config.timeout_s:.0f} s timeout"
     )
     writer = OutcomeWriter(cat, bucket, plan, config.size, config.background)
     writer.add_unsupported()
-    progress = _Progress(context.log, what, len(plan.tasks))
+    progress = _Progress(context.log, len(plan.tasks))
 
     def on_outcome(outcome) -> None:
         writer.add(outcome)
         progress.tick(outcome)
 
     started = time.monotonic()
-    outcomes = render_files(plan.tasks, cat.thumbs_dir, config, on_outcome=on_outcome)
+    render_files(plan.tasks, cat.thumbs_dir, config, on_outcome=on_outcome)
     writer.flush()
-    stats = lane_stats(outcomes, plan, cat.thumbs_dir, time.monotonic() - started)
+    stats = lane_stats(writer.settled, plan, cat.thumbs_dir, time.monotonic() - started)
     context.log.info(
-        f"{what}: {stats.by_source.get('render', 0)} rendered, "
+        f"{stats.by_source.get('render', 0)} rendered, "
         f"{stats.by_source.get('cache', 0)} reused, {len(stats.failures)} failed, "
         f"{stats.rate:.1f} files/s"
     )
@@ -178,7 +176,7 @@ def render_partition(
         metadata["failures"] = _failures_md(stats)
     if stats.transient_failures:
         raise dg.Failure(
-            description=f"{what}: {stats.transient_failures} file(s) failed for a reason that "
+            description=f"{stats.transient_failures} file(s) failed for a reason that "
             "may pass (timeout, memory cap, crashed worker, I/O error). Everything "
             "else is recorded; a backfill of failed partitions (UI, or `dam "
             "backfill-failed`) renders exactly those again.",

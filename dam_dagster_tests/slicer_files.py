@@ -43,7 +43,8 @@ IMAGE = {"PNG": png, "JPG": jpg, "QOI": qoi}
 
 
 def _thumbnail_block(width: int, height: int, fmt: str, colour) -> str:
-    data = IMAGE[fmt]((width, height), colour)
+    """`colour` is a flat colour, or the image's bytes themselves."""
+    data = colour if isinstance(colour, bytes) else IMAGE[fmt]((width, height), colour)
     text = base64.b64encode(data).decode()
     tag = "thumbnail" if fmt == "PNG" else f"thumbnail_{fmt}"
     lines = [f"; {tag} begin {width}x{height} {len(text)}"]
@@ -168,7 +169,8 @@ def bgcode(
     ]
     for w, h, fmt, colour in previews:
         params = struct.pack("<HHH", {"PNG": 0, "JPG": 1, "QOI": 2}[fmt], w, h)
-        blocks.append(_block(_THUMBNAIL, params, IMAGE[fmt]((w, h), colour), checksum, False))
+        image = colour if isinstance(colour, bytes) else IMAGE[fmt]((w, h), colour)
+        blocks.append(_block(_THUMBNAIL, params, image, checksum, False))
     blocks.append(
         _block(
             _PRINT,

@@ -427,3 +427,19 @@ def test_rows_from_before_the_facts_are_measured_without_rendering_again(model_l
         assert second[name] == first[name], name  # the thumbnail rows are left alone
     for name in redone:
         assert second[name][3] > first[name][3] and second[name][1] == "render"
+
+
+def test_similar_models_follows_a_lane_even_while_other_partitions_are_missing(
+    model_library, tmp_path
+):
+    instance = dg.DagsterInstance.get()
+    defs = dg.Definitions(
+        assets=dedup_assets.ASSETS + thumbnail_assets.ASSETS + similar_assets.ASSETS,
+        resources=resources(model_library, tmp_path / "data"),
+    )
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    inventory(model_library, tmp_path / "data", instance=instance)
+    assert render(model_library, tmp_path / "data", instance=instance).success  # one partition
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    requested = {r.key.to_user_string() for r in tick.results if r.true_subset.size}
+    assert "similar_models" in requested  # five partitions have never materialized

@@ -1,6 +1,7 @@
 """The inventory: walk the roots, then reconcile the catalogue in one transaction.
 
-- A path seen for the first time gets the next `file_id`; ids are never reused.
+- A path seen for the first time gets the next `file_id` (new files of one walk in path
+  order, after the highest id ever given: rows are never deleted, so ids are never reused).
 - An unchanged file (same size and mtime) is not touched.
 - A changed file gets its new size and mtime; hashes stored for the old state stop being
   current at once (they are keyed by the state they were computed from), so they are redone.
@@ -12,17 +13,17 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
-from .store import Catalogue
-from .walk import PathFilter, WalkResult, display_path, has_undecodable, walk_library, walk_threads
+from .store import STATE_TABLES, Catalogue
+from .walk import PathFilter, WalkResult, display_path, walk_library, walk_threads
 
 
 @dataclass
@@ -49,33 +50,69 @@ def _now() -> datetime:
 
 
 def _walk_table(walk: WalkResult) -> pa.Table:
-    files = walk.files
-    bad = [has_undecodable(f.path) for f in files]  # rare: most names are valid UTF-8
-    paths = [display_path(f.path) if b else f.path for f, b in zip(files, bad)]
-    roots = {f.root: display_path(f.root) for f in files}
+    """The walk as one Arrow table (no Python object per file); rel_path and extension are
+    computed by DuckDB from it (WALKED_COLUMNS)."""
+    n = len(walk)
+    raw = [None] * n
+    for i, data in walk.raw.items():  # rare: most names are valid UTF-8
+        raw[i] = data
+    roots = pa.array([display_path(r) for r in walk.roots], pa.string())
+    root_of = np.frombuffer(walk.root_of, dtype=np.uint16) if n else np.zeros(0, np.uint16)
     return pa.table(
         {
-            "path": pa.array(paths, pa.string()),
-            "raw_path": pa.array(
-                [os.fsencode(f.path) if b else None for f, b in zip(files, bad)], pa.binary()
-            ),
-            "root": pa.array([roots[f.root] for f in files], pa.string()),
-            "rel_path": pa.array(
-                [display_path(f.rel_path) if b else f.rel_path for f, b in zip(files, bad)],
-                pa.string(),
-            ),
-            "extension": pa.array([_extension(p) for p in paths], pa.string()),
-            "size_bytes": pa.array([f.size_bytes for f in files], pa.int64()),
-            "mtime_ns": pa.array([f.mtime_ns for f in files], pa.int64()),
+            "path": walk.path_array(),
+            "raw_path": pa.array(raw, pa.binary()),
+            "root": pa.DictionaryArray.from_arrays(pa.array(root_of, pa.uint16()), roots),
+            "size_bytes": _int64(walk.sizes),
+            "mtime_ns": _int64(walk.mtimes),
+            "ctime_ns": _int64(walk.ctimes),
         }
     )
 
 
-def _extension(path: str) -> str:
-    """'.stl' for '/a/b/Model.STL'; '' when the name has no extension (or is '.hidden')."""
-    dot = path.rfind(".")
-    slash = path.rfind("/")
-    return path[dot:].lower() if dot > slash + 1 else ""
+def _int64(values) -> pa.Array:
+    return pa.array(np.frombuffer(values, dtype=np.int64) if len(values) else [], pa.int64())
+
+
+# rel_path and extension of each walked file: lower case with the dot ('.stl' for
+# '/a/b/Model.STL'), '' for no extension or a name such as '.hidden'.
+WALKED_COLUMNS = """
+    path, raw_path, root::VARCHAR AS root, substr(path, length(root::VARCHAR) + 2) AS rel_path,
+    lower(regexp_extract(path, '[^/](\\.[^./]*)$', 1)) AS extension,
+    size_bytes, mtime_ns, ctime_ns
+"""
+
+
+# One file, in the catalogue (f) and in the walk (w): the exact path bytes. `path` alone is the
+# form shown to people, which two names can share (a raw 0xFF byte, and a backslash + "xff").
+SAME_FILE = "f.path = w.path AND f.raw_path IS NOT DISTINCT FROM w.raw_path"
+
+
+def _adopt_ctimes(con) -> None:
+    """Rows from before ctime was part of a file's state (schema v3) have it NULL. The first
+    walk after the upgrade records what it sees, for the inventory and for every row made from
+    the same (size, mtime), so an upgrade re-reads nothing."""
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE adopt AS
+        SELECT f.file_id, w.size_bytes, w.mtime_ns, w.ctime_ns
+        FROM file_inventory f JOIN w ON {SAME_FILE}
+        WHERE f.ctime_ns IS NULL AND f.size_bytes = w.size_bytes AND f.mtime_ns = w.mtime_ns
+        """
+    )
+    if not con.execute("SELECT count(*) FROM adopt").fetchone()[0]:
+        return
+    for table in STATE_TABLES:
+        con.execute(
+            f"""
+            UPDATE {table} t SET ctime_ns = a.ctime_ns FROM adopt a
+            WHERE t.file_id = a.file_id AND t.ctime_ns IS NULL
+              AND t.size_bytes = a.size_bytes AND t.mtime_ns = a.mtime_ns
+            """
+        )
+    con.execute(
+        "UPDATE file_inventory f SET ctime_ns = a.ctime_ns FROM adopt a WHERE f.file_id = a.file_id"
+    )
 
 
 def update_inventory(
@@ -110,39 +147,44 @@ def update_inventory(
         con.register("walked", walked)
         con.register("unlisted", unlisted)
         con.register("issues", issues)
-        con.execute("CREATE TEMP TABLE w AS SELECT * FROM walked")
+        con.execute(f"CREATE TEMP TABLE w AS SELECT {WALKED_COLUMNS} FROM walked")
         new_files = con.execute(
-            """
-            INSERT INTO file_inventory
-            SELECT nextval('file_id_seq'), w.path, w.raw_path, w.root, w.rel_path, w.extension,
-                   w.size_bytes, w.mtime_ns, true, $now, $now, NULL
-            FROM w ANTI JOIN file_inventory f USING (path)
-            ORDER BY w.path
+            f"""
+            INSERT INTO file_inventory BY NAME
+            SELECT (SELECT COALESCE(max(file_id), 0) FROM file_inventory)
+                       + row_number() OVER (ORDER BY w.path, w.raw_path) AS file_id,
+                   w.path, w.raw_path, w.root, w.rel_path,
+                   w.extension, w.size_bytes, w.mtime_ns, w.ctime_ns, true AS present,
+                   $now AS first_seen_at, $now AS changed_at, NULL AS gone_at
+            FROM w ANTI JOIN file_inventory f ON {SAME_FILE}
             """,
             {"now": now},
         ).fetchone()[0]
-        changed_files = con.execute(
-            """
-            UPDATE file_inventory f
-            SET size_bytes = w.size_bytes, mtime_ns = w.mtime_ns, present = true,
-                changed_at = $now, gone_at = NULL, root = w.root, rel_path = w.rel_path
-            FROM w
-            WHERE f.path = w.path AND (f.size_bytes <> w.size_bytes OR f.mtime_ns <> w.mtime_ns)
-            """,
-            {"now": now},
-        ).fetchone()[0]
+        _adopt_ctimes(con)
         returned_files = con.execute(
-            """
+            f"""
             UPDATE file_inventory f
             SET present = true, gone_at = NULL, root = w.root, rel_path = w.rel_path
-            FROM w WHERE f.path = w.path AND NOT f.present
+            FROM w WHERE {SAME_FILE} AND NOT f.present
             """
         ).fetchone()[0]
+        changed_files = con.execute(
+            f"""
+            UPDATE file_inventory f
+            SET size_bytes = w.size_bytes, mtime_ns = w.mtime_ns, ctime_ns = w.ctime_ns,
+                present = true, changed_at = $now, gone_at = NULL, root = w.root,
+                rel_path = w.rel_path
+            FROM w
+            WHERE {SAME_FILE} AND (f.size_bytes <> w.size_bytes OR f.mtime_ns <> w.mtime_ns
+                                   OR f.ctime_ns <> w.ctime_ns)
+            """,
+            {"now": now},
+        ).fetchone()[0]
         gone_files = con.execute(
-            """
+            f"""
             UPDATE file_inventory f SET present = false, gone_at = $now
             WHERE f.present
-              AND NOT EXISTS (SELECT 1 FROM w WHERE w.path = f.path)
+              AND NOT EXISTS (SELECT 1 FROM w WHERE {SAME_FILE})
               AND NOT EXISTS (SELECT 1 FROM unlisted u
                               WHERE f.path = u.prefix OR starts_with(f.path, u.prefix || '/'))
             """,
@@ -172,7 +214,7 @@ def update_inventory(
                     )
         stats = InventoryStats(
             roots=[display_path(str(r)) for r in roots],
-            files_seen=len(walk.files),
+            files_seen=len(walk),
             bytes_seen=walk.bytes_seen,
             new_files=int(new_files),
             changed_files=int(changed_files),

@@ -15,6 +15,7 @@ without being rendered.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from .failures import MEMORY_KILLS_PERMANENT
 from .render.api import IMAGE_EXTENSIONS, MODEL_EXTENSIONS, RenderOutcome, RenderTask
 from .render.capabilities import (
     FACTS_VERSION,
@@ -112,7 +114,8 @@ def size_buckets(threshold_mb: int) -> tuple[SizeBucket, ...]:
 class Plan:
     tasks: list[RenderTask] = field(default_factory=list)
     unsupported: list[int] = field(default_factory=list)  # file ids, no renderer for them
-    states: dict[int, tuple[int, int]] = field(default_factory=dict)  # id: (size, mtime)
+    states: dict[int, tuple[int, int, int | None]] = field(default_factory=dict)  # id: state
+    memory_kills: dict[int, int] = field(default_factory=dict)  # id: kills of this state so far
     exts: dict[int, str] = field(default_factory=dict)  # id: extension
     facts_only: set[int] = field(default_factory=set)  # ids whose thumbnail is current
     in_bucket: int = 0  # thumbnail-able files of the bucket
@@ -132,8 +135,9 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
     with catalogue.connect(write=False) as con:
         rows = con.execute(
             f"""
-            SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.extension,
-                   t.status, t.transient, t.thumbnail_relpath, t.thumbnail_size, t.background,
+            SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns,
+                   f.extension, t.status, t.transient, t.thumbnail_relpath, t.thumbnail_size,
+                   t.background, t.memory_kills,
                    t.renderer_version, t.capabilities, t.retry_requested,
                    m.file_id IS NOT NULL AS has_facts
             FROM present_files f
@@ -147,10 +151,14 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
         ).fetchall()
     plan = Plan(in_bucket=len(rows))
     for row in rows:
-        (file_id, path, raw, fsize, mtime, ext, status, transient, rel, tsize, tbg) = row[:11]
-        made_by, made_with, retry, has_facts = row[11:]
-        plan.states[file_id] = (fsize, mtime)
+        (file_id, path, raw, fsize, mtime, ctime, ext, status, transient, rel, tsize, tbg) = row[
+            :12
+        ]
+        kills, made_by, made_with, retry, has_facts = row[12:]
+        plan.states[file_id] = (fsize, mtime, ctime)
         plan.exts[file_id] = ext
+        if status == "memory" and kills:
+            plan.memory_kills[file_id] = int(kills)
         rerender = facts_only = False
         if status is None:
             pass  # new, or changed since its last row
@@ -248,14 +256,35 @@ class OutcomeWriter:
         self.written = 0
         self.measured = 0
         self.capabilities = capabilities_table()  # what this run renders with
+        self.settled: list[RenderOutcome] = []  # the outcomes as recorded, in arrival order
+
+    def settle(self, outcome: RenderOutcome) -> RenderOutcome:
+        """The pool's outcome with the catalogue's memory: a file killed at the memory cap
+        again, unchanged, will not fit next time either (core/failures.py)."""
+        if outcome.status != "memory" or not outcome.transient:
+            return outcome
+        kills = self.plan.memory_kills.get(outcome.key, 0) + 1
+        if kills < MEMORY_KILLS_PERMANENT:
+            return outcome
+        return dataclasses.replace(
+            outcome,
+            transient=False,
+            error_message=f"{outcome.error_message}; {kills} times on this unchanged file, so "
+            "it is not tried again until it changes (or DAM_RENDER_MEMORY_MB is raised and "
+            "`dam retry` asks for it)",
+        )
 
     def _made_by(self, file_id: int) -> tuple[str, str]:
         ext = self.plan.exts.get(file_id, "")
         return renderer_version(ext), self.capabilities.get(ext, "")
 
-    def add(self, outcome: RenderOutcome) -> None:
+    def add(self, outcome: RenderOutcome) -> RenderOutcome:
+        """Record one outcome (written in the next batch); returns it as recorded."""
+        outcome = self.settle(outcome)
+        self.settled.append(outcome)
         file_id = int(outcome.key)
-        size, mtime = self.plan.states[outcome.key]
+        size, mtime, ctime = self.plan.states[outcome.key]
+        kills = self.plan.memory_kills.get(outcome.key, 0) + 1 if outcome.status == "memory" else 0
         made_by, made_with = self._made_by(file_id)
         # a task that only needed facts leaves its (current) thumbnail row alone, unless it
         # had to make a new PNG after all
@@ -268,6 +297,8 @@ class OutcomeWriter:
                     "file_id": file_id,
                     "size_bytes": size,
                     "mtime_ns": mtime,
+                    "ctime_ns": ctime,
+                    "memory_kills": kills,
                     "status": outcome.status,
                     "source": outcome.source,
                     "content_md5": outcome.content_md5,
@@ -280,14 +311,20 @@ class OutcomeWriter:
                     "capabilities": made_with,
                 }
             )
-        if outcome.facts is not None or outcome.facts_error is not None:
+        error = outcome.facts_error
+        if keep_row and error is None and not outcome.ok and not outcome.transient:
+            # only the facts were asked for and the file now fails for good (a 3MF refused
+            # as an archive bomb, say): record why, or it would be asked for again every run
+            error = (outcome.error_class, outcome.error_message)
+        if outcome.facts is not None or error is not None:
             facts = outcome.facts or {}
-            error = outcome.facts_error or (None, None)
+            error = error or (None, None)
             self.pending_facts.append(
                 {
                     "file_id": file_id,
                     "size_bytes": size,
                     "mtime_ns": mtime,
+                    "ctime_ns": ctime,
                     "content_md5": outcome.content_md5,
                     "error_class": error[0],
                     "error_message": error[1],
@@ -299,16 +336,19 @@ class OutcomeWriter:
             or time.monotonic() - self.last_flush > self.every_s
         ):
             self.flush()
+        return outcome
 
     def add_unsupported(self) -> None:
         for file_id in self.plan.unsupported:
-            fsize, mtime = self.plan.states[file_id]
+            fsize, mtime, ctime = self.plan.states[file_id]
             made_by, made_with = self._made_by(file_id)
             self.pending.append(
                 {
                     "file_id": file_id,
                     "size_bytes": fsize,
                     "mtime_ns": mtime,
+                    "ctime_ns": ctime,
+                    "memory_kills": 0,
                     "status": "unsupported",
                     "source": None,
                     "content_md5": None,
@@ -347,6 +387,8 @@ class OutcomeWriter:
                 "file_id": pa.array(cols["file_id"], pa.int64()),
                 "size_bytes": pa.array(cols["size_bytes"], pa.int64()),
                 "mtime_ns": pa.array(cols["mtime_ns"], pa.int64()),
+                "ctime_ns": pa.array(cols["ctime_ns"], pa.int64()),
+                "memory_kills": pa.array(cols["memory_kills"], pa.int32()),
                 "lane": pa.array([self.bucket.lane] * n, pa.string()),
                 "bucket": pa.array([self.bucket.key] * n, pa.string()),
                 "status": pa.array(cols["status"], pa.string()),
@@ -373,6 +415,7 @@ class OutcomeWriter:
             "file_id": pa.array([r["file_id"] for r in rows], pa.int64()),
             "size_bytes": pa.array([r["size_bytes"] for r in rows], pa.int64()),
             "mtime_ns": pa.array([r["mtime_ns"] for r in rows], pa.int64()),
+            "ctime_ns": pa.array([r["ctime_ns"] for r in rows], pa.int64()),
             "facts_version": pa.array([FACTS_VERSION] * n, pa.int32()),
             "content_md5": pa.array([r["content_md5"] for r in rows], pa.string()),
             "error_class": pa.array([r["error_class"] for r in rows], pa.string()),
