@@ -285,3 +285,21 @@ def test_points_have_a_size_and_no_surface(corpus):
     facts = _facts(corpus / "points_agisoft.xyz")
     assert facts["triangles"] == 0 and facts["points"] > 0
     assert facts["size_x_mm"] > 0 and facts["area_mm2"] is None and facts["fingerprint"] is None
+
+
+def test_printers_from_the_environment(monkeypatch):
+    from dam_dagster.core.config import ConfigError
+    from dam_dagster.core.printers import parse_printers
+
+    default = parse_printers()
+    assert {p.name for p in default} >= {"Prusa MK4", "Prusa MINI", "Bambu Lab X1/P1/A1"}
+    mk4 = next(p for p in default if p.name == "Prusa MK4")
+    assert (mk4.x_mm, mk4.y_mm, mk4.z_mm) == (250, 210, 220)
+    assert mk4.fits(240, 200, 220) and mk4.fits(200, 240, 100)  # turned a quarter on the plate
+    assert not mk4.fits(240, 200, 221) and not mk4.fits(251, 100, 10)
+    monkeypatch.setenv("DAM_PRINTERS", "Voron 2.4 350=350x350x340 , Tiny=100x80x100mm")
+    assert [(p.name, p.y_mm) for p in parse_printers()] == [("Voron 2.4 350", 350), ("Tiny", 80)]
+    for bad in ("Voron=350x350", "A=0x1x1", "A=1x1x1,A=2x2x2"):
+        monkeypatch.setenv("DAM_PRINTERS", bad)
+        with pytest.raises(ConfigError, match="DAM_PRINTERS"):
+            parse_printers()

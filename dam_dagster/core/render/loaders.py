@@ -157,7 +157,9 @@ def load_model(data: bytes, ext: str, path: str, memory_mb: int | None = None) -
             import cascadio  # noqa: F401
         except ImportError:
             raise MissingDependency(
-                "STEP files need the optional package 'cascadio' (pip install cascadio)"
+                "STEP files need the package 'cascadio', a dependency of dam-dagster that "
+                "cannot be imported here: run `make install` (or pip install cascadio); the "
+                "next run renders these files again"
             ) from None
     return _load_with_trimesh(data, ext, path)
 
