@@ -213,11 +213,13 @@ def _triangle_part(d) -> dict | None:
     # they make the mesh not watertight; trimesh's definitions, the same).
     a = f.ravel()
     b = f[:, [1, 2, 0]].ravel()
-    keys = np.minimum(a, b).astype(np.int64)
-    keys *= n_ids
-    keys += np.maximum(a, b)
-    keys *= 2
-    keys += a > b
+    # 32-bit keys while they fit (2 V^2 < 2^32: under 46,340 vertices), else 64-bit
+    key_type = np.uint32 if 2 * n_ids * n_ids < (1 << 32) else np.int64
+    keys = np.minimum(a, b).astype(key_type)
+    keys *= key_type(n_ids)
+    keys += np.maximum(a, b).astype(key_type)
+    keys *= key_type(2)
+    keys += (a > b).astype(key_type)
     keys.sort()
     edges = keys >> 1
     paired = len(edges) % 2 == 0 and bool((edges[0::2] == edges[1::2]).all())
@@ -240,8 +242,8 @@ def _triangle_part(d) -> dict | None:
     # bodies: components of the vertex graph. The edges come sorted by (lower vertex, upper
     # vertex): they are already the rows of a sparse matrix, nothing to sort. Vertices no
     # triangle uses (indexed formats keep them) are no body.
-    lower = unique_edges // n_ids
-    upper = unique_edges - lower * n_ids
+    lower = (unique_edges // key_type(n_ids)).astype(np.int64)
+    upper = unique_edges.astype(np.int64) - lower * n_ids
     indptr = np.zeros(n_ids + 1, dtype=np.int64)
     np.cumsum(np.bincount(lower, minlength=n_ids), out=indptr[1:])
     graph = csr_matrix((np.ones(len(upper), dtype=np.int8), upper, indptr), (n_ids, n_ids))

@@ -29,9 +29,6 @@ os.environ["PYOPENGL_PLATFORM"] = "egl"
 os.environ["MESA_SHADER_CACHE_DISABLE"] = "true"  # Mesa would write under ~/.cache otherwise
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # workers are the parallelism
-# Arrow (vertex ids in facts.py) allocates with malloc, like everything else in a worker: no
-# second allocator across the fork, and the memory watch sees one kind of memory.
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 import errno  # noqa: E402
 import hashlib  # noqa: E402
