@@ -243,10 +243,11 @@ def _triangle_part(d) -> dict | None:
     # vertex): they are already the rows of a sparse matrix, nothing to sort. Vertices no
     # triangle uses (indexed formats keep them) are no body.
     lower = (unique_edges // key_type(n_ids)).astype(np.int64)
-    upper = unique_edges.astype(np.int64) - lower * n_ids
-    indptr = np.zeros(n_ids + 1, dtype=np.int64)
+    upper = (unique_edges.astype(np.int64) - lower * n_ids).astype(np.int32)
+    indptr = np.zeros(n_ids + 1, dtype=np.int32)
     np.cumsum(np.bincount(lower, minlength=n_ids), out=indptr[1:])
-    graph = csr_matrix((np.ones(len(upper), dtype=np.int8), upper, indptr), (n_ids, n_ids))
+    # in the types scipy works in (float64 weights, int32 indices): no conversion inside
+    graph = csr_matrix((np.ones(len(upper)), upper, indptr), (n_ids, n_ids))
     graph.has_sorted_indices = True
     components = connected_components(graph, directed=True, connection="weak")[0]
     unused = 0
