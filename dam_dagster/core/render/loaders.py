@@ -106,10 +106,11 @@ def _drop_non_finite_triangles(soup: np.ndarray) -> np.ndarray:
 
 def estimate_stl_memory_mb(n_triangles: int) -> float:
     """A lower bound of the resident memory a binary STL of n triangles adds to a worker
-    (measured: ~360 bytes per triangle, the file's bytes included, over a ~200 MB worker).
-    A file over the cap by this bound is refused before any allocation; the pool's resident
-    memory watch catches the rest."""
-    return 40.0 + n_triangles * 200 / 1e6
+    (measured: ~360 bytes per triangle, the file's bytes included, over a ~200 MB worker;
+    measuring it, facts.py, adds ~100 more at its peak: 800k triangles, 533-568 MB peak
+    without, 625-631 MB with, bench/render_bench.py). A file over the cap by this bound is
+    refused before any allocation; the pool's resident memory watch catches the rest."""
+    return 40.0 + n_triangles * 300 / 1e6
 
 
 # ----------------------------------------------------------------------------------------
