@@ -6,7 +6,9 @@ One process, no pool, LP_NUM_THREADS=0 (as each of two workers on two CPUs runs)
 1. per-file time of the worker's whole job (read, MD5, parse, geometry facts, cull test,
    framing, GL, PNG), with the facts and without them (alternating rounds, CPU time of this
    process), and a cProfile breakdown by stage;
-2. the GL frame alone, for the variants that were measured while building the renderer:
+2. a 3MF with a slicer's preview (corpus counterX.3MF, counterXP.3MF): its preview is the
+   thumbnail, and its mesh is parsed for the facts; per file with the facts and without;
+3. the GL frame alone, for the variants that were measured while building the renderer:
    stock pyrender (its PBR shaders, 4x MSAA, colour + depth read-back), our shaders with
    pyrender's 4x MSAA, our shaders with 2x2 supersampling, then with back faces culled.
 """
@@ -192,7 +194,40 @@ def gl_variants(paths: list[str]) -> None:
         print(f"| {label} | {ms:.2f} |")
 
 
+def embedded_previews(corpus: Path, repeats: int = 5) -> None:
+    thumbs = Path(tempfile.mkdtemp(prefix="dam_profile_"))
+    print("\n| 3MF with a preview (one process) | CPU ms with the facts | without |")
+    print("|---|---|---|")
+    try:
+        rows = {}
+        for facts in (True, False):
+            w = worker_module.Worker(
+                {
+                    "thumbs_dir": str(thumbs),
+                    "size": 256,
+                    "background": "transparent",
+                    "prefer_embedded": True,
+                    "memory_mb": 4096,
+                    "facts": facts,
+                    "overwrite": True,
+                }
+            )
+            for name in ("counterX.3MF", "counterXP.3MF"):
+                path = str(corpus / name)
+                assert w.process(path, 0)["source"] == "embedded"
+                t = time.process_time()
+                for _ in range(repeats):
+                    w.process(path, 0)
+                rows.setdefault(name, {})[facts] = (time.process_time() - t) / repeats * 1000
+            w.close()
+        for name, ms in rows.items():
+            print(f"| {name} | {ms[True]:.1f} | {ms[False]:.1f} |")
+    finally:
+        shutil.rmtree(thumbs, ignore_errors=True)
+
+
 if __name__ == "__main__":
     paths = files(int(os.environ.get("FILES", "301")))
     whole_job(paths)
+    embedded_previews(PROJECT.parent / "shared" / "corpus" / "trimesh-models")
     gl_variants(paths)
