@@ -7,11 +7,13 @@
 
 The render lanes also measure every model in the same pass (geometry facts, fingerprint,
 print facts: the `model_facts` table, columns of `models`); `similar_models` groups the files
-that hold the same mesh. `file_inventory` is asked for by `library_sensor` when files change
-(or a loader is installed); every later asset has an eager automation condition, evaluated by
-the `dam_automation` sensor; `dam_dead_runs` marks failed the runs whose process is gone, so
-the run queue never fills with them. All three sensors are on by default. Configuration comes
-from the environment (.env, .env.local): docs/CONFIGURATION.md.
+that hold the same mesh; `dam_loaders` asks the lanes again when a model loader changes.
+`file_inventory` is asked for by `library_sensor` when folders change, and walks everything on
+the `dam_complete_walk` schedule; every later asset has an eager automation condition,
+evaluated by the `dam_automation` sensor; `dam_dead_runs` marks failed the runs whose process
+is gone, so the run queue never fills with them. The sensors and the schedule are on by
+default. Configuration comes from the environment (.env, .env.local):
+docs/CONFIGURATION.md.
 """
 
 import dagster as dg
@@ -22,7 +24,12 @@ load_env_files()  # .env and .env.local, for every process that loads this code 
 
 from . import dedup_assets, similar_assets, thumbnail_assets  # noqa: E402
 from .resources import CatalogueResource, LibraryResource, RenderResource  # noqa: E402
-from .sensors import automation_sensor, dead_runs_sensor, library_sensor  # noqa: E402
+from .sensors import (  # noqa: E402
+    automation_sensor,
+    complete_walk_schedule,
+    dead_runs_sensor,
+    library_sensor,
+)
 from .terminal import dam_terminal  # noqa: E402
 
 defs = dg.Definitions(
@@ -34,7 +41,8 @@ defs = dg.Definitions(
         thumbnail_assets.slow_job,
         similar_assets.similar_job,
     ],
-    sensors=[library_sensor, automation_sensor, dead_runs_sensor],
+    sensors=[library_sensor, automation_sensor, dead_runs_sensor, *thumbnail_assets.SENSORS],
+    schedules=[complete_walk_schedule],
     # `dam run` logs with dam_terminal (one line per step); the UI's runs use Dagster's own.
     loggers={"dam_terminal": dam_terminal},
     # The chain's steps run one after the other anyway, and the render lanes have process

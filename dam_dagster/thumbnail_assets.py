@@ -23,6 +23,8 @@ from pydantic import Field
 from .core.config import env
 from .core.printers import parse_printers, sync_printers
 from .core.render import make_contact_sheet_data_uri, render_files
+from .core.render.capabilities import capabilities_digest
+from .core.store import CatalogueError
 from .core.thumbnails import (
     FAILED_STATUSES,
     FAST,
@@ -269,3 +271,41 @@ fast_job = dg.define_asset_job(
 slow_job = dg.define_asset_job(
     "thumbnails_slow_job", selection=[thumbnails_slow], partitions_def=slow_partitions
 )
+
+
+@dg.sensor(
+    name="dam_loaders",
+    target=dg.AssetSelection.assets(thumbnails_fast, thumbnails_slow),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=int(env("DAM_SENSOR_INTERVAL_S")),
+    description="Asks for every thumbnail partition when the renderer's loaders change (a "
+    "library such as cascadio installed or upgraded, or a new version of our code for a "
+    "format): each partition then renders exactly the files that concerns (the rest is up "
+    "to date and costs a plan).",
+)
+def loaders_sensor(context: dg.SensorEvaluationContext, catalogue: CatalogueResource):
+    digest = capabilities_digest()
+    if digest == context.cursor:
+        return dg.SkipReason("the loaders are the ones the thumbnails were made with")
+    cat = catalogue.catalogue(who="dam_loaders")
+    cat.lock_timeout_s = min(cat.lock_timeout_s, 5)
+    try:
+        with cat.connect(write=False) as con:
+            made = con.execute("SELECT count(*) FROM thumbnails").fetchone()[0]
+    except CatalogueError:  # missing (nothing rendered yet) or busy: decide next tick
+        return dg.SkipReason("no catalogue to look at yet")
+    if not made:  # nothing rendered yet: the lanes follow the first inventory anyway
+        return dg.SensorResult(skip_reason="nothing rendered yet", cursor=digest)
+    context.log.info(f"the loaders changed ({context.cursor or 'first look'} -> {digest})")
+    requests = [
+        dg.RunRequest(
+            run_key=f"loaders-{digest}-{key}",
+            asset_selection=[(thumbnails_fast if b.lane == FAST else thumbnails_slow).key],
+            partition_key=key,
+        )
+        for key, b in BUCKETS.items()
+    ]
+    return dg.SensorResult(run_requests=requests, cursor=digest)
+
+
+SENSORS = [loaders_sensor]

@@ -443,3 +443,20 @@ def test_similar_models_follows_a_lane_even_while_other_partitions_are_missing(
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
     requested = {r.key.to_user_string() for r in tick.results if r.true_subset.size}
     assert "similar_models" in requested  # five partitions have never materialized
+
+
+def test_the_loaders_sensor_asks_every_partition_when_a_loader_changes(model_library, tmp_path):
+    data = tmp_path / "data"
+    catalogue = CatalogueResource(data_dir=str(data))
+    sensor = thumbnail_assets.loaders_sensor
+    skip = sensor(dg.build_sensor_context(resources={"catalogue": catalogue}))
+    assert isinstance(skip, dg.SkipReason)  # no catalogue yet: nothing to re-plan
+    inventory(model_library, data)
+    assert render(model_library, data).success
+    first = sensor(dg.build_sensor_context(resources={"catalogue": catalogue}))
+    keys = sorted(r.partition_key for r in first.run_requests)
+    assert keys == sorted(thumbnail_assets.BUCKETS)  # every partition of both lanes
+    same = sensor(dg.build_sensor_context(cursor=first.cursor, resources={"catalogue": catalogue}))
+    assert isinstance(same, dg.SkipReason)  # the same loaders: nothing asked
+    other = sensor(dg.build_sensor_context(cursor="older", resources={"catalogue": catalogue}))
+    assert len(other.run_requests) == len(keys) and other.cursor == first.cursor

@@ -157,6 +157,41 @@ def helper_processes(files: int, network: bool) -> int:
     return min(cpu_count(), 8)
 
 
+# --- stage marks ---------------------------------------------------------------------------
+# Each stage records the inventory scan it brought itself up to date with (read when it
+# starts), so `chain_is_current` can tell that nothing is left to do without doing it.
+STAGES = ("partial_hashes", "collision_candidates", "full_hashes", "duplicates")
+
+
+def _latest_scan(con):
+    return con.execute("SELECT max(started_at) FROM inventory_scans").fetchall()[0][0]
+
+
+def _mark(con, stage: str, scan) -> None:
+    if scan is not None:
+        con.execute("INSERT OR REPLACE INTO stage_marks VALUES (?, ?, ?)", [stage, scan, _now()])
+
+
+def _mark_done(catalogue: Catalogue, stage: str, scan) -> None:
+    with catalogue.connect() as con:
+        _mark(con, stage, scan)
+
+
+def chain_is_current(catalogue: Catalogue) -> bool:
+    """Whether every dedup stage has seen the latest inventory scan and nothing is left to
+    retry (no transient hashing error): running the chain again would change nothing."""
+    with catalogue.connect(write=False) as con:
+        scan = _latest_scan(con)
+        if scan is None:
+            return False
+        marks = dict(con.execute("SELECT stage, scan_started FROM stage_marks").fetchall())
+        retries = con.execute(
+            "SELECT (SELECT count(*) FROM current_partial_hashes WHERE transient)"
+            " + (SELECT count(*) FROM current_full_hashes WHERE transient)"
+        ).fetchall()[0][0]
+    return all(marks.get(s) == scan for s in STAGES) and not retries
+
+
 # A hashing error about the file itself (core/failures.py): kept until the file changes.
 # Transient ones (and rows from before v3, transient NULL) are read again on every run.
 PERMANENT_ERROR = "(error_class IS NOT NULL AND transient IS FALSE)"
@@ -165,8 +200,9 @@ PERMANENT_ERROR = "(error_class IS NOT NULL AND transient IS FALSE)"
 # --- stages 0, 1a and 1b -------------------------------------------------------------------
 _ELIGIBLE = """
     CREATE OR REPLACE TEMP TABLE eligible AS
-    SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns, f.root
-    FROM present_files f
+    SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns, f.root,
+           a.path AS archive_path, a.raw_path AS archive_raw, f.member
+    FROM present_files f LEFT JOIN file_inventory a ON a.file_id = f.archive_id
     WHERE f.size_bytes > 0 AND ($all OR f.size_bytes IN (
         SELECT size_bytes FROM present_files WHERE size_bytes > 0
         GROUP BY size_bytes HAVING count(*) > 1))
@@ -196,7 +232,8 @@ def update_partial_hashes(
     t0 = datetime.now()
     args = {"all": hash_all_sizes}
     with catalogue.connect(write=False) as con:
-        con.execute(_ELIGIBLE, args)  # stage 0
+        scan = _latest_scan(con)
+        con.execute(_ELIGIBLE, args).fetchall()  # stage 0
         stats.eligible = con.execute("SELECT count(*) FROM eligible").fetchall()[0][0]
         stats.skipped_unique_size = (
             con.execute("SELECT count(*) FROM present_files WHERE size_bytes > 0").fetchall()[0][0]
@@ -204,7 +241,8 @@ def update_partial_hashes(
         )
         prefix_jobs = con.sql(
             f"""
-            SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns, e.ctime_ns
+            SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns, e.ctime_ns,
+                   e.archive_path, e.archive_raw, e.member
             FROM eligible e
             WHERE NOT $all AND e.file_id NOT IN (
                 SELECT file_id FROM current_partial_hashes
@@ -238,7 +276,8 @@ def update_partial_hashes(
             shared AS (
                 SELECT size_bytes, prefix_hash FROM cur WHERE prefix_hash IS NOT NULL
                 GROUP BY size_bytes, prefix_hash HAVING count(*) > 1)
-            SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns, e.ctime_ns
+            SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns, e.ctime_ns,
+                   e.archive_path, e.archive_raw, e.member
             FROM eligible e LEFT JOIN cur USING (file_id)
             WHERE cur.partial_hash IS NULL
               AND (cur.error_class IS NULL OR cur.transient IS NOT FALSE)
@@ -265,6 +304,7 @@ def update_partial_hashes(
         pc.is_in(partial_jobs["file_id"], value_set=prefix_jobs["file_id"].combine_chunks())
     ).as_py()
     stats.reused = stats.eligible - prefix_jobs.num_rows - partial_jobs.num_rows + (read_twice or 0)
+    _mark_done(catalogue, "partial_hashes", scan)
     stats.seconds = (datetime.now() - t0).total_seconds()
     return stats
 
@@ -281,6 +321,7 @@ class CandidateStats:
 
 def update_collision_candidates(catalogue: Catalogue) -> CandidateStats:
     with catalogue.connect() as con:
+        _mark(con, "collision_candidates", _latest_scan(con))
         con.execute("DELETE FROM collision_candidates")
         con.execute("""
             INSERT INTO collision_candidates
@@ -312,6 +353,7 @@ def update_full_hashes(
     stats = HashStats()
     t0 = datetime.now()
     with catalogue.connect() as con:
+        scan = _latest_scan(con)
         stats.eligible = con.execute("SELECT count(*) FROM collision_candidates").fetchone()[0]
         # Small files were read whole by stage 1: their full hash is already known.
         stats.from_small_file_read = con.execute(
@@ -326,8 +368,10 @@ def update_full_hashes(
             {"now": _now()},
         ).fetchall()[0][0]
         jobs = con.sql(f"""
-            SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns
+            SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns,
+                   a.path AS archive_path, a.raw_path AS archive_raw, f.member
             FROM collision_candidates c JOIN present_files f USING (file_id)
+            LEFT JOIN file_inventory a ON a.file_id = f.archive_id
             WHERE c.file_id NOT IN (
                 SELECT file_id FROM current_full_hashes
                 WHERE full_hash IS NOT NULL OR {PERMANENT_ERROR})
@@ -346,6 +390,7 @@ def update_full_hashes(
         on_progress,
         "whole files",
     )  # stage 3
+    _mark_done(catalogue, "full_hashes", scan)
     stats.seconds = (datetime.now() - t0).total_seconds()
     return stats
 
@@ -373,6 +418,7 @@ class DuplicateStats:
 
 def update_duplicates(catalogue: Catalogue, largest: int = 10) -> DuplicateStats:
     with catalogue.connect() as con:
+        _mark(con, "duplicates", _latest_scan(con))
         con.execute("DELETE FROM duplicates")
         con.execute("""
             INSERT INTO duplicates

@@ -35,7 +35,7 @@ DB_NAME = "dam.duckdb"
 # bounded buffer pool, so that a million-file inventory spills its joins to
 # `dam.duckdb.tmp/` beside the file rather than growing the process past a NAS's memory.
 DUCKDB_CONFIG = {"threads": 2, "memory_limit": "512MB", "preserve_insertion_order": False}
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class CatalogueError(RuntimeError):
@@ -202,7 +202,36 @@ MIGRATIONS: dict[int, str] = {
     -- How many times in a row this file state was killed at the memory cap.
     ALTER TABLE thumbnails ADD COLUMN memory_kills INTEGER;
     """,
+    4: """
+    -- Every folder a walk listed, with its mtime then: a folder whose mtime is unchanged
+    -- holds the same names, so change detection on a share lists only the folders that
+    -- changed (core/changes.py). Replaced by each complete walk, updated by partial ones.
+    CREATE TABLE folders (
+        path          VARCHAR NOT NULL,         -- absolute, for people (like file_inventory)
+        raw_path      BLOB,                     -- the exact bytes when `path` is not exact
+        root          VARCHAR NOT NULL,
+        mtime_ns      BIGINT NOT NULL,
+        listed_at     TIMESTAMP NOT NULL
+    );
+
+    -- The inventory scan each stage last brought itself up to date with: the chain is
+    -- current when every stage has seen the latest scan (and nothing is left to retry).
+    CREATE TABLE stage_marks (
+        stage         VARCHAR PRIMARY KEY,
+        scan_started  TIMESTAMP NOT NULL,       -- inventory_scans.started_at it followed
+        finished_at   TIMESTAMP NOT NULL
+    );
+    ALTER TABLE inventory_scans ADD COLUMN complete BOOLEAN;  -- a complete walk, or some folders
+    """,
     5: """
+    -- The members of a zip archive are files of their own: path '<archive path>!/<member>',
+    -- the archive's file_id in archive_id and the member's name inside it in `member`; their
+    -- size is the member's (uncompressed), their mtime and ctime the archive's, so a changed
+    -- archive makes every member's rows stale (core/archives.py, docs/HASHING.md).
+    ALTER TABLE file_inventory ADD COLUMN archive_id BIGINT;
+    ALTER TABLE file_inventory ADD COLUMN member VARCHAR;
+    """,
+    6: """
     -- A thumbnail row is current for the code that made it too (core/render/capabilities.py):
     -- our code for the format, and the libraries its loader had. Rows written before this
     -- record began have NULLs (read as version 1 of every format, libraries unknown).

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from .archives import MEMBER_MARK
 from .failures import MEMORY_KILLS_PERMANENT
 from .render.api import IMAGE_EXTENSIONS, MODEL_EXTENSIONS, RenderOutcome, RenderTask
 from .render.capabilities import (
@@ -136,6 +137,7 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
         rows = con.execute(
             f"""
             SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns,
+                   a.path AS archive_path, a.raw_path AS archive_raw, f.member,
                    f.extension, t.status, t.transient, t.thumbnail_relpath, t.thumbnail_size,
                    t.background, t.memory_kills,
                    t.renderer_version, t.capabilities, t.retry_requested,
@@ -143,6 +145,7 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
             FROM present_files f
             LEFT JOIN current_thumbnails t USING (file_id)
             LEFT JOIN current_model_facts m USING (file_id)
+            LEFT JOIN file_inventory a ON a.file_id = f.archive_id
             WHERE f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
               AND f.extension IN ({exts})
             ORDER BY f.path
@@ -151,10 +154,9 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
         ).fetchall()
     plan = Plan(in_bucket=len(rows))
     for row in rows:
-        (file_id, path, raw, fsize, mtime, ctime, ext, status, transient, rel, tsize, tbg) = row[
-            :12
-        ]
-        kills, made_by, made_with, retry, has_facts = row[12:]
+        (file_id, path, raw, fsize, mtime, ctime, archive, archive_raw, member, ext) = row[:10]
+        status, transient, rel, tsize, tbg, kills = row[10:16]
+        made_by, made_with, retry, has_facts = row[16:]
         plan.states[file_id] = (fsize, mtime, ctime)
         plan.exts[file_id] = ext
         if status == "memory" and kills:
@@ -191,7 +193,11 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
             continue
         if facts_only:
             plan.facts_only.add(file_id)
-        fs_path = os.fsdecode(raw) if raw is not None else path
+        if member is not None:  # read from its zip by the worker (core/archives.py)
+            fs_archive = os.fsdecode(archive_raw) if archive_raw is not None else archive
+            fs_path = f"{fs_archive}{MEMBER_MARK}{member}"
+        else:
+            fs_path = os.fsdecode(raw) if raw is not None else path
         need_facts = ext in MODEL_EXTENSIONS and not has_facts
         plan.tasks.append(RenderTask(file_id, fs_path, fsize, rerender, need_facts))
     return plan

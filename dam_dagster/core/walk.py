@@ -83,11 +83,18 @@ class WalkResult:
         self._chunks: list = []  # pyarrow string arrays of display paths
         self._paths: list[str] = []  # the current chunk (display paths)
         self._count = 0
+        # every folder listed: (filesystem path, root index, mtime before the listing), and
+        # every subfolder those listings held (entered or not: a partial walk skips known ones)
+        self.listed: list[tuple[str, int, int]] = []
+        self.subfolders: list[str] = []
 
     def __len__(self) -> int:
         return self._count
 
     def add(self, root: int, listing: _Listing) -> None:
+        if listing.mtime_ns is not None:
+            self.listed.append((listing.folder, root, listing.mtime_ns))
+        self.subfolders.extend(listing.folders)
         n = len(listing.paths)
         if not n:
             return
@@ -299,6 +306,8 @@ class _Listing:
     issues: list[WalkIssue] = field(default_factory=list)
     unlisted: str | None = None
     excluded: int = 0
+    folder: str = ""  # the folder listed, and its mtime before the listing (None: unlisted)
+    mtime_ns: int | None = None
 
     def issue(self, path: str, kind: str, exc: BaseException | None, message: str) -> None:
         self.issues.append(
@@ -321,11 +330,17 @@ def walk_library(
     on_progress: Callable[[WalkResult], None] | None = None,
     progress_every_s: float = 5.0,
     threads: int = 1,
+    only: dict[str, list[str]] | None = None,
+    known: Callable[[str], bool] | None = None,
 ) -> WalkResult:
-    """Walk every root (after check_roots) and return files and issues.
+    """Walk every root (after check_roots) and return files, folders and issues.
 
     With threads > 1, folders are listed by a bounded pool: on a network share each listing
     and each stat is a round trip, and several in flight hide the latency.
+
+    A partial walk (`only`: root -> folders under it) lists just those folders, and of their
+    subfolders enters only those `known` does not know (new ones, walked whole): what a
+    change of folder mtimes asks to be looked at again (core/changes.py).
     """
     path_filter = path_filter or PathFilter()
     result = WalkResult()
@@ -335,12 +350,19 @@ def walk_library(
         root_index = len(result.roots)
         result.roots.append(root_str)
         visited: set[tuple[int, int]] = set()  # folders entered, when following links
+        starts = [root_str] if only is None else list(only.get(root_str, []))
 
         def list_folder(folder: str, root_str: str = root_str) -> _Listing:
             return _list_folder(folder, root_str, path_filter, follow_symlinks)
 
         def enter(folder: str, visited: set = visited) -> bool:
             return not follow_symlinks or _first_visit(folder, visited, result)
+
+        def descend(listing: _Listing) -> list[str]:
+            subs = listing.folders
+            if known is not None:
+                subs = [sub for sub in subs if not known(sub)]
+            return [sub for sub in subs if enter(sub)]
 
         def take(listing: _Listing, root_index: int = root_index) -> None:
             nonlocal last_report
@@ -355,11 +377,11 @@ def walk_library(
                 last_report = time.monotonic()
 
         if threads <= 1:
-            stack = [root_str] if enter(root_str) else []
+            stack = [s for s in reversed(starts) if enter(s)]
             while stack:
                 listing = list_folder(stack.pop())
                 take(listing)
-                stack.extend(sub for sub in listing.folders if enter(sub))
+                stack.extend(descend(listing))
             continue
         done: queue.SimpleQueue = queue.SimpleQueue()
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dam-walk") as pool:
@@ -367,16 +389,17 @@ def walk_library(
 
             def submit(folder: str, done: queue.SimpleQueue = done) -> None:
                 nonlocal outstanding
-                if enter(folder):
-                    outstanding += 1
-                    pool.submit(list_folder, folder).add_done_callback(done.put)
+                outstanding += 1
+                pool.submit(list_folder, folder).add_done_callback(done.put)
 
-            submit(root_str)
+            for start in starts:
+                if enter(start):
+                    submit(start)
             while outstanding:
                 listing = done.get().result()
                 outstanding -= 1
                 take(listing)
-                for sub in listing.folders:
+                for sub in descend(listing):
                     submit(sub)
     return result
 
@@ -404,21 +427,26 @@ def _first_visit(folder: str, visited: set[tuple[int, int]], result: WalkResult)
 def _list_folder(
     folder: str, root: str, path_filter: PathFilter, follow_symlinks: bool
 ) -> _Listing:
-    out = _Listing()
+    out = _Listing(folder=folder)
     try:
+        # the folder's mtime first: a name added while it is listed moves it past this one
+        out.mtime_ns = os.stat(folder).st_mtime_ns
         with os.scandir(folder) as it:
             entries = list(it)
     except PermissionError as exc:
         out.issue(folder, "permission_denied", exc, "folder cannot be listed")
         out.unlisted = display_path(folder)
+        out.mtime_ns = None
         return out
     except FileNotFoundError as exc:
         out.issue(folder, "vanished", exc, "folder disappeared during the walk")
         out.unlisted = display_path(folder)
+        out.mtime_ns = None
         return out
     except OSError as exc:
         out.issue(folder, "error", exc, f"folder cannot be listed: {exc.strerror or exc}")
         out.unlisted = display_path(folder)
+        out.mtime_ns = None
         return out
 
     skip = len(root) + 1
