@@ -275,7 +275,7 @@ slow_job = dg.define_asset_job(
 
 @dg.sensor(
     name="dam_loaders",
-    target=dg.AssetSelection.assets(thumbnails_fast, thumbnails_slow),
+    jobs=[fast_job, slow_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=int(env("DAM_SENSOR_INTERVAL_S")),
     description="Asks for every thumbnail partition when the renderer's loaders change (a "
@@ -300,7 +300,7 @@ def loaders_sensor(context: dg.SensorEvaluationContext, catalogue: CatalogueReso
     requests = [
         dg.RunRequest(
             run_key=f"loaders-{digest}-{key}",
-            asset_selection=[(thumbnails_fast if b.lane == FAST else thumbnails_slow).key],
+            job_name=(fast_job if b.lane == FAST else slow_job).name,
             partition_key=key,
         )
         for key, b in BUCKETS.items()
