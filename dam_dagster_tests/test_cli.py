@@ -214,15 +214,16 @@ def test_an_unchanged_run_launches_nothing_and_a_change_only_what_it_needs(corpu
 
     first = dam("run", env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
-    # the chain and the one partition with models; the empty ones are not run
-    assert runs() == [("dedup", None), ("thumbnails_fast_job", "<1MB")]
+    # the chain, the one partition with models (the empty ones are not run), the grouping
+    lanes = [("dedup", None), ("thumbnails_fast_job", "<1MB"), ("similar_models_job", None)]
+    assert runs() == lanes
     assert "up to date, not run: 1-5MB, 5-30MB, 30-100MB" in first.stderr
     again = dam("run", env=env, cwd=tmp_path)
     assert again.returncode == 0 and "nothing changed since the last run" in again.stderr
-    assert len(runs()) == 2 and "duplicate groups" in again.stdout  # the figures all the same
+    assert len(runs()) == 3 and "duplicate groups" in again.stdout  # the figures all the same
     shutil.copy(corpus / "box.STL", lib / "box copy.STL")
     third = dam("run", env=env, cwd=tmp_path)
     assert third.returncode == 0, third.stderr[-2000:]
-    assert runs()[2:] == [("dedup", None), ("thumbnails_fast_job", "<1MB")]
+    assert runs()[3:] == lanes
     forced = dam("run", "--force", "--skip-thumbnails", env=env, cwd=tmp_path)
-    assert forced.returncode == 0 and runs()[4:] == [("dedup", None)]
+    assert forced.returncode == 0 and runs()[6:] == [("dedup", None)]
