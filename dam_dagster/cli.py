@@ -197,11 +197,12 @@ def _dedup_needed(cat: Catalogue, roots) -> bool:
     threads = walk_threads(roots, int(config.env("DAM_IO_THREADS")))
     walk = walk_library(roots, path_filter, follow, threads=threads)
     try:
-        if not walk_differs(cat, walk) and chain_is_current(cat):
+        all_sizes = config.parse_bool(config.env("DAM_HASH_ALL_SIZES"))
+        if not walk_differs(cat, walk) and chain_is_current(cat, all_sizes):
             return False
     except CatalogueError:
         pass  # the run will say what is wrong with the catalogue
-    prepare_walk(roots, walk)
+    prepare_walk(roots, walk, path_filter, follow)
     return True
 
 
@@ -212,10 +213,14 @@ def _thumbnail_buckets():
 
 
 def _bucket_has_work(cat: Catalogue, bucket) -> bool:
+    """Whether a partition would render anything (a busy catalogue: assume it would)."""
     from .core.thumbnails import plan_bucket
 
     size = int(config.env("DAM_THUMBNAIL_SIZE"))
-    plan = plan_bucket(cat, bucket, size, config.env("DAM_THUMBNAIL_BACKGROUND"))
+    try:
+        plan = plan_bucket(cat, bucket, size, config.env("DAM_THUMBNAIL_BACKGROUND"))
+    except CatalogueError:
+        return True
     return bool(plan.tasks or plan.unsupported)
 
 
@@ -320,19 +325,18 @@ def status(as_json: bool) -> None:
 
 def _queue():
     """The run queue of the Dagster home, when there is one (never created by reading)."""
-    from .runs import queue_state, queue_state_from_sqlite
+    from .runs import configured_storage, queue_state, queue_state_from_sqlite
 
     home = config.dagster_home()
     if not (home / "dagster.yaml").is_file():
         return None
-    state = queue_state_from_sqlite(home)
-    if state is None:  # another run storage (PostgreSQL): ask Dagster
-        import dagster as dg
+    if not configured_storage(home):  # the default SQLite storage: read it, or nothing yet
+        return queue_state_from_sqlite(home)
+    import dagster as dg  # another run storage (PostgreSQL): Dagster reads it
 
-        os.environ["DAGSTER_HOME"] = str(home)
-        with dg.DagsterInstance.get() as instance:
-            state = queue_state(instance)
-    return state
+    os.environ["DAGSTER_HOME"] = str(home)
+    with dg.DagsterInstance.get() as instance:
+        return queue_state(instance)
 
 
 @main.command()

@@ -130,7 +130,9 @@ def file_inventory(
             on_progress=on_walk,
             io_threads=library.io_threads,
             only=only,
-            walk=take_prepared_walk(roots) if only is None else None,
+            walk=take_prepared_walk(roots, library.path_filter(), library.follow_symlinks)
+            if only is None
+            else None,
         )
     except RootUnavailable as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc

@@ -14,7 +14,6 @@ All run by default: no toggle needed in the UI.
 
 import hashlib
 import json
-import os
 import time
 
 import dagster as dg
@@ -22,7 +21,7 @@ import dagster as dg
 from .core.changes import encode_folder, known_folder_states, look_for_changes
 from .core.config import ConfigError, env
 from .core.store import CatalogueBusy, CatalogueMissing
-from .core.walk import RootUnavailable, check_roots, walk_threads
+from .core.walk import RootUnavailable, check_roots, display_path, walk_threads
 from .dedup_assets import file_inventory
 from .resources import CatalogueResource, LibraryResource
 from .runs import PID_TAG, mark_dead_runs_failed, queue_state
@@ -63,10 +62,14 @@ def library_sensor(
     except CatalogueBusy:
         return dg.SkipReason("the catalogue is busy (a run is writing): looking next tick")
     cursor = json.loads(context.cursor) if context.cursor else {}
-    if not folders:  # never walked, or a catalogue from before folders were recorded
+    known_roots = {root for _, root, _ in folders}
+    new_roots = [r for r in roots if display_path(str(r)) not in known_roots]
+    if new_roots:  # never walked, a root added since, or a catalogue from before folders
         hour = int(time.time() // 3600)  # asked again hourly if that walk fails
+        which = hashlib.md5(" ".join(map(str, new_roots)).encode(errors="surrogateescape"),
+                            usedforsecurity=False).hexdigest()[:12]  # fmt: skip
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=f"complete-walk-{hour}")],
+            run_requests=[dg.RunRequest(run_key=f"complete-walk-{which}-{hour}")],
             cursor=json.dumps({"pos": 0}),
         )
     threads = walk_threads(roots, library.io_threads)
@@ -78,25 +81,15 @@ def library_sensor(
             skip_reason=f"no folder changed ({seen})", cursor=json.dumps({"pos": look.position})
         )
     context.log.info(f"{len(look.changed):,} folders changed ({seen}): asking for an inventory")
-    key = hashlib.md5("\n".join(look.changed).encode(), usedforsecurity=False).hexdigest()
+    state = "\n".join(f"{f}\0{m}" for f, m in zip(look.changed, look.mtimes))
+    key = hashlib.md5(state.encode(errors="surrogateescape"), usedforsecurity=False).hexdigest()
     request = dg.RunRequest(
-        run_key=f"folders-{key}-{_mtimes_key(look.changed)}",
+        run_key=f"folders-{key}",
         run_config={"ops": {"file_inventory": {"config": {
             "folders": [encode_folder(f) for f in look.changed]}}}},
         tags={"dam/changed_folders": str(len(look.changed))},
     )  # fmt: skip
     return dg.SensorResult(run_requests=[request], cursor=json.dumps({"pos": look.position}))
-
-
-def _mtimes_key(folders: list[str]) -> str:
-    """The same changed folders in the same state ask once (a run key Dagster dedupes)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    for folder in folders:
-        try:
-            digest.update(str(os.stat(folder).st_mtime_ns).encode())
-        except OSError:
-            digest.update(b"gone")
-    return digest.hexdigest()[:12]
 
 
 complete_walk_schedule = dg.ScheduleDefinition(

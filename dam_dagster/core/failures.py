@@ -37,7 +37,18 @@ MEMORY_KILLS_PERMANENT = 2
 
 
 def os_error_is_transient(exc: OSError) -> bool:
-    return exc.errno not in PERMANENT_ERRNOS
+    """An OSError with an errno of the storage (EIO, ETIMEDOUT...) may pass; one about the file,
+    or with no errno at all (a decoder's "Invalid data stream"), is the file's own."""
+    return exc.errno is not None and exc.errno not in PERMANENT_ERRNOS
+
+
+class PermanentFailure(Exception):
+    """A failure about the file, recorded under the class that names it (ArchiveBomb,
+    MemberUnreadable, LZMAError...)."""
+
+    def __init__(self, error_class: str, message: str):
+        super().__init__(message)
+        self.error_class = error_class
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -218,8 +218,9 @@ MIGRATIONS: dict[int, str] = {
     -- current when every stage has seen the latest scan (and nothing is left to retry).
     CREATE TABLE stage_marks (
         stage         VARCHAR PRIMARY KEY,
-        scan_started  TIMESTAMP NOT NULL,       -- inventory_scans.started_at it followed
-        finished_at   TIMESTAMP NOT NULL
+        scan          TIMESTAMP NOT NULL,       -- inventory_scans.finished_at of the scan
+        finished_at   TIMESTAMP NOT NULL,
+        options       VARCHAR                   -- what the stage was asked (hash all sizes)
     );
     ALTER TABLE inventory_scans ADD COLUMN complete BOOLEAN;  -- a complete walk, or some folders
     """,
@@ -230,6 +231,19 @@ MIGRATIONS: dict[int, str] = {
     -- archive makes every member's rows stale (core/archives.py, docs/HASHING.md).
     ALTER TABLE file_inventory ADD COLUMN archive_id BIGINT;
     ALTER TABLE file_inventory ADD COLUMN member VARCHAR;
+
+    -- Each zip as it was when its members were last listed: listed again only when it
+    -- changes (an empty zip, or a broken one, is not reopened on every walk).
+    CREATE TABLE archives (
+        file_id       BIGINT PRIMARY KEY,       -- the zip's
+        size_bytes    BIGINT NOT NULL,          -- its state when listed
+        mtime_ns      BIGINT NOT NULL,
+        ctime_ns      BIGINT,
+        members       INTEGER NOT NULL,
+        error_class   VARCHAR,                  -- why its directory could not be read
+        error_message VARCHAR,
+        listed_at     TIMESTAMP NOT NULL
+    );
     """,
     6: """
     -- A thumbnail row is current for the code that made it too (core/render/capabilities.py):
