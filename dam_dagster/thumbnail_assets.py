@@ -33,6 +33,7 @@ from .core.thumbnails import (
     OutcomeWriter,
     lane_counts,
     lane_stats,
+    loader_changes,
     plan_bucket,
     request_retries,
     size_buckets,
@@ -278,10 +279,10 @@ slow_job = dg.define_asset_job(
     jobs=[fast_job, slow_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=int(env("DAM_SENSOR_INTERVAL_S")),
-    description="Asks for every thumbnail partition when the renderer's loaders change (a "
-    "library such as cascadio installed or upgraded, or a new version of our code for a "
-    "format): each partition then renders exactly the files that concerns (the rest is up "
-    "to date and costs a plan).",
+    description="When the renderer's loaders change (a library such as cascadio installed or "
+    "upgraded, or a new version of our code for a format), asks for the thumbnail partitions "
+    "holding files made by other loaders; each renders exactly those files (the rest is up to "
+    "date and costs a plan).",
 )
 def loaders_sensor(context: dg.SensorEvaluationContext, catalogue: CatalogueResource):
     digest = capabilities_digest()
@@ -290,20 +291,21 @@ def loaders_sensor(context: dg.SensorEvaluationContext, catalogue: CatalogueReso
     cat = catalogue.catalogue(who="dam_loaders")
     cat.lock_timeout_s = min(cat.lock_timeout_s, 5)
     try:
-        with cat.connect(write=False) as con:
-            made = con.execute("SELECT count(*) FROM thumbnails").fetchone()[0]
+        changed = loader_changes(cat, BUCKETS.values())
     except CatalogueError:  # missing (nothing rendered yet) or busy: decide next tick
         return dg.SkipReason("no catalogue to look at yet")
-    if not made:  # nothing rendered yet: the lanes follow the first inventory anyway
-        return dg.SensorResult(skip_reason="nothing rendered yet", cursor=digest)
-    context.log.info(f"the loaders changed ({context.cursor or 'first look'} -> {digest})")
+    if not changed:  # the rows say so, the first look included: nothing to ask for
+        return dg.SensorResult(skip_reason="no file was made by other loaders", cursor=digest)
+    context.log.info(
+        f"the loaders changed ({context.cursor or 'first look'} -> {digest}): "
+        + ", ".join(f"{key} {n:,} file(s)" for key, n in changed.items())
+    )
     requests = [
-        dg.RunRequest(
-            run_key=f"loaders-{digest}-{key}",
-            job_name=(fast_job if b.lane == FAST else slow_job).name,
+        dg.RunRequest(  # no run key: the same loaders may come back after an uninstall
+            job_name=(fast_job if BUCKETS[key].lane == FAST else slow_job).name,
             partition_key=key,
         )
-        for key, b in BUCKETS.items()
+        for key in changed
     ]
     return dg.SensorResult(run_requests=requests, cursor=digest)
 

@@ -445,18 +445,26 @@ def test_similar_models_follows_a_lane_even_while_other_partitions_are_missing(
     assert "similar_models" in requested  # five partitions have never materialized
 
 
-def test_the_loaders_sensor_asks_every_partition_when_a_loader_changes(model_library, tmp_path):
+def test_the_loaders_sensor_asks_the_partitions_made_by_other_loaders(model_library, tmp_path):
     data = tmp_path / "data"
     catalogue = CatalogueResource(data_dir=str(data))
-    sensor = thumbnail_assets.loaders_sensor
-    skip = sensor(dg.build_sensor_context(resources={"catalogue": catalogue}))
-    assert isinstance(skip, dg.SkipReason)  # no catalogue yet: nothing to re-plan
+
+    def tick(cursor=None):
+        context = dg.build_sensor_context(cursor=cursor, resources={"catalogue": catalogue})
+        return thumbnail_assets.loaders_sensor(context)
+
+    assert isinstance(tick(), dg.SkipReason)  # no catalogue yet: nothing to re-plan
     inventory(model_library, data)
     assert render(model_library, data).success
-    first = sensor(dg.build_sensor_context(resources={"catalogue": catalogue}))
-    keys = sorted(r.partition_key for r in first.run_requests)
-    assert keys == sorted(thumbnail_assets.BUCKETS)  # every partition of both lanes
-    same = sensor(dg.build_sensor_context(cursor=first.cursor, resources={"catalogue": catalogue}))
-    assert isinstance(same, dg.SkipReason)  # the same loaders: nothing asked
-    other = sensor(dg.build_sensor_context(cursor="older", resources={"catalogue": catalogue}))
-    assert len(other.run_requests) == len(keys) and other.cursor == first.cursor
+    first = tick()  # a first look (a new daemon): every row was made by these loaders
+    assert not first.run_requests and first.cursor
+    assert isinstance(tick(first.cursor), dg.SkipReason)  # the same loaders: not even a look
+    with Catalogue(data).connect() as con:  # as after an upgrade of our STL code
+        con.execute(
+            "UPDATE thumbnails SET renderer_version = replace(renderer_version, 'stl/', 'x')"
+        )
+    upgraded = tick("older")
+    asked = [(r.job_name, r.partition_key) for r in upgraded.run_requests]
+    assert asked == [("thumbnails_fast_job", "<1MB")] and upgraded.cursor == first.cursor
+    small = thumbnail_assets.BUCKETS["<1MB"]
+    assert plan_bucket(Catalogue(data), small, 256, "transparent").renderer_changed

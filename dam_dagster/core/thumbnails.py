@@ -203,6 +203,40 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
     return plan
 
 
+def loader_changes(catalogue: Catalogue, buckets: Iterable[SizeBucket]) -> dict[str, int]:
+    """Per size bucket key, how many files have a row made by other code for their format, or
+    a lasting failure under other libraries: the files a change of loaders concerns, by the
+    same rules as plan_bucket (which then re-plans them), counted without looking at PNGs.
+    A transient failure or a retry asked for is not the loaders' business."""
+    exts = ", ".join(f"'{e}'" for e in sorted(THUMBNAIL_EXTENSIONS))
+    caps = capabilities_table()
+    changed: dict[str, int] = {}
+    with catalogue.connect(write=False) as con:
+        for bucket in buckets:
+            rows = con.execute(
+                f"""
+                SELECT f.extension, t.status, t.transient, t.retry_requested,
+                       t.renderer_version, t.capabilities, count(*)
+                FROM present_files f JOIN current_thumbnails t USING (file_id)
+                WHERE f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
+                  AND f.extension IN ({exts})
+                GROUP BY ALL
+            """,
+                {"low": bucket.low, "high": bucket.high},
+            ).fetchall()
+            n = 0
+            for ext, status, transient, retry, made_by, made_with, count in rows:
+                if retry:
+                    continue
+                if (made_by or legacy_renderer_version(ext)) != renderer_version(ext):
+                    n += count
+                elif status != "ok" and not transient and (made_with or "") != caps.get(ext, ""):
+                    n += count
+            if n:
+                changed[bucket.key] = n
+    return changed
+
+
 def request_retries(
     catalogue: Catalogue, scope: str = "all", bucket: SizeBucket | None = None
 ) -> dict[str, int]:
