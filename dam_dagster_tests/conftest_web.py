@@ -75,3 +75,115 @@ def make_app(data: Path, **kw):
         **kw,
     )
     return create_app(settings)
+
+
+# --- a real server and a real browser -----------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`dam serve` as a person starts it, on a free port of 127.0.0.1."""
+
+    def __init__(self, data: Path, cwd: Path, env: dict | None = None):
+        import time
+
+        import requests
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(cwd / f"dam-serve-{self.port}.log", "w")
+        self.proc = subprocess.Popen(
+            [str(BIN / "dam"), "serve", "--port", str(self.port)],
+            cwd=cwd,
+            env={
+                **os.environ,
+                "DAM_DATA_DIR": str(data),
+                "DAGSTER_HOME": str(data / "dagster_home"),
+                **(env or {}),
+            },
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=2).json()["replica_ready"]:
+                    return
+            except (requests.ConnectionError, ValueError):
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"dam serve did not come up: {(cwd / self.log.name).read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+)
+
+
+def chromium(download_dir: Path, profile_dir: Path, size=(1280, 900), dark: bool = False):
+    """Debian's chromium driven by Selenium through Debian's chromedriver, or None (with the
+    reason) when either is missing."""
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chrome or not driver:
+        return None, (
+            "chromium and chromedriver are needed for the browser tests: "
+            "apt-get install chromium chromium-driver (make install does it as root)"
+        )
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        return None, "selenium is not installed (it is in the test extra: make install)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chrome
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile_dir}")
+    options.add_argument(f"--window-size={size[0]},{size[1]}")
+    if dark:
+        options.add_argument("--force-dark-mode")
+        options.add_argument("--blink-settings=preferredColorScheme=0")
+    options.add_experimental_option(
+        "prefs",
+        {
+            "download.default_directory": str(download_dir),
+            "download.prompt_for_download": False,
+            "safebrowsing.enabled": False,
+        },
+    )
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    browser.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(download_dir)}
+    )
+    return browser, None
+
+
+ALL_IMAGES_LOADED = """
+return Array.from(document.images).map(function (img) {
+  return [img.getAttribute('src'), img.complete, img.naturalWidth];
+});
+"""
