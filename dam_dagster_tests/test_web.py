@@ -59,7 +59,7 @@ def test_library_lists_every_model_with_its_badges(client, site):
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert len(ids_in(page.text)) == site["status"]["models"]  # one card per model
-    assert f"<strong>{site['status']['models']}</strong> files" in page.text
+    assert f"<strong>{site['status']['models']}</strong> 3D models" in page.text
     for badge in ("duplicate", "has copies", "failed", "embedded preview"):
         assert f">{badge}</span>" in page.text
     everything = client.get("/?kind=all").text
