@@ -22,7 +22,12 @@ from .sensors import automation_sensor, library_sensor  # noqa: E402
 defs = dg.Definitions(
     assets=dedup_assets.ASSETS + thumbnail_assets.ASSETS,
     asset_checks=dedup_assets.CHECKS + thumbnail_assets.CHECKS,
-    jobs=[dedup_assets.dedup_job, thumbnail_assets.fast_job, thumbnail_assets.slow_job],
+    jobs=[
+        dedup_assets.dedup_job,
+        dedup_assets.inventory_job,
+        thumbnail_assets.fast_job,
+        thumbnail_assets.slow_job,
+    ],
     sensors=[library_sensor, automation_sensor],
     # The chain's steps run one after the other anyway, and the render lanes have process
     # pools of their own: a process per step would only add start-up time to every run.

@@ -11,12 +11,14 @@ import dagster as dg
 
 from .core.config import ConfigError, env
 from .core.walk import RootUnavailable, library_fingerprint, walk_library, walk_threads
-from .dedup_assets import file_inventory
+from .dedup_assets import inventory_job
 from .resources import LibraryResource
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "dam_automation",
-    target=dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks(),
+    # Groups rather than "all | all checks": the UI shows this selection as a string
+    # (group:"dedup" or group:"thumbnails"); the checks of the selected assets come with it.
+    target=dg.AssetSelection.groups("dedup", "thumbnails"),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Runs what follows an updated asset (eager conditions): hashing and dedup after "
@@ -25,7 +27,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 
 
 @dg.sensor(
-    target=[file_inventory],
+    job=inventory_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=int(env("DAM_SENSOR_INTERVAL_S")),
     description="Asks for a new file inventory when files under the library roots were added, "

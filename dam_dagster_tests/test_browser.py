@@ -97,9 +97,7 @@ def test_library_search_model_keep_and_plan(server, browser, tmp_path):
     browser.get(url + "/duplicates")
     assert_images_loaded(browser)
     group = next(
-        g
-        for g in browser.find_elements(By.CSS_SELECTOR, ".dgroup")
-        if "box copy.STL" in g.text
+        g for g in browser.find_elements(By.CSS_SELECTOR, ".dgroup") if "box copy.STL" in g.text
     )
     gid = group.get_attribute("id")
     copy = group.find_element(By.CSS_SELECTOR, ".member.copy")

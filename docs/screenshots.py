@@ -26,7 +26,12 @@ from dam_dagster_tests.conftest_web import Server, chromium, dam_run  # noqa: E4
 PRINTS = {
     "prints/robotics": ["ADIS16480.STL", "idler_riser.STL", "plate_holes.STL", "angle_block.STL"],
     "prints/figures": ["bunny.ply", "suzanne.ply", "rabbit.obj", "Duck.glb", "monkey.glb"],
-    "prints/mechanical": ["cycloidal.ply", "counter.unitsmm.STL", "octagonal_pocket.stl", "round.stl"],
+    "prints/mechanical": [
+        "cycloidal.ply",
+        "counter.unitsmm.STL",
+        "octagonal_pocket.stl",
+        "round.stl",
+    ],
     "prints/misc": ["teapot.stl", "quadknot.obj", "fandisk.obj", "torus.STL", "box.STL"],
     "slicer": ["counterX.3MF", "P_XPM_0331_01.3mf"],
 }
@@ -95,7 +100,12 @@ def shoot(url: str, base: Path, out: Path) -> None:
         ("search", "/?q=teapot&kind=all", (1280, 600), False),
         ("model", f"/models/{bunny['id']}", (1280, 900), False),
         ("duplicates", "/duplicates", (1280, 1100), False),
-        ("folders", f"/folders?root={requests.utils.quote(str(base / 'models'))}", (1280, 560), False),
+        (
+            "folders",
+            f"/folders?root={requests.utils.quote(str(base / 'models'))}",
+            (1280, 560),
+            False,
+        ),
         ("problems", "/problems", (1280, 900), False),
         ("status", "/status", (1280, 1100), False),
     ]
