@@ -70,14 +70,19 @@ def _default(value):
     return str(value)
 
 
-def json_response(data, status_code: int = 200, headers: dict | None = None) -> Response:
+def json_response(
+    data, status_code: int = 200, headers: dict | None = None, started: float | None = None
+) -> Response:
     body = json.dumps(data, default=_default, ensure_ascii=False).encode()
-    return Response(
+    response = Response(
         body,
         status_code=status_code,
         media_type="application/json",
         headers={**SECURITY_HEADERS, **(headers or {})},
     )
+    if started is not None:
+        response.headers.update(_timed(started))
+    return response
 
 
 def _timed(started: float, headers: dict | None = None) -> dict:
@@ -97,9 +102,11 @@ def render(request: Request, template: str, ctx: dict, started: float, status_co
         n = request.query_params.get("n", "0")
         ctx["message"] = ctx["message"].format(n=int(n) if n.isdigit() else 0)
     ctx.setdefault("q", request.query_params.get("q", ""))
-    return state.templates.TemplateResponse(
-        request, template, ctx, status_code=status_code, headers=_timed(started)
+    response = state.templates.TemplateResponse(
+        request, template, ctx, status_code=status_code, headers=SECURITY_HEADERS
     )
+    response.headers.update(_timed(started))  # after rendering: the whole server time
+    return response
 
 
 def updating(request: Request, started: float, api: bool = False):
@@ -176,7 +183,7 @@ def library(request: Request, api: bool = False):
     if api:
         return json_response(
             {"items": page.rows, "next_cursor": page.next_cursor, "total": page.total},
-            headers=_timed(started),
+            started=started,
         )
     next_url = None
     if page.next_cursor:
@@ -212,7 +219,7 @@ def folders(request: Request, api: bool = False):
     if root is not None and view["here"] is None:
         return not_found(request, started, "folder", api)
     if api:
-        return json_response(view, headers=_timed(started))
+        return json_response(view, started=started)
     return render(request, "folders.html", {"view": view, "nav": "folders"}, started)
 
 
@@ -231,7 +238,7 @@ def model(request: Request, api: bool = False):
     if item is None:
         return not_found(request, started, f"model {file_id}", api)
     if api:
-        return json_response(item, headers=_timed(started))
+        return json_response(item, started=started)
     lane = {"fast": "thumbnails_fast", "slow": "thumbnails_slow"}
     asset = lane.get(
         item["lane"] or "",
@@ -345,7 +352,7 @@ def duplicates(request: Request, api: bool = False):
     if api:
         return json_response(
             {"summary": summary, "groups": page.rows, "next_cursor": page.next_cursor},
-            headers=_timed(started),
+            started=started,
         )
     params = {"reviewed": reviewed} if reviewed else {}
     next_url = (
@@ -499,7 +506,7 @@ def problems(request: Request, api: bool = False):
             return updating(request, started, api)
         data = browse.problems(cur, bucket=bucket)
     if api:
-        return json_response(data, headers=_timed(started))
+        return json_response(data, started=started)
     return render(
         request,
         "problems.html",
@@ -561,7 +568,7 @@ def status(request: Request, api: bool = False):
         "runs": runs,
     }
     if api:
-        return json_response(data, headers=_timed(started))
+        return json_response(data, started=started)
     partial = request.query_params.get("partial") == "1"
     return render(
         request,
