@@ -135,13 +135,16 @@ def generate(data: Path, files: int) -> dict:
         """)
         con.execute("""
             INSERT INTO walk_issues VALUES
-              ('/nas/models/locked', 'permission_denied', 'PermissionError', 'Permission denied', now()),
+              ('/nas/models/locked', 'permission_denied', 'PermissionError', 'denied', now()),
               ('/nas/models/loop', 'symlink_loop', NULL, 'a link to its own folder', now()),
               ('/nas/models/bad\\xff', 'undecodable_name', NULL, 'not UTF-8', now())
         """)
-        keys = [r[0] for r in con.execute(
-            "SELECT content_md5 FROM thumbnails WHERE status = 'ok' ORDER BY file_id LIMIT 300"
-        ).fetchall()]
+        keys = [
+            r[0]
+            for r in con.execute(
+                "SELECT content_md5 FROM thumbnails WHERE status = 'ok' ORDER BY file_id LIMIT 300"
+            ).fetchall()
+        ]
     made = time.monotonic() - t0
     # a few real PNGs for the first rows (the server serves what exists)
     from PIL import Image
@@ -177,7 +180,9 @@ print("writing", flush=True)
 while True:
     for fid in ids[batches * 500:(batches + 1) * 500]:
         md5 = "%032x" % random.getrandbits(128)
-        writer.add(RenderOutcome(fid, "ok", "render", md5, thumbnail_relpath(md5), None, None, 0.2, False))
+        outcome = RenderOutcome(fid, "ok", "render", md5, thumbnail_relpath(md5), None, None,
+                                0.2, False)
+        writer.add(outcome)
     writer.flush()
     batches += 1
     print(batches, flush=True)
@@ -228,8 +233,11 @@ def main() -> None:
         shutil.rmtree(data)
     data.mkdir(parents=True)
     result = {"files": args.files, **generate(data, args.files)}
-    print(f"catalogue: {args.files:,} files in {result['generate_seconds']} s, "
-          f"{result['db_bytes'] / 1e6:,.0f} MB", flush=True)
+    print(
+        f"catalogue: {args.files:,} files in {result['generate_seconds']} s, "
+        f"{result['db_bytes'] / 1e6:,.0f} MB",
+        flush=True,
+    )
 
     import socket
 
@@ -238,8 +246,12 @@ def main() -> None:
         port = sock.getsockname()[1]
     env = {**os.environ, "DAM_DATA_DIR": str(data), "DAGSTER_HOME": str(data / "dagster_home")}
     env.pop("DAM_LIBRARY_ROOTS", None)
-    server = subprocess.Popen([str(BIN / "dam"), "serve", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(BIN / "dam"), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     writer = None
     try:
@@ -263,7 +275,9 @@ def main() -> None:
 
         writer = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(data), str(args.files), str(args.write_every)],
-            env=env, stdout=subprocess.PIPE, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert writer.stdout.readline().strip() == "writing"
         time.sleep(2)
@@ -272,7 +286,9 @@ def main() -> None:
         page = session.get(base + "/api/models", timeout=30).json()
         cursors = [page["next_cursor"]]
         for _ in range(args.requests):
-            page = session.get(base + "/api/models", params={"cursor": cursors[-1]}, timeout=30).json()
+            page = session.get(
+                base + "/api/models", params={"cursor": cursors[-1]}, timeout=30
+            ).json()
             cursors.append(page["next_cursor"])
         dup = session.get(base + "/api/duplicates", timeout=30).json()
         next_groups = dup["next_cursor"]
@@ -280,11 +296,19 @@ def main() -> None:
         cases = {
             "Library, first page": lambda: base + "/",
             "Library, next page (keyset)": lambda: base + "/?cursor=" + next(it),
-            "Library, search": lambda: base + "/?q=" + rng.choice(WORDS) + "+v" + str(rng.randrange(7)),
-            "Library, filter (format + thumbnail)": lambda: base + "/?format=" + rng.choice(
-                ["3mf", "obj", "stl"]) + "&thumbnail=" + rng.choice(["failed", "ok", "none"]),
-            "Library, filter (folder)": lambda: base + "/?root=/nas/models&folder=collection+" + str(
-                rng.randrange(40)),
+            "Library, search": lambda: (
+                base + "/?q=" + rng.choice(WORDS) + "+v" + str(rng.randrange(7))
+            ),
+            "Library, filter (format + thumbnail)": lambda: (
+                base
+                + "/?format="
+                + rng.choice(["3mf", "obj", "stl"])
+                + "&thumbnail="
+                + rng.choice(["failed", "ok", "none"])
+            ),
+            "Library, filter (folder)": lambda: (
+                base + "/?root=/nas/models&folder=collection+" + str(rng.randrange(40))
+            ),
             "Model page": lambda: base + f"/models/{rng.randrange(1, args.files)}",
             "Duplicates, first page": lambda: base + "/duplicates",
             "Duplicates, next page": lambda: base + "/duplicates?cursor=" + (next_groups or ""),
@@ -323,8 +347,10 @@ def main() -> None:
     print("\n| request | median (ms) | p95 (ms) | server median (ms) | server p95 (ms) |")
     print("|---|---|---|---|---|")
     for name, r in result["requests"].items():
-        print(f"| {name} | {r['client_median_ms']} | {r['client_p95_ms']} | "
-              f"{r['server_median_ms']} | {r['server_p95_ms']} |")
+        print(
+            f"| {name} | {r['client_median_ms']} | {r['client_p95_ms']} | "
+            f"{r['server_median_ms']} | {r['server_p95_ms']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ The replica is a copy of the catalogue file (core/replica.py makes it) to which
 `build_browse_tables` adds flat tables made for reading:
 
     b_files    one row per present file: names, folder, hashes, duplicate and thumbnail state,
-               size bucket, lower-case name and path for search; sorted by name
+               size bucket, lower-case name and path for search
+    b_members  the rows of b_files that belong to a duplicate group
     b_folders  every folder of every root with its counts (files, models, bytes, recursive)
     b_groups   one row per duplicate group, sorted by reclaimable bytes
     b_meta     when the replica was made and from which catalogue state
@@ -83,7 +84,11 @@ def build_browse_tables(con: duckdb.DuckDBPyConnection, buckets: Sequence[SizeBu
         LEFT JOIN duplicates d USING (file_id)
         LEFT JOIN current_thumbnails t USING (file_id)
         WHERE f.present
-        ORDER BY name_lc, id
+    """)
+    # The members of duplicate groups (a few % of the files), for the group pages.
+    con.execute("""
+        CREATE OR REPLACE TABLE b_members AS
+        SELECT * FROM b_files WHERE original_id IS NOT NULL ORDER BY size_bytes, full_hash, id
     """)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE b_dirs AS
@@ -344,8 +349,8 @@ def model(con: duckdb.DuckDBPyConnection, file_id: int) -> dict | None:
 def group_members(con: duckdb.DuckDBPyConnection, size_bytes: int, full_hash: str) -> list[dict]:
     return _dicts(
         con.execute(
-            f"SELECT {CARD_COLUMNS}, first_seen_at, changed_at FROM b_files "
-            "WHERE size_bytes = ? AND full_hash = ? AND original_id IS NOT NULL ORDER BY id",
+            f"SELECT {CARD_COLUMNS}, first_seen_at, changed_at FROM b_members "
+            "WHERE size_bytes = ? AND full_hash = ? ORDER BY id",
             [size_bytes, full_hash],
         )
     )
