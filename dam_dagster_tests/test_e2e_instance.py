@@ -7,16 +7,19 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
 import requests
+from starlette.testclient import TestClient
 
 from dam_dagster.backfill import failed_partitions
 from dam_dagster.core.store import Catalogue
 from dam_dagster.home import prepare_dagster_home
 
 from .conftest import BIN, brute_force_groups, catalogue_groups
+from .conftest_web import make_app
 
 pytestmark = pytest.mark.slow
 
@@ -171,6 +174,11 @@ def test_backfill_failed_rerenders_exactly_the_failed_files(corpus, tmp_path, in
 
     before = rows()
     assert before["stuck_hang.stl"][0] == "timeout"
+    # the browser offers the retry for it (a timeout may pass)
+    with TestClient(make_app(Path(instance_env["DAM_DATA_DIR"]))) as c:
+        problems = c.get("/api/problems").json()
+        assert problems["transient_files"] == 1
+        assert "Retry the failed partitions" in c.get("/problems").text
 
     # the instance, with its sensors stopped so that only the backfill can mend the partition
     for sensor in ("library_sensor", "dam_automation"):
@@ -214,5 +222,56 @@ def test_backfill_failed_rerenders_exactly_the_failed_files(corpus, tmp_path, in
             timeout=60,
         )
         assert again.returncode == 0 and "No failed thumbnail partitions" in again.stdout
+        # the browser's Retry button asks the same webserver the same question
+        with TestClient(make_app(Path(instance_env["DAM_DATA_DIR"]), dagster_url=dev.url)) as c:
+            retry = c.post("/problems/retry")
+            assert retry.status_code == 200 and "nothing to backfill" in retry.text
+            assert "Retry the failed partitions" not in c.get("/problems").text
     finally:
         dev.stop()
+
+
+def test_dam_dev_starts_the_ui_and_the_browser_and_ctrl_c_stops_both(tmp_path, instance_env):
+    ui, web = free_port(), free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "dam"), "dev", "--port", str(ui), "--browser-port", str(web)],
+        cwd=tmp_path,
+        env={**os.environ, **instance_env, "DAM_LIBRARY_ROOTS": ""},  # the sample library
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        banner = []
+        while not any("Ctrl-C stops both" in line for line in banner):
+            banner.append(proc.stderr.readline())
+        text = "".join(banner)
+        assert f"Dagster UI:      http://127.0.0.1:{ui}" in text
+        assert f"library browser: http://127.0.0.1:{web}" in text
+
+        def both_up():
+            try:
+                return (
+                    requests.get(f"http://127.0.0.1:{ui}/server_info", timeout=2).ok
+                    and requests.get(f"http://127.0.0.1:{web}/healthz", timeout=2).ok
+                )
+            except requests.ConnectionError:
+                return False
+
+        wait_for(both_up, 120, "the Dagster UI and the library browser")
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        proc.wait(timeout=60)
+
+        def both_down():
+            for port in (ui, web):
+                try:
+                    requests.get(f"http://127.0.0.1:{port}/", timeout=1)
+                    return False
+                except requests.ConnectionError:
+                    pass
+            return True
+
+        wait_for(both_down, 30, "both servers to stop")
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -313,10 +313,13 @@ def library_page(con: duckdb.DuckDBPyConnection, query: LibraryQuery, count: boo
         rows = rows[: query.limit]
         last = rows[-1]
         next_cursor = encode_cursor([last["sort_value"], last["id"]])
-    total = None
-    if count:
-        total = int(con.execute(f"SELECT count(*) FROM b_files WHERE {where}", args).fetchone()[0])
+    total = library_count(con, query) if count else None
     return Page(rows, next_cursor, total)
+
+
+def library_count(con: duckdb.DuckDBPyConnection, query: LibraryQuery) -> int:
+    where, args = query.where()
+    return int(con.execute(f"SELECT count(*) FROM b_files WHERE {where}", args).fetchone()[0])
 
 
 def filter_choices(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, int]]]:

@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -107,9 +108,16 @@ class Replica:
         # After a refresh that took T seconds, the next one waits at least T: on a big
         # catalogue under a stream of writes, refreshing takes at most half the CPU time.
         self._not_before = 0.0
+        self._opener: queue.Queue | None = None
+        self._opener_owner: threading.Thread | None = None
 
     # --- life -------------------------------------------------------------------------
     def start(self) -> None:
+        self._opener = queue.Queue()
+        self._opener_owner = threading.Thread(
+            target=self._open_loop, name="dam-replica-opener", daemon=True
+        )
+        self._opener_owner.start()
         self.folder.mkdir(parents=True, exist_ok=True)
         for old in self.folder.glob("replica-*.duckdb*"):  # left by a server that was killed
             with contextlib.suppress(OSError):
@@ -122,13 +130,49 @@ class Replica:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._opener is not None:
+            self._opener.put(None)
         with self._swap:
             gen, self._current = self._current, None
         if gen is not None:
             gen.retired = True
             gen.close_if_done()
 
+    def _open(self, path: Path) -> duckdb.DuckDBPyConnection:
+        """Open a copy for serving in the opener thread, created at normal priority: DuckDB's
+        worker threads are created with the instance and inherit their creator's priority."""
+        if self._opener is None or threading.current_thread() is self._opener_owner:
+            return duckdb.connect(
+                str(path), config={"threads": 2, "memory_limit": self.memory_limit}
+            )
+        done: queue.Queue = queue.Queue(maxsize=1)
+        self._opener.put((path, done))
+        result = done.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _open_loop(self) -> None:
+        while True:
+            item = self._opener.get()
+            if item is None:
+                return
+            path, done = item
+            try:
+                done.put(
+                    duckdb.connect(
+                        str(path), config={"threads": 2, "memory_limit": self.memory_limit}
+                    )
+                )
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                done.put(exc)
+
     def _run(self) -> None:
+        # A lower priority for the refresh (nice +10 for this thread and the DuckDB threads it
+        # creates): building the browse tables of a million files takes seconds of CPU that
+        # requests should get first.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         while not self._stop.wait(self.poll_s):
             try:
                 if time.monotonic() >= self._not_before and self.stale():
@@ -189,17 +233,25 @@ class Replica:
             if not self.catalogue.copy_to(path, timeout_s=0):
                 return False
             copied = time.monotonic() - t0
+            con = None
             try:
-                con = duckdb.connect(
+                # Built in a DuckDB of its own, whose threads inherit this thread's lower
+                # priority (see _run): pages keep the CPU while a big copy is being built.
+                build = duckdb.connect(
                     str(path), config={"threads": 2, "memory_limit": self.memory_limit}
                 )
-                migrate(con, self.catalogue.thumbs_dir)  # an older catalogue gets the new tables
-                build_browse_tables(con, self.buckets)
-                figures = status_figures(con)
-                scan = last_scan(con)
+                try:
+                    migrate(build, self.catalogue.thumbs_dir)  # an older catalogue: new tables
+                    build_browse_tables(build, self.buckets)
+                    figures = status_figures(build)
+                    scan = last_scan(build)
+                finally:
+                    build.close()
+                con = self._open(path)  # served from a DuckDB made at normal priority
             except BaseException:
-                with contextlib.suppress(Exception):
-                    con.close()
+                if con is not None:
+                    with contextlib.suppress(Exception):
+                        con.close()
                 for p in (path, path.with_name(path.name + ".wal")):
                     with contextlib.suppress(FileNotFoundError):
                         p.unlink()

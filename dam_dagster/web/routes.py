@@ -132,7 +132,7 @@ def _cached(request: Request, key: str, cur, compute):
     state = _app(request)
     gen = state.replica.generation
     cache = getattr(state, "memo", None)
-    if cache is None or cache.get("_gen") != gen:
+    if cache is None or cache.get("_gen") != gen or len(cache) > 1000:
         cache = state.memo = {"_gen": gen}
     if key not in cache:
         cache[key] = compute(cur)
@@ -176,7 +176,12 @@ def library(request: Request, api: bool = False):
     with _app(request).replica.cursor() as cur:
         if cur is None:
             return updating(request, started, api)
-        page = browse.library_page(cur, query, count=not partial)
+        page = browse.library_page(cur, query, count=False)
+        if not partial:  # the count does not change from page to page: once per copy
+            where = json.dumps(query.where(), default=str)
+            page.total = _cached(
+                request, "count:" + where, cur, lambda c: browse.library_count(c, query)
+            )
         choices = (
             None if (partial or api) else _cached(request, "choices", cur, browse.filter_choices)
         )
