@@ -64,6 +64,14 @@ def _roots(use_sample: bool) -> tuple[Path, ...]:
 def main() -> None:
     """Digital-asset management for 3D-model libraries (a Dagster code location)."""
     load_env_files()
+    # Whatever the command: the data folder is never inside a library root (nothing may write
+    # there, not even a reading command's lock file).
+    try:
+        config.check_data_dir_outside_roots(
+            config.data_dir(), config.parse_roots(config.env("DAM_LIBRARY_ROOTS"))
+        )
+    except ConfigError as exc:
+        _fail(str(exc))
 
 
 @main.command()
@@ -83,10 +91,18 @@ def run(sample: bool, skip_thumbnails: bool) -> None:
     import dagster as dg
 
     from .definitions import defs
+    from .runs import mark_dead_runs_failed, process_tags
+    from .terminal import failure_cause
     from .thumbnail_assets import fast_partitions, slow_partitions
 
     instance = dg.DagsterInstance.get()
-    quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    for gone in mark_dead_runs_failed(instance):
+        click.echo(
+            f"dam: run {gone.run_id[:8]} ({gone.job_name}) was left in progress by a process "
+            "that is gone: marked failed",
+            err=True,
+        )
+    terminal = {"loggers": {"dam_terminal": {}}}
     runs = [("dedup", None)]
     if not skip_thumbnails:
         runs += [("thumbnails_fast_job", k) for k in fast_partitions.get_partition_keys()]
@@ -94,20 +110,27 @@ def run(sample: bool, skip_thumbnails: bool) -> None:
     failed = []
     for job_name, partition in runs:
         result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance, raise_on_error=False, run_config=quiet, partition_key=partition
+            instance=instance,
+            raise_on_error=False,
+            run_config=terminal,
+            partition_key=partition,
+            tags=process_tags(),
         )
         if not result.success:
             failed.append((job_name, partition, result))
             if job_name == "dedup":
                 break  # the inventory is what everything else stands on
     click.echo("")
-    _print_status(_status())
+    from .core.status import catalogue_status
+
+    try:
+        _print_status(catalogue_status(_catalogue()))
+    except CatalogueError as exc:
+        if not failed:  # otherwise the run's own failure says why, below, cause first
+            _fail(str(exc))
     for _job, partition, result in failed:
         for event in (e for e in result.all_events if e.is_step_failure):
-            data = event.step_failure_data
-            why = (data.user_failure_data.description if data.user_failure_data else None) or (
-                data.error.message.strip() if data.error else "see the run log"
-            )
+            why = failure_cause(event.step_failure_data)
             click.echo(
                 f"dam: {event.step_key}{f' [{partition}]' if partition else ''} failed: {why}",
                 err=True,
@@ -130,24 +153,8 @@ def _status() -> dict:
 
 
 def _print_status(status: dict) -> None:
-    labels = {
-        "files": "files",
-        "bytes": "bytes",
-        "models": "3D models",
-        "files_not_present": "files gone (kept in the catalogue)",
-        "empty_files": "empty files",
-        "hashed_files": "hashed files",
-        "hash_errors": "files that could not be hashed",
-        "collision_groups": "collision groups (size + partial hash)",
-        "duplicate_groups": "duplicate groups",
-        "duplicate_files": "duplicate files",
-        "reclaimable_bytes": "reclaimable bytes",
-        "thumbnails_ok": "thumbnails",
-        "thumbnails_failed": "thumbnails failed",
-        "thumbnails_unsupported": "files of a format without a renderer",
-        "models_without_thumbnail": "models without a thumbnail",
-        "walk_issues": "walk issues",
-    }
+    from .core.vocabulary import STATUS_LABELS as labels  # the Status page's labels too
+
     width = max(len(v) for v in labels.values())
     for key, label in labels.items():
         click.echo(f"{label:<{width}}  {status[key]:>14,}")
@@ -156,17 +163,49 @@ def _print_status(status: dict) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def status(as_json: bool) -> None:
-    """Counts of files, models, hashes, duplicates and thumbnails."""
+    """Counts of files, models, hashes, duplicates and thumbnails, and the run queue."""
     figures = _status()
+    queue = _queue()
+    if queue is not None:
+        figures.update(
+            runs_in_progress=queue.in_progress,
+            runs_queued=queue.queued,
+            run_queue_limit=queue.limit,
+            runs_without_process=len(queue.dead),
+        )
     if as_json:
         click.echo(json.dumps(figures, indent=2))
-    else:
-        click.echo(f"catalogue: {config.data_dir() / 'dam.duckdb'}")
-        _print_status(figures)
-        if figures["files"] == 0:
+        return
+    click.echo(f"catalogue: {config.data_dir() / 'dam.duckdb'}")
+    _print_status(figures)
+    if queue is not None:
+        click.echo(f"runs: {queue.describe()}")
+        if queue.dead:
             click.echo(
-                "The catalogue is empty: run `dam run` (or `make dev` and the UI).", err=True
+                f"dam: {len(queue.dead)} run(s) in progress have no process any more (killed or "
+                "crashed); the next `dam run`, or the dam_dead_runs sensor of `make dev` within a "
+                "minute, marks them failed",
+                err=True,
             )
+    if figures["files"] == 0:
+        click.echo("The catalogue is empty: run `dam run` (or `make dev` and the UI).", err=True)
+
+
+def _queue():
+    """The run queue of the Dagster home, when there is one (never created by reading)."""
+    from .runs import queue_state, queue_state_from_sqlite
+
+    home = config.dagster_home()
+    if not (home / "dagster.yaml").is_file():
+        return None
+    state = queue_state_from_sqlite(home)
+    if state is None:  # another run storage (PostgreSQL): ask Dagster
+        import dagster as dg
+
+        os.environ["DAGSTER_HOME"] = str(home)
+        with dg.DagsterInstance.get() as instance:
+            state = queue_state(instance)
+    return state
 
 
 @main.command()
@@ -263,11 +302,8 @@ def _print_plan(action: str, quarantine_dir: str | None, plan_format: str) -> No
         )
     if action != "quarantine" and quarantine_dir:
         _fail("DIR is only for --plan quarantine")
-    catalogue = _catalogue()
-    if not catalogue.exists():
-        _fail(f"there is no catalogue at {catalogue.path} yet: run `dam run` first")
     try:
-        plan = plan_from_catalogue(catalogue, action, quarantine_dir)
+        plan = plan_from_catalogue(_catalogue(), action, quarantine_dir)
     except (CatalogueError, ReviewError) as exc:
         _fail(str(exc))
     sys.stdout.flush()
@@ -334,12 +370,7 @@ def serve(host: str | None, port: int | None) -> None:
 
     from .web.app import Settings, create_app
 
-    roots = config.parse_roots(config.env("DAM_LIBRARY_ROOTS"))
-    try:
-        config.check_data_dir_outside_roots(config.data_dir(), roots)
-    except ConfigError as exc:
-        _fail(str(exc))
-    settings = Settings.from_env(host, port)
+    settings = Settings.from_env(host, port)  # (main() refused a data folder inside a root)
     click.echo(
         f"library browser: http://{settings.host}:{settings.port}  "
         f"(catalogue {settings.data_dir / 'dam.duckdb'})",

@@ -93,8 +93,8 @@ def _fail_on_transient(stats: dedup.HashStats, what: str) -> None:
         )
 
 
-def _progress(context: dg.AssetExecutionContext, what: str):
-    return lambda p: context.log.info(p.describe(what) if isinstance(p, Progress) else p)
+def _progress(context: dg.AssetExecutionContext):
+    return lambda p: context.log.info(p.describe() if isinstance(p, Progress) else p)
 
 
 @dg.asset(
@@ -184,10 +184,10 @@ def partial_hashes(
         library.io_threads,
         library.hash_all_sizes,
         library.follow_symlinks,
-        _progress(context, "partial hashes"),
+        _progress(context),
     )
     context.log.info(
-        f"partial hashes: {stats.files_read:,} files read "
+        f"{stats.files_read:,} files read "
         f"({stats.bytes_read / 1e6:,.1f} MB), {stats.reused:,} unchanged, "
         f"{stats.skipped_unique_size:,} skipped for their unique size"
     )
@@ -244,10 +244,10 @@ def full_hashes(
 ) -> dg.MaterializeResult:
     cat = catalogue.catalogue(context.log)
     stats = dedup.update_full_hashes(
-        cat, library.io_threads, library.follow_symlinks, _progress(context, "full hashes")
+        cat, library.io_threads, library.follow_symlinks, _progress(context)
     )
     context.log.info(
-        f"full hashes: {stats.files_read:,} files read "
+        f"{stats.files_read:,} files read "
         f"({stats.bytes_read / 1e6:,.1f} MB), {stats.from_small_file_read:,} "
         f"from the partial read, {stats.reused:,} unchanged"
     )

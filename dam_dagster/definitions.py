@@ -5,8 +5,10 @@
     file_inventory -> thumbnails_slow   (partitions: size buckets at or over it)
 
 `file_inventory` is asked for by `library_sensor` when files change; every later asset has an
-eager automation condition, evaluated by the `dam_automation` sensor. Both sensors are on by
-default. Configuration comes from the environment (.env, .env.local): docs/CONFIGURATION.md.
+eager automation condition, evaluated by the `dam_automation` sensor; `dam_dead_runs` marks
+failed the runs whose process is gone, so the run queue never fills with them. All three
+sensors are on by default. Configuration comes from the environment (.env, .env.local):
+docs/CONFIGURATION.md.
 """
 
 import dagster as dg
@@ -17,7 +19,8 @@ load_env_files()  # .env and .env.local, for every process that loads this code 
 
 from . import dedup_assets, thumbnail_assets  # noqa: E402
 from .resources import CatalogueResource, LibraryResource, RenderResource  # noqa: E402
-from .sensors import automation_sensor, library_sensor  # noqa: E402
+from .sensors import automation_sensor, dead_runs_sensor, library_sensor  # noqa: E402
+from .terminal import dam_terminal  # noqa: E402
 
 defs = dg.Definitions(
     assets=dedup_assets.ASSETS + thumbnail_assets.ASSETS,
@@ -28,7 +31,9 @@ defs = dg.Definitions(
         thumbnail_assets.fast_job,
         thumbnail_assets.slow_job,
     ],
-    sensors=[library_sensor, automation_sensor],
+    sensors=[library_sensor, automation_sensor, dead_runs_sensor],
+    # `dam run` logs with dam_terminal (one line per step); the UI's runs use Dagster's own.
+    loggers={"dam_terminal": dam_terminal},
     # The chain's steps run one after the other anyway, and the render lanes have process
     # pools of their own: a process per step would only add start-up time to every run.
     executor=dg.in_process_executor,

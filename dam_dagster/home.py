@@ -6,6 +6,9 @@ launches one run per partition) and concurrency pools of one for the catalogue w
 for each render lane.
 """
 
+import contextlib
+import fcntl
+import io
 import os
 from pathlib import Path
 
@@ -43,11 +46,64 @@ sensors:
 
 
 def prepare_dagster_home() -> Path:
-    """Create DAGSTER_HOME (and its dagster.yaml when missing); export it; return it."""
+    """Create DAGSTER_HOME and its storages once, under a lock; export it; return it.
+
+    Dagster's SQLite storages create their tables (and stamp their alembic version) the first
+    time an instance opens them, with nothing stopping two processes from doing it at once:
+    two `dam run` started together on an empty data folder left the run database with two
+    alembic heads, after which no run could start. So the first process to get here writes
+    `dagster.yaml`, opens the instance and touches every storage while holding an flock on
+    `.dam-prepare.lock`; the others wait for it and then find everything made. The same is
+    done again, once, after a Dagster upgrade (the version is kept in `.dam-prepared`).
+    """
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
+    marker = home / ".dam-prepared"
+    if _prepared_version(marker) == _dagster_version():
+        return home
+    with open(home / ".dam-prepare.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if _prepared_version(marker) == _dagster_version():
+            return home
+        config = home / "dagster.yaml"
+        if not config.exists():
+            _write_atomically(config, DAGSTER_YAML)
+        # storages made by another Dagster release (or before this marker existed): migrate
+        _create_storages(upgrade=(home / "history" / "runs.db").exists())
+        _write_atomically(marker, _dagster_version() + "\n")
     return home
+
+
+def _dagster_version() -> str:
+    from dagster.version import __version__
+
+    return __version__
+
+
+def _prepared_version(marker: Path) -> str | None:
+    try:
+        return marker.read_text().strip()
+    except OSError:
+        return None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _create_storages(upgrade: bool) -> None:
+    """Open the instance so that each storage creates its tables, and read from each once.
+    After a Dagster upgrade, migrate them (`dagster instance migrate` does the same)."""
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        if upgrade:
+            with contextlib.redirect_stdout(io.StringIO()):  # its progress lines say nothing
+                instance.upgrade(print_fn=lambda *_: None)
+        instance.get_runs(limit=1)
+        instance.get_run_records(limit=1)
+        instance.event_log_storage.get_asset_records()
+        instance.all_instigator_state()

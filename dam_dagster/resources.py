@@ -16,6 +16,7 @@ from .core.config import (
     ConfigError,
     check_data_dir_outside_roots,
     cpu_count,
+    default_render_memory_mb,
     env,
     parse_bool,
     parse_patterns,
@@ -24,6 +25,7 @@ from .core.config import (
 from .core.render import RenderConfig
 from .core.store import Catalogue
 from .core.walk import PathFilter
+from .runs import claim_run
 
 
 def _from_env(fields: dict[str, tuple[str, type]]) -> dict[str, Any]:
@@ -97,6 +99,12 @@ class CatalogueResource(dg.ConfigurableResource):
     def from_env(cls) -> "CatalogueResource":
         return cls(**_from_env(cls.ENV))
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Every run writes the catalogue: tag it with the process executing it, so that a run
+        # whose process is killed can be told from one still working (dam_dagster/runs.py).
+        if context.instance is not None and context.run_id:
+            claim_run(context.instance, context.run_id)
+
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().absolute()
 
@@ -115,7 +123,7 @@ class RenderResource(dg.ConfigurableResource):
     slow_workers: int = 0  # 0: a quarter of the CPU count, at least 1
     fast_timeout_s: int = 120
     slow_timeout_s: int = 600
-    memory_mb: int = 4096
+    memory_mb: int = 0  # 0: derived from the machine's memory (default_render_memory_mb)
     worker_max_files: int = 500
     thumbnail_size: int = 256
     background: str = "transparent"
@@ -146,7 +154,7 @@ class RenderResource(dg.ConfigurableResource):
             background=self.background,
             workers=workers,
             timeout_s=float(self.fast_timeout_s if fast else self.slow_timeout_s),
-            memory_mb=self.memory_mb,
+            memory_mb=self.memory_mb or default_render_memory_mb(workers),
             max_files_per_worker=self.worker_max_files,
             prefer_embedded=self.prefer_embedded,
         )

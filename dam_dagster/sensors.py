@@ -4,7 +4,9 @@
   when any file was added, removed or modified since its last look.
 - `dam_automation` evaluates the eager automation conditions: whatever follows the inventory
   (the dedup chain, the thumbnails) is materialized once its upstream has been updated.
-Both run by default: no toggle needed in the UI.
+- `dam_dead_runs` marks failed the runs whose process is gone (dam_dagster/runs.py), so that a
+  killed run never holds the run queue, and says in each tick how the queue stands.
+All run by default: no toggle needed in the UI.
 """
 
 import dagster as dg
@@ -13,6 +15,7 @@ from .core.config import ConfigError, env
 from .core.walk import RootUnavailable, library_fingerprint, walk_library, walk_threads
 from .dedup_assets import inventory_job
 from .resources import LibraryResource
+from .runs import PID_TAG, mark_dead_runs_failed, queue_state
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "dam_automation",
@@ -52,3 +55,23 @@ def library_sensor(context: dg.SensorEvaluationContext, library: LibraryResource
         run_requests=[dg.RunRequest(run_key=fingerprint)],
         cursor=fingerprint,
     )
+
+
+@dg.sensor(
+    name="dam_dead_runs",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="Marks failed the runs left in progress by a process that is gone (killed, "
+    "crashed), which would otherwise hold places in the run queue for ever, and says how the "
+    "queue stands.",
+)
+def dead_runs_sensor(context: dg.SensorEvaluationContext):
+    marked = mark_dead_runs_failed(context.instance)
+    for run in marked:
+        context.log.warning(
+            f"run {run.run_id} ({run.job_name}) was in progress with no process left "
+            f"(pid {run.tags.get(PID_TAG)}): marked failed"
+        )
+    state = queue_state(context.instance)
+    done = f"marked {len(marked)} run(s) failed whose process was gone; " if marked else ""
+    return dg.SkipReason(f"{done}{state.describe()}")

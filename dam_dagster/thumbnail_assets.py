@@ -46,8 +46,8 @@ slow_partitions = dg.StaticPartitionsDefinition([k for k, b in BUCKETS.items() i
 class _Progress:
     """done / total, rate and time left in the run log, every 15 s on long partitions."""
 
-    def __init__(self, log, what: str, total: int, every_s: float = 15.0):
-        self.log, self.what, self.total, self.every_s = log, what, total, every_s
+    def __init__(self, log, total: int, every_s: float = 15.0):
+        self.log, self.total, self.every_s = log, total, every_s
         self.done = 0
         self.started = self.last = time.monotonic()
 
@@ -58,8 +58,7 @@ class _Progress:
             rate = self.done / (now - self.started)
             left = (self.total - self.done) / rate if rate else 0
             self.log.info(
-                f"{self.what}: {self.done:,}/{self.total:,} files, {rate:.1f}/s, "
-                f"about {left:,.0f} s left"
+                f"{self.done:,}/{self.total:,} files, {rate:.1f}/s, about {left:,.0f} s left"
             )
             self.last = now
 
@@ -88,11 +87,10 @@ def render_partition(
     config = renderer.config(lane)
     cat = catalogue.catalogue(context.log)
     plan = plan_bucket(cat, bucket, config.size, config.background)
-    what = f"thumbnails {bucket.key}"
     if plan.in_bucket == 0:
         # Nothing in this size bucket: an observation, not a materialization, so the partition
         # does not show green beside the partitions that hold models.
-        context.log.info(f"{what}: no files of this size in the library: nothing to render")
+        context.log.info("no files of this size in the library: nothing to render")
         context.log_event(
             dg.AssetObservation(
                 asset_key=context.asset_key,
@@ -104,27 +102,27 @@ def render_partition(
     if plan.settings_changed:  # PNGs are keyed by content: redo those made with old settings
         config = dataclasses.replace(config, overwrite=True)
     context.log.info(
-        f"{what}: {plan.in_bucket:,} files in the bucket, {len(plan.tasks):,} to render "
+        f"{plan.in_bucket:,} files in the bucket, {len(plan.tasks):,} to render "
         f"({plan.retries} retries, {plan.missing_png} lost PNGs), {plan.up_to_date:,} up to "
         f"date; {config.workers} workers, {config.timeout_s:.0f} s timeout"
     )
     writer = OutcomeWriter(cat, bucket, plan, config.size, config.background)
     writer.add_unsupported()
-    progress = _Progress(context.log, what, len(plan.tasks))
+    progress = _Progress(context.log, len(plan.tasks))
 
     def on_outcome(outcome) -> None:
         writer.add(outcome)
         progress.tick(outcome)
 
     started = time.monotonic()
-    outcomes = render_files(plan.tasks, cat.thumbs_dir, config, on_outcome=on_outcome)
+    render_files(plan.tasks, cat.thumbs_dir, config, on_outcome=on_outcome)
     writer.flush()
-    stats = lane_stats(outcomes, plan, cat.thumbs_dir, time.monotonic() - started)
+    stats = lane_stats(writer.settled, plan, cat.thumbs_dir, time.monotonic() - started)
     state = bucket_state(cat, bucket)
     context.log.info(
-        f"{what} this run: {stats.by_source.get('render', 0)} rendered, "
+        f"this run: {stats.by_source.get('render', 0)} rendered, "
         f"{stats.by_source.get('cache', 0)} reused, {thumbnail_summary(stats.by_status)}, "
-        f"{stats.rate:.1f} files/s. The partition now: {thumbnail_summary(state.by_status)}, "
+        f"{stats.rate:.1f} files/s; the partition now: {thumbnail_summary(state.by_status)}, "
         f"{state.not_rendered} not rendered"
     )
     table = table_metadata(cat, "thumbnails")
@@ -161,7 +159,7 @@ def render_partition(
         metadata["contact sheet"] = dg.MetadataValue.md(f"![thumbnails just made]({sheet})")
     if stats.transient_failures:
         raise dg.Failure(
-            description=f"{what}: {stats.transient_failures} file(s) failed for a reason that "
+            description=f"{stats.transient_failures} file(s) failed for a reason that "
             "may pass (timeout, memory cap, crashed worker, I/O error). Everything "
             "else is recorded; a backfill of failed partitions (UI, or `dam "
             "backfill-failed`) renders exactly those again.",

@@ -28,7 +28,7 @@ def test_run_status_and_duplicates(hard_library, tmp_path):
     env = {"DAM_LIBRARY_ROOTS": str(hard_library), "DAM_DATA_DIR": str(tmp_path / "data")}
     run = dam("run", env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "partial hashes" in run.stderr  # progress on the terminal
+    assert "partial_hashes: first 4 KiB:" in run.stderr  # progress on the terminal
     assert "duplicate groups" in run.stdout  # and a summary
 
     expected = brute_force_groups(hard_library)

@@ -425,7 +425,11 @@ def test_without_egl_models_fail_transiently_and_images_still_work(corpus, tmp_p
     assert (outcomes[1].status, outcomes[1].source) == ("ok", "image")
 
 
-def test_unreadable_paths_are_transient_failures(tmp_path):
+def test_paths_that_cannot_be_read_fail_like_they_do_for_hashing(tmp_path):
+    """One rule (core/failures.py): a vanished file or a folder where a file was is about the
+    file (permanent, kept until it changes), as hashing says too."""
+    from dam_dagster.core import hashing
+
     (tmp_path / "folder.stl").mkdir()
     paths = [tmp_path / "missing.stl", tmp_path / "folder.stl"]
     outcomes = render_files(
@@ -433,8 +437,10 @@ def test_unreadable_paths_are_transient_failures(tmp_path):
         tmp_path / "thumbs",
         RenderConfig(workers=1),
     )
-    assert [(o.status, o.transient) for o in outcomes] == [("failed", True), ("failed", True)]
+    assert [(o.status, o.transient) for o in outcomes] == [("failed", False), ("failed", False)]
     assert outcomes[0].error_class == "FileNotFoundError"
+    hashed = [hashing.hash_full(hashing.HashJob(i, str(p), 0, 0)) for i, p in enumerate(paths)]
+    assert [h.transient for h in hashed] == [o.transient for o in outcomes]
 
 
 def test_workers_are_recycled_and_every_task_gets_one_outcome(tmp_path):

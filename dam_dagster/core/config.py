@@ -39,7 +39,12 @@ SETTINGS: tuple[EnvSetting, ...] = (
     EnvSetting("DAM_SLOW_TIMEOUT_S", "600", "Per-file render timeout in the slow lane."),
     EnvSetting("DAM_THUMBNAIL_SIZE", "256", "Thumbnail width and height in pixels."),
     EnvSetting("DAM_THUMBNAIL_BACKGROUND", "transparent", "'transparent' or a colour (#rrggbb)."),
-    EnvSetting("DAM_RENDER_MEMORY_MB", "4096", "Address-space cap per render process."),
+    EnvSetting(
+        "DAM_RENDER_MEMORY_MB",
+        "",
+        "Memory cap per render process (default: a quarter of the machine's memory per lane, "
+        "shared by its processes, 512-4096).",
+    ),
     EnvSetting("DAM_WORKER_MAX_FILES", "500", "A render process is recycled after this many."),
     EnvSetting(
         "DAM_PREFER_EMBEDDED", "1", "1 to use a 3MF's embedded preview instead of rendering."
@@ -151,6 +156,30 @@ def dagster_home() -> Path:
     """DAGSTER_HOME if set, else `$DAM_DATA_DIR/dagster_home`."""
     explicit = os.environ.get("DAGSTER_HOME", "").strip()
     return Path(os.path.abspath(explicit)) if explicit else data_dir() / "dagster_home"
+
+
+def physical_memory_mb() -> int:
+    """The memory this process may use: the machine's, or its container's (cgroup) if less."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total >> 20
+
+
+def default_render_memory_mb(workers: int, memory_mb: int | None = None) -> int:
+    """The memory cap of one render process when DAM_RENDER_MEMORY_MB is not set.
+
+    Both lanes may run at once, so each lane gets a quarter of the machine's memory (half of
+    it for rendering in all), split evenly between its processes, and each process between
+    512 MB and 4 GB: 4 GB on a 24 GB machine with 2 workers, 512 MB per fast-lane worker and
+    2 GB for the slow lane's one on an 8 GB NAS with 4 CPUs."""
+    total = physical_memory_mb() if memory_mb is None else memory_mb
+    return max(512, min(4096, total // 4 // max(1, workers)))
 
 
 def cpu_count() -> int:

@@ -40,7 +40,7 @@ def _fs_path(path: str, raw_path: bytes | None) -> str:
 
 
 def _jobs(rows) -> list[HashJob]:
-    return [HashJob(r[0], _fs_path(r[1], r[2]), r[3], r[4]) for r in rows]
+    return [HashJob(r[0], _fs_path(r[1], r[2]), r[3], r[4], r[5]) for r in rows]
 
 
 @dataclass
@@ -66,12 +66,16 @@ def _outcome_table(outcomes: list[HashOutcome], now: datetime) -> pa.Table:
             "file_id": pa.array([o.file_id for o in outcomes], pa.int64()),
             "size_bytes": pa.array([o.size_bytes for o in outcomes], pa.int64()),
             "mtime_ns": pa.array([o.mtime_ns for o in outcomes], pa.int64()),
+            "ctime_ns": pa.array([o.ctime_ns for o in outcomes], pa.int64()),
             "prefix_hash": pa.array([o.prefix_hash for o in outcomes], pa.string()),
             "partial_hash": pa.array([o.partial_hash for o in outcomes], pa.string()),
             "full_hash": pa.array([o.full_hash for o in outcomes], pa.string()),
             "hashed_at": pa.array([now] * len(outcomes), pa.timestamp("us")),
             "error_class": pa.array([o.error_class for o in outcomes], pa.string()),
             "error_message": pa.array([o.error_message for o in outcomes], pa.string()),
+            "transient": pa.array(
+                [o.transient if not o.ok else None for o in outcomes], pa.bool_()
+            ),
         }
     )
 
@@ -91,10 +95,15 @@ def _tally(
             stats.failures.append((paths[o.file_id], o.error_class or "", o.error_message or ""))
 
 
+# A hashing error about the file itself (core/failures.py): kept until the file changes.
+# Transient ones (and rows from before v3, transient NULL) are read again on every run.
+PERMANENT_ERROR = "(error_class IS NOT NULL AND transient IS FALSE)"
+
+
 # --- stages 0, 1a and 1b -------------------------------------------------------------------
 _ELIGIBLE = """
     CREATE OR REPLACE TEMP TABLE eligible AS
-    SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.root
+    SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns, f.root
     FROM present_files f
     WHERE f.size_bytes > 0 AND ($all OR f.size_bytes IN (
         SELECT size_bytes FROM present_files WHERE size_bytes > 0
@@ -106,7 +115,7 @@ def _write_partial_rows(catalogue: Catalogue, outcomes: list[HashOutcome]) -> No
     if outcomes:
         with catalogue.connect() as con:
             con.register("outcomes", _outcome_table(outcomes, _now()))
-            con.execute("INSERT OR REPLACE INTO partial_hashes SELECT * FROM outcomes")
+            con.execute("INSERT OR REPLACE INTO partial_hashes BY NAME SELECT * FROM outcomes")
 
 
 def prefix_threads(roots: list[str], io_threads: int) -> int:
@@ -141,10 +150,12 @@ def update_partial_hashes(
         prefix_rows = (
             []
             if hash_all_sizes
-            else con.execute("""
-            SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns FROM eligible e
+            else con.execute(f"""
+            SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns, e.ctime_ns
+            FROM eligible e
             WHERE e.file_id NOT IN (
-                SELECT file_id FROM current_partial_hashes WHERE prefix_hash IS NOT NULL)
+                SELECT file_id FROM current_partial_hashes
+                WHERE prefix_hash IS NOT NULL OR {PERMANENT_ERROR})
             ORDER BY e.path
         """).fetchall()
         )
@@ -154,6 +165,7 @@ def update_partial_hashes(
         lambda j: hash_prefix(j, follow_symlinks),
         prefix_threads(roots, io_threads),
         on_progress,
+        stage="first 4 KiB",
     )  # stage 1a
     _tally(stats, outcomes, {r[0]: r[1] for r in prefix_rows}, prefix=True)
     _write_partial_rows(catalogue, outcomes)
@@ -167,16 +179,22 @@ def update_partial_hashes(
             shared AS (
                 SELECT size_bytes, prefix_hash FROM cur WHERE prefix_hash IS NOT NULL
                 GROUP BY size_bytes, prefix_hash HAVING count(*) > 1)
-            SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns
+            SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns, e.ctime_ns
             FROM eligible e LEFT JOIN cur USING (file_id)
-            WHERE cur.partial_hash IS NULL AND ($all OR (cur.size_bytes, cur.prefix_hash) IN (
+            WHERE cur.partial_hash IS NULL
+              AND (cur.error_class IS NULL OR cur.transient IS NOT FALSE)
+              AND ($all OR (cur.size_bytes, cur.prefix_hash) IN (
                 SELECT (size_bytes, prefix_hash) FROM shared))
             ORDER BY e.path
         """,
             args,
         ).fetchall()
     outcomes = hash_many(
-        _jobs(partial_rows), lambda j: hash_partial(j, follow_symlinks), io_threads, on_progress
+        _jobs(partial_rows),
+        lambda j: hash_partial(j, follow_symlinks),
+        io_threads,
+        on_progress,
+        stage="first and last 64 KiB",
     )  # stage 1b
     _tally(stats, outcomes, {r[0]: r[1] for r in partial_rows})
     _write_partial_rows(catalogue, outcomes)
@@ -232,34 +250,37 @@ def update_full_hashes(
         # Small files were read whole by stage 1: their full hash is already known.
         stats.from_small_file_read = con.execute(
             """
-            INSERT OR REPLACE INTO full_hashes
-            SELECT p.file_id, p.size_bytes, p.mtime_ns, p.full_hash, 'small_file', $now,
-                   NULL, NULL
+            INSERT OR REPLACE INTO full_hashes BY NAME
+            SELECT p.file_id, p.size_bytes, p.mtime_ns, p.ctime_ns, p.full_hash,
+                   'small_file' AS source, $now AS hashed_at
             FROM collision_candidates c JOIN current_partial_hashes p USING (file_id)
             WHERE p.full_hash IS NOT NULL AND c.file_id NOT IN (
                 SELECT file_id FROM current_full_hashes WHERE full_hash IS NOT NULL)
         """,
             {"now": _now()},
         ).fetchone()[0]
-        rows = con.execute("""
-            SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns
+        rows = con.execute(f"""
+            SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns
             FROM collision_candidates c JOIN present_files f USING (file_id)
             WHERE c.file_id NOT IN (
-                SELECT file_id FROM current_full_hashes WHERE full_hash IS NOT NULL)
+                SELECT file_id FROM current_full_hashes
+                WHERE full_hash IS NOT NULL OR {PERMANENT_ERROR})
             ORDER BY f.path
         """).fetchall()
     stats.reused = stats.eligible - len(rows) - stats.from_small_file_read
     jobs = _jobs(rows)
-    outcomes = hash_many(jobs, lambda j: hash_full(j, follow_symlinks), io_threads, on_progress)
+    outcomes = hash_many(
+        jobs, lambda j: hash_full(j, follow_symlinks), io_threads, on_progress, stage="whole files"
+    )
     _tally(stats, outcomes, {r[0]: r[1] for r in rows})
     if outcomes:
         table = _outcome_table(outcomes, _now())
         with catalogue.connect() as con:
             con.register("outcomes", table)
             con.execute("""
-                INSERT OR REPLACE INTO full_hashes
-                SELECT file_id, size_bytes, mtime_ns, full_hash, 'full_read', hashed_at,
-                       error_class, error_message
+                INSERT OR REPLACE INTO full_hashes BY NAME
+                SELECT file_id, size_bytes, mtime_ns, ctime_ns, full_hash,
+                       'full_read' AS source, hashed_at, error_class, error_message, transient
                 FROM outcomes
             """)
     stats.seconds = (datetime.now() - t0).total_seconds()

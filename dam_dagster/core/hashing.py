@@ -22,7 +22,6 @@ error outcome instead of a hash.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
@@ -31,22 +30,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
+from .failures import describe_os_error, os_error_is_transient
+
 PREFIX_BYTES = 4 * 1024
 HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 64 * 1024
 SMALL_FILE_MAX = HEAD_BYTES + TAIL_BYTES
 CHUNK_BYTES = 1024 * 1024
-
-# OSErrors that say something about the file, not about the storage: not worth failing a run.
-_PERMANENT_ERRNOS = {
-    errno.ENOENT,
-    errno.EACCES,
-    errno.EPERM,
-    errno.ELOOP,
-    errno.EISDIR,
-    errno.ENOTDIR,
-    errno.ENAMETOOLONG,
-}
 
 
 @dataclass(frozen=True)
@@ -55,6 +45,7 @@ class HashJob:
     path: str  # filesystem path (surrogate escapes allowed)
     size_bytes: int  # as the inventory saw it
     mtime_ns: int
+    ctime_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +53,7 @@ class HashOutcome:
     file_id: int
     size_bytes: int  # the state that was actually read (may differ from the job's)
     mtime_ns: int
+    ctime_ns: int | None
     prefix_hash: str | None = None
     partial_hash: str | None = None
     full_hash: str | None = None
@@ -118,7 +110,9 @@ def _checked_stat(fd: int) -> os.stat_result:
 
 
 def _same_state(a: os.stat_result, b: os.stat_result) -> bool:
-    return a.st_size == b.st_size and a.st_mtime_ns == b.st_mtime_ns
+    return (
+        a.st_size == b.st_size and a.st_mtime_ns == b.st_mtime_ns and a.st_ctime_ns == b.st_ctime_ns
+    )
 
 
 def partial_hash_of(head: bytes, tail: bytes, size: int) -> str:
@@ -149,6 +143,7 @@ def hash_prefix(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
             job.file_id,
             size,
             st.st_mtime_ns,
+            st.st_ctime_ns,
             prefix_hash=_md5(data),
             partial_hash=partial_hash_of(data, b"", size) if small else None,
             full_hash=_md5(data) if small else None,
@@ -185,6 +180,7 @@ def hash_partial(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
             job.file_id,
             size,
             st.st_mtime_ns,
+            st.st_ctime_ns,
             prefix_hash=_md5(head[:PREFIX_BYTES]),
             partial_hash=partial_hash_of(head, tail, size),
             full_hash=full,
@@ -219,7 +215,12 @@ def hash_full(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
         if read != st.st_size or not _same_state(st, os.fstat(fd)):
             raise ChangedDuringRead("the file changed while it was read")
         return HashOutcome(
-            job.file_id, st.st_size, st.st_mtime_ns, full_hash=digest.hexdigest(), bytes_read=read
+            job.file_id,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            full_hash=digest.hexdigest(),
+            bytes_read=read,
         )
     except (OSError, ChangedDuringRead, NotARegularFile) as exc:
         return _failure(job, exc)
@@ -229,8 +230,8 @@ def hash_full(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
 
 def _failure(job: HashJob, exc: BaseException) -> HashOutcome:
     if isinstance(exc, OSError):
-        transient = exc.errno not in _PERMANENT_ERRNOS
-        message = f"{exc.strerror or exc}" + (f" (errno {exc.errno})" if exc.errno else "")
+        transient = os_error_is_transient(exc)
+        message = describe_os_error(exc)
     else:
         transient = False
         message = str(exc)
@@ -238,6 +239,7 @@ def _failure(job: HashJob, exc: BaseException) -> HashOutcome:
         job.file_id,
         job.size_bytes,
         job.mtime_ns,
+        job.ctime_ns,
         error_class=type(exc).__name__,
         error_message=message,
         transient=transient,
@@ -250,18 +252,20 @@ class Progress:
     total: int
     bytes_read: int
     elapsed_s: float
+    stage: str = ""  # what is being read, e.g. "first 4 KiB"
 
     @property
     def rate_mb_s(self) -> float:
         return self.bytes_read / 1e6 / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def describe(self, what: str) -> str:
+    def describe(self, what: str = "") -> str:
         eta = ""
         if 0 < self.done < self.total and self.elapsed_s > 0:
             left = (self.total - self.done) * self.elapsed_s / self.done
             eta = f", about {left:.0f} s left"
         return (
-            f"{what}: {self.done:,}/{self.total:,} files, {self.bytes_read / 1e6:,.1f} MB "
+            f"{what or self.stage or 'read'}: {self.done:,}/{self.total:,} files, "
+            f"{self.bytes_read / 1e6:,.1f} MB "
             f"read at {self.rate_mb_s:,.1f} MB/s{eta}"
         )
 
@@ -272,6 +276,7 @@ def hash_many(
     threads: int,
     on_progress: Callable[[Progress], None] | None = None,
     progress_every_s: float = 5.0,
+    stage: str = "",
 ) -> list[HashOutcome]:
     """Run `fn` over the jobs with a bounded pool of threads (shares are latency-bound).
 
@@ -294,9 +299,9 @@ def hash_many(
                 read += outcome.bytes_read
             now = time.monotonic()
             if on_progress is not None and now - last >= progress_every_s:
-                on_progress(Progress(len(outcomes), len(jobs), read, now - started))
+                on_progress(Progress(len(outcomes), len(jobs), read, now - started, stage))
                 last = now
     if on_progress is not None:
-        on_progress(Progress(len(outcomes), len(jobs), read, time.monotonic() - started))
+        on_progress(Progress(len(outcomes), len(jobs), read, time.monotonic() - started, stage))
     outcomes.sort(key=lambda o: o.file_id)
     return outcomes

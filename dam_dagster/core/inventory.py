@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .store import Catalogue
+from .store import STATE_TABLES, Catalogue
 from .walk import PathFilter, WalkResult, display_path, has_undecodable, walk_library, walk_threads
 
 
@@ -67,7 +67,40 @@ def _walk_table(walk: WalkResult) -> pa.Table:
             "extension": pa.array([_extension(p) for p in paths], pa.string()),
             "size_bytes": pa.array([f.size_bytes for f in files], pa.int64()),
             "mtime_ns": pa.array([f.mtime_ns for f in files], pa.int64()),
+            "ctime_ns": pa.array([f.ctime_ns for f in files], pa.int64()),
         }
+    )
+
+
+# One file, in the catalogue (f) and in the walk (w): the exact path bytes. `path` alone is the
+# form shown to people, which two names can share (a raw 0xFF byte, and a backslash + "xff").
+SAME_FILE = "f.path = w.path AND f.raw_path IS NOT DISTINCT FROM w.raw_path"
+
+
+def _adopt_ctimes(con) -> None:
+    """Rows from before ctime was part of a file's state (schema v3) have it NULL. The first
+    walk after the upgrade records what it sees, for the inventory and for every row made from
+    the same (size, mtime), so an upgrade re-reads nothing."""
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE adopt AS
+        SELECT f.file_id, w.size_bytes, w.mtime_ns, w.ctime_ns
+        FROM file_inventory f JOIN w ON {SAME_FILE}
+        WHERE f.ctime_ns IS NULL AND f.size_bytes = w.size_bytes AND f.mtime_ns = w.mtime_ns
+        """
+    )
+    if not con.execute("SELECT count(*) FROM adopt").fetchone()[0]:
+        return
+    for table in STATE_TABLES:
+        con.execute(
+            f"""
+            UPDATE {table} t SET ctime_ns = a.ctime_ns FROM adopt a
+            WHERE t.file_id = a.file_id AND t.ctime_ns IS NULL
+              AND t.size_bytes = a.size_bytes AND t.mtime_ns = a.mtime_ns
+            """
+        )
+    con.execute(
+        "UPDATE file_inventory f SET ctime_ns = a.ctime_ns FROM adopt a WHERE f.file_id = a.file_id"
     )
 
 
@@ -112,37 +145,41 @@ def update_inventory(
         con.register("issues", issues)
         con.execute("CREATE TEMP TABLE w AS SELECT * FROM walked")
         new_files = con.execute(
-            """
-            INSERT INTO file_inventory
-            SELECT nextval('file_id_seq'), w.path, w.raw_path, w.root, w.rel_path, w.extension,
-                   w.size_bytes, w.mtime_ns, true, $now, $now, NULL
-            FROM w ANTI JOIN file_inventory f USING (path)
-            ORDER BY w.path
+            f"""
+            INSERT INTO file_inventory BY NAME
+            SELECT nextval('file_id_seq') AS file_id, w.path, w.raw_path, w.root, w.rel_path,
+                   w.extension, w.size_bytes, w.mtime_ns, w.ctime_ns, true AS present,
+                   $now AS first_seen_at, $now AS changed_at, NULL AS gone_at
+            FROM w ANTI JOIN file_inventory f ON {SAME_FILE}
+            ORDER BY w.path, w.raw_path
             """,
             {"now": now},
         ).fetchone()[0]
-        changed_files = con.execute(
-            """
-            UPDATE file_inventory f
-            SET size_bytes = w.size_bytes, mtime_ns = w.mtime_ns, present = true,
-                changed_at = $now, gone_at = NULL, root = w.root, rel_path = w.rel_path
-            FROM w
-            WHERE f.path = w.path AND (f.size_bytes <> w.size_bytes OR f.mtime_ns <> w.mtime_ns)
-            """,
-            {"now": now},
-        ).fetchone()[0]
+        _adopt_ctimes(con)
         returned_files = con.execute(
-            """
+            f"""
             UPDATE file_inventory f
             SET present = true, gone_at = NULL, root = w.root, rel_path = w.rel_path
-            FROM w WHERE f.path = w.path AND NOT f.present
+            FROM w WHERE {SAME_FILE} AND NOT f.present
             """
         ).fetchone()[0]
+        changed_files = con.execute(
+            f"""
+            UPDATE file_inventory f
+            SET size_bytes = w.size_bytes, mtime_ns = w.mtime_ns, ctime_ns = w.ctime_ns,
+                present = true, changed_at = $now, gone_at = NULL, root = w.root,
+                rel_path = w.rel_path
+            FROM w
+            WHERE {SAME_FILE} AND (f.size_bytes <> w.size_bytes OR f.mtime_ns <> w.mtime_ns
+                                   OR f.ctime_ns <> w.ctime_ns)
+            """,
+            {"now": now},
+        ).fetchone()[0]
         gone_files = con.execute(
-            """
+            f"""
             UPDATE file_inventory f SET present = false, gone_at = $now
             WHERE f.present
-              AND NOT EXISTS (SELECT 1 FROM w WHERE w.path = f.path)
+              AND NOT EXISTS (SELECT 1 FROM w WHERE {SAME_FILE})
               AND NOT EXISTS (SELECT 1 FROM unlisted u
                               WHERE f.path = u.prefix OR starts_with(f.path, u.prefix || '/'))
             """,

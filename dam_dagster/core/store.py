@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import threading
@@ -38,6 +39,10 @@ class CatalogueError(RuntimeError):
 
 class CatalogueBusy(CatalogueError):
     """The lock could not be had within the timeout."""
+
+
+class CatalogueMissing(CatalogueError):
+    """A read of a catalogue that does not exist (reading never creates one)."""
 
 
 # --- schema -------------------------------------------------------------------------------
@@ -152,9 +157,46 @@ MIGRATIONS: dict[int, str] = {
         rendered_at       TIMESTAMP NOT NULL
     );
     """,
-    # Version 3 is issue 8's (file identity by path bytes); this placeholder only keeps the
-    # numbering whole on this branch and is replaced by the real migration at the merge.
-    3: "SELECT 1;",
+    3: """
+    -- A file's identity is its exact path bytes: `path` is the form shown to people (bytes that
+    -- are not UTF-8 as \\xNN), `raw_path` the exact bytes when that form is not exact. Two
+    -- names that display alike (a raw 0xFF byte, and a name spelt with a backslash and 'xff')
+    -- are two files, so `path` is no longer UNIQUE: the identity is (path, raw_path).
+    -- A file's state gains its inode change time: content rewritten with the same size and
+    -- mtime (a blind spot of size + mtime) still moves ctime. NULL until the first walk
+    -- after this migration, which adopts the ctime it sees without re-reading anything.
+    CREATE TABLE file_inventory_v3 (
+        file_id       BIGINT PRIMARY KEY,
+        path          VARCHAR NOT NULL,         -- absolute, for people: non-UTF-8 bytes as \\xNN
+        raw_path      BLOB,                     -- the exact path bytes when `path` is not exact
+        root          VARCHAR NOT NULL,
+        rel_path      VARCHAR NOT NULL,
+        extension     VARCHAR NOT NULL,         -- lower case, with the dot; '' when none
+        size_bytes    BIGINT NOT NULL,
+        mtime_ns      BIGINT NOT NULL,
+        ctime_ns      BIGINT,                   -- inode change time (NULL: not seen since v3)
+        present       BOOLEAN NOT NULL,
+        first_seen_at TIMESTAMP NOT NULL,
+        changed_at    TIMESTAMP NOT NULL,       -- first seen, or last seen in a new state
+        gone_at       TIMESTAMP
+    );
+    INSERT INTO file_inventory_v3
+        SELECT file_id, path, raw_path, root, rel_path, extension, size_bytes, mtime_ns, NULL,
+               present, first_seen_at, changed_at, gone_at
+        FROM file_inventory;
+    DROP TABLE file_inventory;
+    ALTER TABLE file_inventory_v3 RENAME TO file_inventory;
+
+    -- Rows keyed by a file state carry its ctime too; `transient` says whether a hashing
+    -- error may pass (retried every run) or is about the file (kept until it changes).
+    ALTER TABLE partial_hashes ADD COLUMN ctime_ns BIGINT;
+    ALTER TABLE partial_hashes ADD COLUMN transient BOOLEAN;
+    ALTER TABLE full_hashes ADD COLUMN ctime_ns BIGINT;
+    ALTER TABLE full_hashes ADD COLUMN transient BOOLEAN;
+    ALTER TABLE thumbnails ADD COLUMN ctime_ns BIGINT;
+    -- How many times in a row this file state was killed at the memory cap.
+    ALTER TABLE thumbnails ADD COLUMN memory_kills INTEGER;
+    """,
     4: """
     -- The library browser's duplicate review: which copy of a group a person keeps. A group is
     -- its content (size_bytes, full_hash); the choice is recorded here, never acted on in the
@@ -172,27 +214,35 @@ MIGRATIONS: dict[int, str] = {
     """,
 }
 
+# Tables whose rows belong to one state of a file (size_bytes, mtime_ns, ctime_ns): a row is
+# current while the inventory shows that state (the current_* views).
+STATE_TABLES: tuple[str, ...] = ("partial_hashes", "full_hashes", "thumbnails")
+
 # Views, re-created on every open so they always match the code and the data folder.
 # {thumbs_dir} is the absolute thumbnails folder (thumbnail_path is absolute).
 _VIEWS = """
 CREATE OR REPLACE VIEW present_files AS
     SELECT * FROM file_inventory WHERE present;
 
--- Hashes that still describe the file as it is now (same size and mtime as the inventory).
+-- Rows that still describe the file as it is now: made from the state (size, mtime, ctime)
+-- the inventory shows.
 CREATE OR REPLACE VIEW current_partial_hashes AS
     SELECT h.* FROM partial_hashes h
     JOIN file_inventory f USING (file_id)
-    WHERE f.present AND h.size_bytes = f.size_bytes AND h.mtime_ns = f.mtime_ns;
+    WHERE f.present AND h.size_bytes = f.size_bytes AND h.mtime_ns = f.mtime_ns
+      AND h.ctime_ns IS NOT DISTINCT FROM f.ctime_ns;
 
 CREATE OR REPLACE VIEW current_full_hashes AS
     SELECT h.* FROM full_hashes h
     JOIN file_inventory f USING (file_id)
-    WHERE f.present AND h.size_bytes = f.size_bytes AND h.mtime_ns = f.mtime_ns;
+    WHERE f.present AND h.size_bytes = f.size_bytes AND h.mtime_ns = f.mtime_ns
+      AND h.ctime_ns IS NOT DISTINCT FROM f.ctime_ns;
 
 CREATE OR REPLACE VIEW current_thumbnails AS
     SELECT t.* FROM thumbnails t
     JOIN file_inventory f USING (file_id)
-    WHERE f.present AND t.size_bytes = f.size_bytes AND t.mtime_ns = f.mtime_ns;
+    WHERE f.present AND t.size_bytes = f.size_bytes AND t.mtime_ns = f.mtime_ns
+      AND t.ctime_ns IS NOT DISTINCT FROM f.ctime_ns;
 
 CREATE OR REPLACE VIEW empty_files AS
     SELECT file_id AS id, path FROM file_inventory WHERE present AND size_bytes = 0;
@@ -255,11 +305,41 @@ def _view_sql(thumbs_dir: Path) -> str:
 
 
 # --- the lock -----------------------------------------------------------------------------
+class _Waiting:
+    """Says "waiting for the catalogue" at most once every `every_s` for one Catalogue, however
+    many short waits its transactions have: a run that waits a minute prints two lines, not one
+    per retry."""
+
+    def __init__(self, on_wait: Callable[[str], None] | None, every_s: float = 30.0):
+        self.on_wait, self.every_s = on_wait, every_s
+        self.last: float | None = None
+        self.since: float | None = None  # start of the current wait
+
+    def begin(self) -> None:
+        self.since = None
+
+    def note(self, why: str) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if self.on_wait is None or (self.last is not None and now - self.last < self.every_s):
+            return
+        self.last = now
+        waited = now - self.since
+        lead = (
+            "waiting for the catalogue"
+            if waited < 1
+            else f"waiting {waited:.0f} s for the catalogue"
+        )
+        self.on_wait(f"{lead}: {why}")
+
+
 class _FileLock:
     """An exclusive flock on a file beside the database; waits with retries and a deadline.
 
     flock is per open file description, so two threads of one process exclude each other as
-    two processes do. The holder writes who it is into the file for the waiters' messages.
+    two processes do. The holder writes who it is into the file for the waiters' messages
+    (best effort: on a full disk that note is skipped, and the lock works all the same).
     """
 
     def __init__(self, path: Path):
@@ -275,10 +355,9 @@ class _FileLock:
             return "another process"
         return f"pid {info.get('pid')} ({info.get('what', '?')}, since {info.get('since', '?')})"
 
-    def acquire(self, timeout_s: float, on_wait: Callable[[str], None] | None, what: str) -> None:
+    def acquire(self, timeout_s: float, waiting: _Waiting, what: str) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         deadline = time.monotonic() + timeout_s
-        waited = False
         delay = 0.02
         while True:
             try:
@@ -296,14 +375,13 @@ class _FileLock:
                     f"more than {timeout_s:.0f} s. Wait for that run to finish, or raise "
                     "DAM_LOCK_TIMEOUT_S."
                 )
-            if not waited and on_wait is not None:
-                on_wait(f"waiting for the catalogue: {self.holder()} is writing")
-            waited = True
+            waiting.note(f"{self.holder()} is writing")
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
-        os.ftruncate(fd, 0)
         stamp = {"pid": os.getpid(), "what": what, "since": time.strftime("%H:%M:%S")}
-        os.pwrite(fd, json.dumps(stamp).encode(), 0)
+        with contextlib.suppress(OSError):  # ENOSPC, EDQUOT: the note is only for waiters
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(stamp).encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
@@ -336,6 +414,7 @@ class Catalogue:
         self.lock_timeout_s = lock_timeout_s
         self.on_wait = on_wait
         self.who = who or f"dam pid {os.getpid()}"
+        self._waiting = _Waiting(on_wait)
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -344,20 +423,32 @@ class Catalogue:
     def connect(self, write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection for one short transaction, under the lock. Commits on success.
 
-        With write=False the transaction is rolled back at the end (nothing is written).
+        With write=False nothing is written: a catalogue that does not exist is an error
+        (CatalogueMissing), never created, and the file is opened read-only (temporary tables
+        still work), so reading works on a full disk.
         """
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not write and not self.path.exists():
+            raise CatalogueMissing(
+                f"there is no catalogue at {self.path}: run `dam run` (or `make dev`) to make "
+                "one, or check DAM_DATA_DIR"
+            )
+        if write:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        waiting = self._waiting
+        waiting.on_wait = self.on_wait
+        waiting.begin()
         lock = _FileLock(self.lock_path)
-        lock.acquire(self.lock_timeout_s, self.on_wait, self.who)
+        lock.acquire(self.lock_timeout_s, waiting, self.who)
         try:
-            con = self._open_with_retry(lock)
+            con = self._open(write, waiting)
             try:
-                self._ensure_schema(con)
                 con.execute("BEGIN TRANSACTION")
                 try:
                     yield con
                 except BaseException:
-                    con.execute("ROLLBACK")
+                    # DuckDB may have rolled back already (a failed write): keep the cause
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("ROLLBACK")
                     raise
                 con.execute("COMMIT" if write else "ROLLBACK")
             finally:
@@ -375,7 +466,7 @@ class Catalogue:
             raise CatalogueError(f"there is no catalogue at {self.path} yet: run `dam run` first")
         lock = _FileLock(self.lock_path)
         try:
-            lock.acquire(timeout_s, None, f"{self.who} (copying a snapshot)")
+            lock.acquire(timeout_s, _Waiting(None), f"{self.who} (copying a snapshot)")
         except CatalogueBusy:
             return False
         try:
@@ -405,29 +496,40 @@ class Catalogue:
         finally:
             os.close(fd)
 
-    def _open_with_retry(self, lock: _FileLock) -> duckdb.DuckDBPyConnection:
+    def _open(self, write: bool, waiting: _Waiting) -> duckdb.DuckDBPyConnection:
+        """A connection with the schema and views of this release (migrated if need be)."""
+        key = (self.path.resolve(), self.path.stat().st_ino) if self.path.exists() else None
+        if not write:
+            con = self._connect_with_retry(waiting, read_only=True)
+            if key in self._migrated or schema_is_current(con, self.thumbs_dir):
+                return con
+            con.close()  # an older schema (or views): migrating it is a write, once
+        con = self._connect_with_retry(waiting, read_only=False)
+        key = (self.path.resolve(), self.path.stat().st_ino)
+        try:
+            with self._migrated_guard:
+                if key not in self._migrated:
+                    migrate(con, self.thumbs_dir)
+                    self._migrated.add(key)
+        except BaseException:
+            con.close()  # a connection left open would keep the file from the next reader
+            raise
+        return con
+
+    def _connect_with_retry(self, waiting: _Waiting, read_only: bool) -> duckdb.DuckDBPyConnection:
         # Another program (a SQL client, say) may hold DuckDB's own lock on the file.
         deadline = time.monotonic() + self.lock_timeout_s
         while True:
             try:
-                return duckdb.connect(str(self.path), config={"threads": 2})
+                return duckdb.connect(str(self.path), read_only=read_only, config={"threads": 2})
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
                     raise CatalogueError(
                         f"cannot open the catalogue {self.path}: {exc}. Close any other "
                         "program that has it open (a SQL client), then try again."
                     ) from exc
-                if self.on_wait is not None:
-                    self.on_wait(f"waiting for the catalogue: another program has it open ({exc})")
+                waiting.note(f"another program has it open ({exc})")
                 time.sleep(0.5)
-
-    def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Migrate once per process and file (under the lock, so once is enough)."""
-        key = (self.path.resolve(), self.path.stat().st_ino)
-        with self._migrated_guard:
-            if key not in self._migrated:
-                migrate(con, self.thumbs_dir)
-                self._migrated.add(key)
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
@@ -438,6 +540,21 @@ def schema_version(con: duckdb.DuckDBPyConnection) -> int:
         return 0
     row = con.execute("SELECT max(version) FROM dam_schema").fetchone()
     return int(row[0] or 0)
+
+
+def _digest(text: str) -> str:
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def schema_is_current(con: duckdb.DuckDBPyConnection, thumbs_dir: Path) -> bool:
+    """Whether the file has this release's schema and views (a read-only open can use it)."""
+    try:
+        if schema_version(con) != SCHEMA_VERSION:
+            return False
+        row = con.execute("SELECT max(digest) FROM dam_views").fetchone()
+    except duckdb.CatalogException:
+        return False
+    return bool(row) and row[0] == _digest(_view_sql(thumbs_dir))
 
 
 def migrate(con: duckdb.DuckDBPyConnection, thumbs_dir: Path, target: int = SCHEMA_VERSION) -> int:
@@ -457,10 +574,16 @@ def migrate(con: duckdb.DuckDBPyConnection, thumbs_dir: Path, target: int = SCHE
         for version in range(current + 1, target + 1):
             con.execute(MIGRATIONS[version])
             con.execute("INSERT INTO dam_schema (version) VALUES (?)", [version])
-        con.execute(_view_sql(thumbs_dir))
+        if target == SCHEMA_VERSION:  # the views are this release's: for its schema only
+            views = _view_sql(thumbs_dir)
+            con.execute(views)
+            con.execute("CREATE TABLE IF NOT EXISTS dam_views (digest VARCHAR NOT NULL)")
+            con.execute("DELETE FROM dam_views")
+            con.execute("INSERT INTO dam_views VALUES (?)", [_digest(views)])
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        with contextlib.suppress(duckdb.Error):  # already rolled back by a failed write
+            con.execute("ROLLBACK")
         raise
     return target
 

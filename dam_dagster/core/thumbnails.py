@@ -10,6 +10,7 @@ until the file changes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from .failures import MEMORY_KILLS_PERMANENT
 from .render.api import IMAGE_EXTENSIONS, MODEL_EXTENSIONS, RenderOutcome, RenderTask
 from .store import MODEL_EXTENSIONS as CATALOGUE_MODEL_EXTENSIONS
 from .store import Catalogue
@@ -70,7 +72,8 @@ def size_buckets(threshold_mb: int) -> tuple[SizeBucket, ...]:
 class Plan:
     tasks: list[RenderTask] = field(default_factory=list)
     unsupported: list[int] = field(default_factory=list)  # file ids, no renderer for them
-    states: dict[int, tuple[int, int]] = field(default_factory=dict)  # id: (size, mtime)
+    states: dict[int, tuple[int, int, int | None]] = field(default_factory=dict)  # id: state
+    memory_kills: dict[int, int] = field(default_factory=dict)  # id: kills of this state so far
     in_bucket: int = 0  # thumbnail-able files of the bucket
     up_to_date: int = 0  # current thumbnail, or a permanent failure: nothing to do
     retries: int = 0  # last attempt failed for a reason that may pass
@@ -83,8 +86,9 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
     with catalogue.connect(write=False) as con:
         rows = con.execute(
             f"""
-            SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.extension,
-                   t.status, t.transient, t.thumbnail_relpath, t.thumbnail_size, t.background
+            SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns,
+                   f.extension, t.status, t.transient, t.thumbnail_relpath, t.thumbnail_size,
+                   t.background, t.memory_kills
             FROM present_files f LEFT JOIN current_thumbnails t USING (file_id)
             WHERE f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
               AND f.extension IN ({exts})
@@ -93,8 +97,13 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
             {"low": bucket.low, "high": bucket.high},
         ).fetchall()
     plan = Plan(in_bucket=len(rows))
-    for file_id, path, raw, fsize, mtime, ext, status, transient, rel, tsize, tbg in rows:
-        plan.states[file_id] = (fsize, mtime)
+    for row in rows:
+        file_id, path, raw, fsize, mtime, ctime, ext, status, transient, rel, tsize, tbg, kills = (
+            row
+        )
+        plan.states[file_id] = (fsize, mtime, ctime)
+        if status == "memory" and kills:
+            plan.memory_kills[file_id] = int(kills)
         if status == "ok" and tsize == size and tbg == background:
             if (catalogue.thumbs_dir / rel).exists():
                 plan.up_to_date += 1
@@ -135,14 +144,37 @@ class OutcomeWriter:
         self.pending: list[dict] = []
         self.last_flush = time.monotonic()
         self.written = 0
+        self.settled: list[RenderOutcome] = []  # the outcomes as recorded, in arrival order
 
-    def add(self, outcome: RenderOutcome) -> None:
-        size, mtime = self.plan.states[outcome.key]
+    def settle(self, outcome: RenderOutcome) -> RenderOutcome:
+        """The pool's outcome with the catalogue's memory: a file killed at the memory cap
+        again, unchanged, will not fit next time either (core/failures.py)."""
+        if outcome.status != "memory" or not outcome.transient:
+            return outcome
+        kills = self.plan.memory_kills.get(outcome.key, 0) + 1
+        if kills < MEMORY_KILLS_PERMANENT:
+            return outcome
+        return dataclasses.replace(
+            outcome,
+            transient=False,
+            error_message=f"{outcome.error_message}; {kills} times on this unchanged file, so "
+            "it is not tried again until it changes (or DAM_RENDER_MEMORY_MB is raised and "
+            "`dam retry` asks for it)",
+        )
+
+    def add(self, outcome: RenderOutcome) -> RenderOutcome:
+        """Record one outcome (written in the next batch); returns it as recorded."""
+        outcome = self.settle(outcome)
+        self.settled.append(outcome)
+        size, mtime, ctime = self.plan.states[outcome.key]
+        kills = self.plan.memory_kills.get(outcome.key, 0) + 1 if outcome.status == "memory" else 0
         self.pending.append(
             {
                 "file_id": int(outcome.key),
                 "size_bytes": size,
                 "mtime_ns": mtime,
+                "ctime_ns": ctime,
+                "memory_kills": kills,
                 "status": outcome.status,
                 "source": outcome.source,
                 "content_md5": outcome.content_md5,
@@ -155,15 +187,18 @@ class OutcomeWriter:
         )
         if len(self.pending) >= self.batch or time.monotonic() - self.last_flush > self.every_s:
             self.flush()
+        return outcome
 
     def add_unsupported(self) -> None:
         for file_id in self.plan.unsupported:
-            fsize, mtime = self.plan.states[file_id]
+            fsize, mtime, ctime = self.plan.states[file_id]
             self.pending.append(
                 {
                     "file_id": file_id,
                     "size_bytes": fsize,
                     "mtime_ns": mtime,
+                    "ctime_ns": ctime,
+                    "memory_kills": 0,
                     "status": "unsupported",
                     "source": None,
                     "content_md5": None,
@@ -187,6 +222,8 @@ class OutcomeWriter:
                 "file_id": pa.array(cols["file_id"], pa.int64()),
                 "size_bytes": pa.array(cols["size_bytes"], pa.int64()),
                 "mtime_ns": pa.array(cols["mtime_ns"], pa.int64()),
+                "ctime_ns": pa.array(cols["ctime_ns"], pa.int64()),
+                "memory_kills": pa.array(cols["memory_kills"], pa.int32()),
                 "lane": pa.array([self.bucket.lane] * len(rows), pa.string()),
                 "bucket": pa.array([self.bucket.key] * len(rows), pa.string()),
                 "status": pa.array(cols["status"], pa.string()),
@@ -204,7 +241,7 @@ class OutcomeWriter:
         )
         with self.catalogue.connect() as con:
             con.register("outcomes", table)
-            con.execute("INSERT OR REPLACE INTO thumbnails SELECT * FROM outcomes")
+            con.execute("INSERT OR REPLACE INTO thumbnails BY NAME SELECT * FROM outcomes")
         self.written += len(rows)
 
 

@@ -43,13 +43,22 @@ STATUS_LABELS: dict[str, str] = {
     "hash_errors": "files that could not be hashed",
     "collision_groups": "collision groups (size + partial hash)",
     "duplicate_groups": "duplicate groups",
-    "duplicate_files": "duplicate files (copies beyond the kept one)",
+    "duplicate_files": "duplicate files",
     "reclaimable_bytes": "reclaimable bytes",
     "thumbnails_ok": "thumbnails",
     "thumbnails_failed": "thumbnails failed",
     "thumbnails_unsupported": "files of a format without a renderer",
     "models_without_thumbnail": "models without a thumbnail",
     "walk_issues": "walk issues",
+}
+
+
+# The run queue's figures in `dam status --json` and on the Status page.
+RUN_QUEUE_LABELS: dict[str, str] = {
+    "runs_in_progress": "runs in progress",
+    "runs_queued": "runs queued",
+    "run_queue_limit": "runs at most at once",
+    "runs_without_process": "runs in progress without a process",
 }
 
 

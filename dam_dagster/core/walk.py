@@ -36,6 +36,7 @@ class WalkedFile:
     rel_path: str
     size_bytes: int
     mtime_ns: int
+    ctime_ns: int = 0  # inode change time: moves when content is rewritten, even with an old mtime
 
 
 @dataclass(frozen=True)
@@ -356,7 +357,9 @@ def _list_folder(
             elif entry.is_file(follow_symlinks=False):
                 if path_filter.included(name, rel):
                     st = entry.stat(follow_symlinks=False)
-                    out.files.append(WalkedFile(path, root, rel, st.st_size, st.st_mtime_ns))
+                    out.files.append(
+                        WalkedFile(path, root, rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                    )
                 else:
                     out.excluded += 1
             else:
@@ -394,15 +397,18 @@ def _symlink(out: _Listing, path, root, rel, name, path_filter, follow_symlinks)
         out.folders.append(path)  # the walk's visited set stops loops
     elif stat.S_ISREG(target.st_mode):
         if path_filter.included(name, rel):
-            out.files.append(WalkedFile(path, root, rel, target.st_size, target.st_mtime_ns))
+            out.files.append(
+                WalkedFile(path, root, rel, target.st_size, target.st_mtime_ns, target.st_ctime_ns)
+            )
     else:
         out.issue(path, "special_file", None, "link to a FIFO, socket or device: not opened")
 
 
 def library_fingerprint(walk: WalkResult) -> str:
-    """A digest of every (path, size, mtime): it changes when any file is added, removed or
-    modified. Cheap to keep (a sensor cursor), costs one walk to compute."""
+    """A digest of every (exact path bytes, size, mtime, ctime): it changes when any file is
+    added, removed or modified. Cheap to keep (a sensor cursor), costs one walk to compute."""
     digest = hashlib.md5(usedforsecurity=False)
     for f in sorted(walk.files, key=lambda f: f.path):
-        digest.update(f"{display_path(f.path)}\0{f.size_bytes}\0{f.mtime_ns}\n".encode())
+        digest.update(os.fsencode(f.path))
+        digest.update(f"\0{f.size_bytes}\0{f.mtime_ns}\0{f.ctime_ns}\n".encode())
     return digest.hexdigest()

@@ -29,6 +29,7 @@ from ..core.store import Catalogue
 from ..core.thumbnails import size_buckets
 from ..core.vocabulary import (
     FAILED_STATUSES,
+    RUN_QUEUE_LABELS,
     STATUS_LABELS,
     THUMBNAIL_SOURCE_LABELS,
     THUMBNAIL_STATUS_LABELS,
@@ -97,6 +98,7 @@ def make_templates(settings: Settings) -> Jinja2Templates:
     env.filters.update(bytes=human_bytes, ns_date=ns_date, when=when, urlq=quote)
     env.globals.update(
         STATUS_LABELS=STATUS_LABELS,
+        RUN_QUEUE_LABELS=RUN_QUEUE_LABELS,
         THUMBNAIL_STATUS_LABELS=THUMBNAIL_STATUS_LABELS,
         THUMBNAIL_SOURCE_LABELS=THUMBNAIL_SOURCE_LABELS,
         FAILED_STATUSES=FAILED_STATUSES,

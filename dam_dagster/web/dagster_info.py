@@ -87,3 +87,28 @@ def runs_overview(home: Path | None, recent: int = 8) -> dict:
         ],
         "error": None,
     }
+
+
+def queue_figures(home: Path | None) -> tuple[dict[str, int | None], str | None]:
+    """The run queue's figures, as `dam status --json` has them, and its sentence (the same
+    functions `dam status` calls). ({}, None) when there is no Dagster home yet."""
+    from ..runs import queue_state, queue_state_from_sqlite
+
+    if home is None or not (home / "dagster.yaml").is_file():
+        return {}, None
+    try:
+        state = queue_state_from_sqlite(home)
+        if state is None:  # another run storage (PostgreSQL): ask Dagster
+            instance = _get_instance(home)
+            state = queue_state(instance) if instance is not None else None
+    except Exception:  # noqa: BLE001 - the Status page shows the rest
+        return {}, None
+    if state is None:
+        return {}, None
+    figures = {
+        "runs_in_progress": state.in_progress,
+        "runs_queued": state.queued,
+        "run_queue_limit": state.limit,
+        "runs_without_process": len(state.dead),
+    }
+    return figures, state.describe()

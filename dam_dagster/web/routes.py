@@ -563,11 +563,13 @@ def status(request: Request, api: bool = False):
     figures = state.replica.figures
     if figures is None:
         return updating(request, started, api)
-    from .dagster_info import runs_overview
+    from .dagster_info import queue_figures, runs_overview
 
     runs = runs_overview(state.settings.dagster_home)
+    queue, queue_sentence = queue_figures(state.settings.dagster_home)
     data = {
-        "figures": figures,
+        "figures": {**figures, **queue},  # what `dam status --json` prints
+        "queue": queue_sentence,
         "last_scan": state.replica.scan,
         "replica": replica_state,
         "runs": runs,

@@ -54,6 +54,20 @@ def pad_to_square(im, size: int, background: str):
     return canvas
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask sets it to read it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_png(image, thumbs_dir: Path, md5_hex: str) -> str:
     """Write the PNG atomically (temp file in the same folder, then rename); its relpath."""
     rel = thumbnail_relpath(md5_hex)
@@ -63,6 +77,7 @@ def write_png(image, thumbs_dir: Path, md5_hex: str) -> str:
         prefix=f".{md5_hex}.", suffix=f".{os.getpid()}.tmp", dir=final.parent
     )
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: a PNG is as readable as any file
         with os.fdopen(fd, "wb") as f:
             image.save(f, "PNG", compress_level=PNG_COMPRESS_LEVEL)
         os.replace(tmp, final)

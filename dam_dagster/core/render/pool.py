@@ -592,6 +592,36 @@ class _Pool:
             self.zygote.close()
 
 
+def remove_stale_temp_files(thumbs_dir: Path, max_age_s: float = 600.0) -> int:
+    """Remove the temporary PNGs (`ab/.<md5>.<random>.<pid>.tmp`) that killed workers left:
+    those whose writer process is gone, and any older than `max_age_s` (a PNG is written in
+    milliseconds; another machine's live writer is never that old). Returns how many."""
+    removed = 0
+    now = time.time()
+    pattern = os.path.join(glob.escape(str(thumbs_dir)), "??", ".*.tmp")
+    for path in glob.glob(pattern):
+        pid = os.path.basename(path).rsplit(".", 2)[-2]
+        try:
+            alive = pid.isdigit() and _pid_alive(int(pid))
+            if alive and now - os.stat(path).st_mtime < max_age_s:
+                continue
+            os.unlink(path)
+            removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def render_files(
     tasks: Iterable[RenderTask],
     thumbs_dir: Path,
@@ -612,6 +642,7 @@ def render_files(
     parse_background(config.background)
     thumbs_dir = Path(os.path.abspath(thumbs_dir))
     thumbs_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(thumbs_dir)
     pool = _Pool(tasks, thumbs_dir, config, on_outcome)
     try:
         outcomes = pool.run() if tasks else []

@@ -36,6 +36,8 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from ..archives import ArchiveRefused, check_zip  # noqa: E402
+from ..failures import describe_os_error, os_error_is_transient  # noqa: E402
 from .api import (  # noqa: E402
     IMAGE_EXTENSIONS,
     MODEL_EXTENSIONS,
@@ -79,7 +81,7 @@ def read_file(path: str) -> bytes:
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, "is a directory", path)
         if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
+            raise OSError(errno.ENXIO, "not a regular file", path)
         return f.read()
 
 
@@ -145,12 +147,12 @@ class Worker:
             )
         try:
             data = read_file(path)
-        except OSError as exc:
+        except OSError as exc:  # vanished, permission denied: about the file; EIO: may pass
             return _result(
                 "failed",
                 error_class=type(exc).__name__,
-                message=f"cannot read the file: {exc}",
-                transient=True,
+                message=f"cannot read the file: {describe_os_error(exc)}",
+                transient=os_error_is_transient(exc),
             )
         except MemoryError:
             return _result(
@@ -167,6 +169,11 @@ class Worker:
             return _result(
                 "failed", md5=md5, error_class="EmptyFile", message="the file is empty (0 bytes)"
             )
+        if ext == ".3mf":  # a zip: its declared sizes are checked before anything is inflated
+            try:
+                check_zip(data, self.memory_mb << 20)
+            except ArchiveRefused as exc:
+                return _result("failed", md5=md5, error_class=exc.error_class, message=str(exc))
         try:
             if ext in IMAGE_EXTENSIONS:
                 return self._image(data, md5)

@@ -1,0 +1,66 @@
+"""Zip archives (3MF projects are zips): what the central directory declares, checked before
+anything is inflated.
+
+A zip's central directory lists every member with its compressed and uncompressed size, so a
+"zip bomb" (a 2.6 MB 3MF holding a 1 GB model part) is known for what it is before a byte is
+inflated, and Python's zipfile never inflates more than a member declares. An archive is
+refused (a permanent outcome, `ArchiveBomb`) when
+
+- its members declare more bytes in all than `max_total_bytes` (the render process's memory
+  cap: a model part that large could not be parsed within it anyway), or
+- a member of at least RATIO_FLOOR_BYTES inflates more than MAX_RATIO times: model parts
+  (XML, STL, textures) compress 3 to 30 times; hundreds of times is padding, not a model.
+
+Standard library only: render workers and the inventory both use it.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+
+MAX_RATIO = 200
+RATIO_FLOOR_BYTES = 32 * 1024 * 1024
+MIB = 1024 * 1024
+
+
+class ArchiveRefused(Exception):
+    """An archive whose declared sizes are absurd: not inflated at all."""
+
+    error_class = "ArchiveBomb"
+
+
+@dataclass(frozen=True)
+class ArchiveSummary:
+    members: int
+    compressed_bytes: int
+    declared_bytes: int
+
+
+def check_zip(data: bytes, max_total_bytes: int | None) -> ArchiveSummary | None:
+    """Raise ArchiveRefused for a bomb; None when `data` is not a readable zip at all (the
+    loader then says what is wrong with it)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return None
+    declared = sum(i.file_size for i in infos)
+    compressed = sum(i.compress_size for i in infos)
+    if max_total_bytes is not None and declared > max_total_bytes:
+        raise ArchiveRefused(
+            f"the archive declares {declared / MIB:,.0f} MB of content in {len(data) / MIB:,.1f} "
+            f"MB, over the {max_total_bytes / MIB:,.0f} MB a render process may use: refused "
+            "before inflating (raise DAM_RENDER_MEMORY_MB if it is a real model)"
+        )
+    for info in infos:
+        if info.file_size >= RATIO_FLOOR_BYTES and info.file_size > MAX_RATIO * max(
+            1, info.compress_size
+        ):
+            raise ArchiveRefused(
+                f"member {info.filename!r} declares {info.file_size / MIB:,.0f} MB packed into "
+                f"{info.compress_size / MIB:,.2f} MB (over {MAX_RATIO}:1): a zip bomb, refused "
+                "before inflating"
+            )
+    return ArchiveSummary(len(infos), compressed, declared)

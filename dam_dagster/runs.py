@@ -1,0 +1,197 @@
+"""Runs whose process is gone, and the state of the run queue.
+
+A run executed in a process that is then killed (SIGKILL, the OOM killer, a power cut) stays
+STARTED in Dagster's run storage for ever: nothing else knows that its process is gone. Run
+monitoring does not help here: `dam run` executes its runs in its own process, and the
+default run launcher cannot check a run worker's health. Ten such runs fill the run queue
+(`max_concurrent_runs`), after which every sensor and automation run waits, silently.
+
+So every run of this code location is tagged with the process that executes it (host, pid
+and the process's start time, which tells a reused pid apart), when it starts; and a sweep
+marks failed every in-progress run of this host whose process is gone. The sweep runs at the
+start of every `dam run` and, in the daemon, in the `dam_dead_runs` sensor once a minute, so
+a stuck queue mends itself; `dam status` and that sensor's ticks say how the queue stands.
+
+Dagster is imported inside the functions that need it: `dam status` reads the queue of the
+default SQLite run storage directly (`queue_state_from_sqlite`), in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+HOST_TAG, PID_TAG, START_TAG = "dam/host", "dam/pid", "dam/process_start"
+IN_PROGRESS_NAMES = ("STARTING", "STARTED", "CANCELING")  # what the run queue counts
+
+
+def _in_progress():
+    import dagster as dg
+
+    return [dg.DagsterRunStatus[name] for name in IN_PROGRESS_NAMES]
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat, field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()[19].decode()
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming this process: what a run carries so that a sweep can tell it is gone."""
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), START_TAG: _start_time(pid) or ""}
+
+
+def claim_run(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Tag a run with the process executing it (called as its resources are set up)."""
+    run = instance.get_run_by_id(run_id)
+    tags = process_tags()
+    if run is not None and run.tags.get(PID_TAG) != tags[PID_TAG]:
+        instance.add_run_tags(run_id, tags)
+
+
+def process_alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    return not start or _start_time(pid) == start
+
+
+def _is_dead(tags, host: str) -> bool:
+    if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
+        return False  # another machine's, or not ours: not ours to judge
+    return not process_alive(int(tags[PID_TAG]), tags.get(START_TAG, ""))
+
+
+def dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """In-progress runs of this host whose process is gone."""
+    import dagster as dg
+
+    host = socket.gethostname()
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=_in_progress(), tags={HOST_TAG: host})
+    )
+    return [r.dagster_run for r in records if _is_dead(r.dagster_run.tags, host)]
+
+
+def mark_dead_runs_failed(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """Mark failed every in-progress run of this host whose process is gone; returns them."""
+    marked = []
+    for run in dead_runs(instance):
+        instance.report_run_failed(
+            run,
+            message=f"The process that executed this run (pid {run.tags[PID_TAG]} on "
+            f"{run.tags[HOST_TAG]}) is gone: it was killed or crashed before the run "
+            "finished. Marked failed so that it no longer holds a place in the run queue.",
+        )
+        marked.append(run)
+    return marked
+
+
+@dataclass
+class QueueState:
+    in_progress: int
+    queued: int
+    limit: int | None  # max_concurrent_runs, when the instance queues runs
+    dead: list[str] = field(default_factory=list)  # run ids whose process is gone
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.in_progress >= self.limit
+
+    def describe(self) -> str:
+        limit = f" (at most {self.limit} at once)" if self.limit is not None else ""
+        text = f"{self.in_progress} runs in progress{limit}, {self.queued} queued"
+        if self.dead:
+            text += f"; {len(self.dead)} of them have no process any more"
+        if self.full:
+            text += ": the run queue is full, queued runs wait until one finishes"
+        return text
+
+
+def queue_state(instance: dg.DagsterInstance) -> QueueState:
+    import dagster as dg
+
+    in_progress = instance.get_runs_count(dg.RunsFilter(statuses=_in_progress()))
+    queued = instance.get_runs_count(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]))
+    coordinator = instance.run_coordinator
+    limit = None
+    if hasattr(coordinator, "get_run_queue_config"):  # a queued run coordinator (dagster.yaml)
+        limit = coordinator.get_run_queue_config().max_concurrent_runs
+        limit = None if limit is None or limit < 0 else limit
+    return QueueState(in_progress, queued, limit, [r.run_id for r in dead_runs(instance)])
+
+
+def queue_state_from_sqlite(home: Path) -> QueueState | None:
+    """The queue of an instance with Dagster's default SQLite run storage, read directly (no
+    Dagster import, nothing written). None when there is no such storage (a Dagster home
+    never prepared, or one configured for PostgreSQL: ask `queue_state` then)."""
+    db = home / "history" / "runs.db"
+    if not db.is_file() or _configured_storage(home):
+        return None
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return None
+    marks = ",".join("?" * len(IN_PROGRESS_NAMES))
+    try:
+        with con:
+            counts = dict(con.execute("SELECT status, count(*) FROM runs GROUP BY status"))
+            rows = con.execute(
+                f"""SELECT t.run_id, t.key, t.value FROM run_tags t JOIN runs r USING (run_id)
+                    WHERE r.status IN ({marks}) AND t.key IN (?, ?, ?)""",
+                [*IN_PROGRESS_NAMES, HOST_TAG, PID_TAG, START_TAG],
+            ).fetchall()
+    except sqlite3.Error:
+        return None
+    finally:
+        con.close()
+    tags: dict[str, dict[str, str]] = {}
+    for run_id, key, value in rows:
+        tags.setdefault(run_id, {})[key] = value
+    host = socket.gethostname()
+    return QueueState(
+        in_progress=sum(counts.get(s, 0) for s in IN_PROGRESS_NAMES),
+        queued=counts.get("QUEUED", 0),
+        limit=_configured_limit(home),
+        dead=sorted(r for r, t in tags.items() if _is_dead(t, host)),
+    )
+
+
+def _dagster_yaml(home: Path) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load((home / "dagster.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _configured_storage(home: Path) -> bool:
+    config = _dagster_yaml(home)
+    return any(k in config for k in ("storage", "run_storage"))
+
+
+def _configured_limit(home: Path) -> int | None:
+    config = _dagster_yaml(home)
+    limit = ((config.get("concurrency") or {}).get("runs") or {}).get("max_concurrent_runs")
+    if limit is None:
+        limit = ((config.get("run_coordinator") or {}).get("config") or {}).get(
+            "max_concurrent_runs", 10 if "run_coordinator" not in config else None
+        )
+    return None if limit is None or int(limit) < 0 else int(limit)
