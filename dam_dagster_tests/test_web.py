@@ -435,3 +435,14 @@ def test_new_data_shows_after_a_write(site, tmp_path):
             time.sleep(0.1)
         state = client.get("/api/status").json()
         assert state["figures"]["walk_issues"] == 0 and state["replica"]["generation"] > first
+
+
+def test_binds_to_loopback_and_refuses_other_host_names(client, monkeypatch):
+    from dam_dagster.web.app import Settings
+
+    assert Settings.from_env().host == "127.0.0.1"  # unless DAM_BROWSER_HOST says otherwise
+    monkeypatch.setenv("DAM_BROWSER_HOST", "0.0.0.0")
+    assert Settings.from_env().host == "0.0.0.0"
+    # a page asked for under another name (DNS rebinding) is refused
+    assert client.get("/", headers={"Host": "evil.example"}).status_code == 400
+    assert client.get("/", headers={"Host": "127.0.0.1:3001"}).status_code == 200
