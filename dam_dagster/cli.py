@@ -412,13 +412,21 @@ def dev(host: str, port: int, browser_port: int | None) -> None:
         else ["-m", "dam_dagster.definitions"]
     )
     dam = shutil.which("dam") or str(Path(sys.executable).with_name("dam"))
+
+    def own_group() -> None:
+        # Each child leads a process group of its own (dam dev forwards Ctrl-C to it), with
+        # SIGINT at its default even when this process was started with SIGINT ignored (a
+        # shell's background job): otherwise Ctrl-C could never stop it.
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     children = {
         "Dagster UI": subprocess.Popen(
-            [dagster, "dev", "-h", host, "-p", str(port), *target], start_new_session=True
+            [dagster, "dev", "-h", host, "-p", str(port), *target], preexec_fn=own_group
         ),
         "library browser": subprocess.Popen(
             [dam, "serve", "--host", browser_host, "--port", str(browser_port)],
-            start_new_session=True,
+            preexec_fn=own_group,
         ),
     }
     click.echo(
@@ -430,20 +438,38 @@ def dev(host: str, port: int, browser_port: int | None) -> None:
         err=True,
     )
 
-    def stop(*_args) -> None:
+    def signal_all(sig) -> None:
         for proc in children.values():
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
+                    os.killpg(proc.pid, sig)
+
+    def wait_all(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
         for proc in children.values():
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                return False
+        return True
 
-    signal.signal(signal.SIGTERM, lambda *a: (stop(), sys.exit(0)))
+    def stop(*_args) -> None:
+        # What Ctrl-C in a terminal does to each process group (dagster dev shuts its webserver,
+        # daemon and code server down cleanly on it), then firmer, if need be.
+        signal_all(signal.SIGINT)
+        if not wait_all(20):
+            signal_all(signal.SIGTERM)
+            if not wait_all(10):
+                signal_all(signal.SIGKILL)
+                wait_all(5)
+
+    def interrupted(*_args) -> None:
+        raise KeyboardInterrupt
+
+    # Explicit handlers: a shell that starts `make dev` in the background ignores SIGINT for
+    # it, and Python would then never raise KeyboardInterrupt.
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         while True:
             for name, proc in children.items():

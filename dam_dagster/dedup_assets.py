@@ -265,7 +265,7 @@ def _largest_md(groups: list[dedup.DuplicateGroup], total: int) -> dg.MetadataVa
     if not groups:
         return dg.MetadataValue.md("No duplicates.")
     lines = [
-        f"The {len(groups)} groups that free the most space, of {total:,}; every group, with "
+        f"The groups that free the most space ({len(groups)} of {total:,}). Every group, with "
         f"thumbnails and a choice of the copy to keep: [Duplicates]({browser_link('/duplicates')})",
         "",
         "| files | duplicate files | size (MB) | reclaimable (MB) | original | a copy |",

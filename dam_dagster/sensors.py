@@ -22,6 +22,10 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     # Groups rather than "all | all checks": the UI shows this selection as a string
     # (group:"dedup" or group:"thumbnails"); the checks of the selected assets come with it.
     target=dg.AssetSelection.groups("dedup", "thumbnails"),
+    # One run per partition, not a backfill: a backfill counts a requested partition that did
+    # not materialize as failed, and an empty size bucket does not materialize (it is
+    # observed, so that it does not show green beside the buckets that hold models).
+    emit_backfills=False,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Runs what follows an updated asset (eager conditions): hashing and dedup after "
