@@ -44,6 +44,9 @@ def test_sensor_targets_read_as_words_in_the_ui():
     graph = defs.resolve_asset_graph()
     checks = sensors["dam_automation"].asset_selection.resolve_checks(graph)
     assert {c.name for c in checks} == {c.name for c in graph.asset_check_keys}
+    # a run per partition, not a backfill: an empty bucket (observed, not materialized) would
+    # count as a failed partition of a backfill
+    assert not sensors["dam_automation"].emit_backfills
     # library_sensor launches a named job, so its runs show a target
     assert sensors["library_sensor"].job_name == "file_inventory_job"
 
