@@ -61,12 +61,15 @@ def generate(data: Path, files: int) -> dict:
                    1700000000000000000 + (hash(i * 3) % 100000000) * 1000000000 AS mtime_ns
             FROM range(1, {files} + 1) t(i)
         """)
+        # BY NAME: the schema gains columns from release to release (ctime_ns in v3)
         con.execute("""
-            INSERT INTO file_inventory
-            SELECT file_id, root || '/' || folder || '/' || stem || extension, NULL, root,
-                   folder || '/' || stem || extension, extension, size_bytes, mtime_ns, true,
-                   TIMESTAMP '2026-01-01' + INTERVAL (file_id % 10000) MINUTE,
-                   TIMESTAMP '2026-01-01' + INTERVAL (file_id % 10000) MINUTE, NULL
+            INSERT INTO file_inventory BY NAME
+            SELECT file_id, root || '/' || folder || '/' || stem || extension AS path,
+                   NULL AS raw_path, root, folder || '/' || stem || extension AS rel_path,
+                   extension, size_bytes, mtime_ns, mtime_ns AS ctime_ns, true AS present,
+                   TIMESTAMP '2026-01-01' + INTERVAL (file_id % 10000) MINUTE AS first_seen_at,
+                   TIMESTAMP '2026-01-01' + INTERVAL (file_id % 10000) MINUTE AS changed_at,
+                   NULL AS gone_at
             FROM gen
         """)
         con.execute(f"SELECT setval('file_id_seq', {files} + 1)")
@@ -82,9 +85,11 @@ def generate(data: Path, files: int) -> dict:
             WHERE grp.g = m.g AND f.file_id = grp.file_id AND o.file_id = m.first
         """)
         con.execute("""
-            INSERT INTO partial_hashes
-            SELECT f.file_id, f.size_bytes, f.mtime_ns, md5(f.file_id::VARCHAR),
-                   md5('p' || COALESCE(grp.g::VARCHAR, f.file_id::VARCHAR)), NULL, now(), NULL, NULL
+            INSERT INTO partial_hashes BY NAME
+            SELECT f.file_id, f.size_bytes, f.mtime_ns, f.ctime_ns,
+                   md5(f.file_id::VARCHAR) AS prefix_hash,
+                   md5('p' || COALESCE(grp.g::VARCHAR, f.file_id::VARCHAR)) AS partial_hash,
+                   now() AS hashed_at
             FROM file_inventory f LEFT JOIN grp USING (file_id)
             WHERE f.file_id % 10 < 3 OR grp.g IS NOT NULL
         """)
@@ -94,9 +99,9 @@ def generate(data: Path, files: int) -> dict:
             FROM grp JOIN file_inventory f USING (file_id)
         """)
         con.execute("""
-            INSERT INTO full_hashes
-            SELECT grp.file_id, f.size_bytes, f.mtime_ns, md5('f' || grp.g), 'full_read', now(),
-                   NULL, NULL
+            INSERT INTO full_hashes BY NAME
+            SELECT grp.file_id, f.size_bytes, f.mtime_ns, f.ctime_ns,
+                   md5('f' || grp.g) AS full_hash, 'full_read' AS source, now() AS hashed_at
             FROM grp JOIN file_inventory f USING (file_id)
         """)
         con.execute("""
@@ -109,18 +114,21 @@ def generate(data: Path, files: int) -> dict:
             WHERE group_size > 1
         """)
         con.execute("""
-            INSERT INTO thumbnails
-            SELECT f.file_id, f.size_bytes, f.mtime_ns,
-                   CASE WHEN f.size_bytes < 30 * 1048576 THEN 'fast' ELSE 'slow' END,
+            INSERT INTO thumbnails BY NAME
+            SELECT f.file_id, f.size_bytes, f.mtime_ns, f.ctime_ns,
+                   CASE WHEN f.size_bytes < 30 * 1048576 THEN 'fast' ELSE 'slow' END AS lane,
                    CASE WHEN f.size_bytes < 1048576 THEN '<1MB' WHEN f.size_bytes < 5242880
-                        THEN '1-5MB' ELSE '5-30MB' END,
-                   s.status, CASE WHEN s.status = 'ok' THEN 'render' END, s.md5,
-                   CASE WHEN s.status = 'ok' THEN substr(s.md5, 1, 2) || '/' || s.md5 || '.png' END,
-                   256, 'transparent',
+                        THEN '1-5MB' ELSE '5-30MB' END AS bucket,
+                   s.status, CASE WHEN s.status = 'ok' THEN 'render' END AS source,
+                   s.md5 AS content_md5,
+                   CASE WHEN s.status = 'ok' THEN substr(s.md5, 1, 2) || '/' || s.md5 || '.png'
+                   END AS thumbnail_relpath,
+                   256 AS thumbnail_size, 'transparent' AS background,
                    CASE WHEN s.status = 'failed' THEN 'LoadError' WHEN s.status = 'unsupported'
-                        THEN 'UnsupportedFormat' END,
-                   CASE WHEN s.status = 'failed' THEN 'the mesh has no faces' END,
-                   false, 0.2, now()
+                        THEN 'UnsupportedFormat' END AS error_class,
+                   CASE WHEN s.status = 'failed' THEN 'the mesh has no faces' END
+                       AS error_message,
+                   false AS transient, 0.2 AS render_seconds, now() AS rendered_at
             FROM file_inventory f,
                  LATERAL (SELECT md5(f.file_id::VARCHAR) AS md5,
                           CASE WHEN f.file_id % 100 < 92 THEN 'ok' WHEN f.file_id % 100 < 95
@@ -170,8 +178,8 @@ with cat.connect(write=False) as con:
     ids = [r[0] for r in con.execute(
         "SELECT file_id FROM file_inventory WHERE extension = '.stl' AND file_id % 100 >= 96 "
         "ORDER BY file_id").fetchall()]
-    states = {r[0]: (r[1], r[2]) for r in con.execute(
-        "SELECT file_id, size_bytes, mtime_ns FROM file_inventory WHERE file_id IN "
+    states = {r[0]: (r[1], r[2], r[3]) for r in con.execute(
+        "SELECT file_id, size_bytes, mtime_ns, ctime_ns FROM file_inventory WHERE file_id IN "
         "(SELECT unnest(?))", [ids]).fetchall()}
 plan = Plan(states=states)
 writer = OutcomeWriter(cat, bucket, plan, 256, "transparent", batch=500, every_s=1e9)
