@@ -129,6 +129,34 @@ def build_browse_tables(con: duckdb.DuckDBPyConnection, buckets: Sequence[SizeBu
     con.execute("COMMIT")
 
 
+# The columns a listing filters, searches and sorts on, kept in memory by the server
+# (load_index): a scan of an in-memory column is about twice as fast as of the compressed
+# columns of the file. Cards are then fetched from b_files by id, 61 rows at a time.
+INDEX_COLUMNS = (
+    "id, name_lc, path_lc, root, folder, extension, size_bytes, mtime_ns, is_model, is_image, "
+    "bucket, thumbnail_status, is_duplicate, has_copies, original_id"
+)
+
+
+def load_index(con: duckdb.DuckDBPyConnection) -> None:
+    """Put the listing's columns of b_files in an in-memory database (`mem.b_index`), shared
+    by every cursor of this connection. Optional: the reads fall back to b_files without it."""
+    attached = con.execute(
+        "SELECT count(*) FROM duckdb_databases() WHERE database_name = 'mem'"
+    ).fetchone()[0]
+    if not attached:
+        con.execute("ATTACH ':memory:' AS mem")
+    con.execute(f"CREATE OR REPLACE TABLE mem.b_index AS SELECT {INDEX_COLUMNS} FROM b_files")
+
+
+def _index(con: duckdb.DuckDBPyConnection) -> str:
+    has = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'mem' "
+        "AND table_name = 'b_index'"
+    ).fetchone()[0]
+    return "mem.b_index" if has else "b_files"
+
+
 # --- cursors ------------------------------------------------------------------------------
 def encode_cursor(values: Sequence[Any]) -> str:
     raw = json.dumps(list(values), separators=(",", ":")).encode()
@@ -301,25 +329,32 @@ def library_page(con: duckdb.DuckDBPyConnection, query: LibraryQuery, count: boo
     if after is not None:
         keyset = f"({sort.column}, id) {op} (?, ?)"
         kargs = after
-    cur = con.execute(
-        f"SELECT {CARD_COLUMNS}, {sort.column} AS sort_value FROM b_files "
+    keys = con.execute(
+        f"SELECT id, {sort.column} FROM {_index(con)} "
         f"WHERE {where} AND {keyset} "
         f"ORDER BY {sort.column} {direction}, id {direction} LIMIT {query.limit + 1}",
         args + kargs,
-    )
-    rows = _dicts(cur)
+    ).fetchall()
     next_cursor = None
-    if len(rows) > query.limit:
-        rows = rows[: query.limit]
-        last = rows[-1]
-        next_cursor = encode_cursor([last["sort_value"], last["id"]])
+    if len(keys) > query.limit:
+        keys = keys[: query.limit]
+        next_cursor = encode_cursor([keys[-1][1], keys[-1][0]])  # (sort value, id)
+    cards = {}
+    if keys:
+        cur = con.execute(
+            f"SELECT {CARD_COLUMNS} FROM b_files WHERE id IN (SELECT unnest($ids))",
+            {"ids": [k[0] for k in keys]},
+        )
+        cards = {row["id"]: row for row in _dicts(cur)}
+    rows = [cards[k[0]] for k in keys if k[0] in cards]
     total = library_count(con, query) if count else None
     return Page(rows, next_cursor, total)
 
 
 def library_count(con: duckdb.DuckDBPyConnection, query: LibraryQuery) -> int:
     where, args = query.where()
-    return int(con.execute(f"SELECT count(*) FROM b_files WHERE {where}", args).fetchone()[0])
+    table = _index(con)
+    return int(con.execute(f"SELECT count(*) FROM {table} WHERE {where}", args).fetchone()[0])
 
 
 def filter_choices(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, int]]]:

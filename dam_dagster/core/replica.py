@@ -34,7 +34,7 @@ from typing import Any
 
 import duckdb
 
-from .browse import build_browse_tables, last_scan
+from .browse import build_browse_tables, last_scan, load_index
 from .review import review_rows
 from .status import status_figures
 from .store import Catalogue, CatalogueBusy, migrate
@@ -152,6 +152,15 @@ class Replica:
             raise result
         return result
 
+    def _connect_serving(self, path: Path) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(str(path), config={"threads": 2, "memory_limit": self.memory_limit})
+        try:
+            load_index(con)  # the listing's columns in memory: scans twice as fast
+        except BaseException:
+            con.close()
+            raise
+        return con
+
     def _open_loop(self) -> None:
         while True:
             item = self._opener.get()
@@ -159,11 +168,7 @@ class Replica:
                 return
             path, done = item
             try:
-                done.put(
-                    duckdb.connect(
-                        str(path), config={"threads": 2, "memory_limit": self.memory_limit}
-                    )
-                )
+                done.put(self._connect_serving(path))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 done.put(exc)
 
