@@ -98,7 +98,7 @@ def shoot(url: str, base: Path, out: Path) -> None:
         ("library-dark", "/", (1280, 860), True),
         ("library-phone", "/", (390, 844), False),
         ("search", "/?q=teapot&kind=all", (1280, 600), False),
-        ("model", f"/models/{bunny['id']}", (1280, 900), False),
+        ("model", f"/models/{bunny['id']}", (1280, 1180), False),
         ("duplicates", "/duplicates", (1280, 1100), False),
         (
             "folders",
