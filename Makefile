@@ -14,7 +14,7 @@ SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libglvnd0
 # A real browser for the library browser's tests and screenshots (driven by Selenium).
 BROWSER_PACKAGES := chromium chromium-driver
 
-.PHONY: install dev serve test lint system-deps sample bench-dedup bench-render bench-browse screenshots clean
+.PHONY: install dev serve test lint system-deps sample bench-dedup bench-render bench-scale bench-browse screenshots clean
 
 install: system-deps $(STAMP)
 
@@ -68,6 +68,9 @@ sample: install
 
 bench-dedup: install
 	$(BIN)/python bench/dedup_bench.py
+
+bench-scale: install
+	$(BIN)/python bench/scale_bench.py $(BENCH_ARGS)
 
 bench-render: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'

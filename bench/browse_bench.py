@@ -137,9 +137,12 @@ def generate(data: Path, files: int) -> dict:
             WHERE f.extension IN ('.stl', '.3mf', '.obj', '.png', '.step') AND s.status IS NOT NULL
         """)
         con.execute("""
-            INSERT INTO inventory_scans VALUES (now() - INTERVAL 3 MINUTE, now(),
-                '/nas/models:/home/me/prints', (SELECT count(*) FROM file_inventory),
-                (SELECT sum(size_bytes) FROM file_inventory), 0, 0, 0, 3)
+            INSERT INTO inventory_scans BY NAME
+            SELECT now() - INTERVAL 3 MINUTE AS started_at, now() AS finished_at,
+                   '/nas/models:/home/me/prints' AS roots, count(*) AS files_seen,
+                   sum(size_bytes) AS bytes_seen, 0 AS new_files, 0 AS changed_files,
+                   0 AS gone_files, 3 AS issues
+            FROM file_inventory
         """)
         con.execute("""
             INSERT INTO walk_issues VALUES
