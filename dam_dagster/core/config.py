@@ -100,6 +100,7 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     "desktop.ini",
     ".stfolder",
     ".stversions",
+    "__MACOSX",
     "*.part",
     "*.crdownload",
     "~$*",
