@@ -310,11 +310,14 @@ def model_file(request: Request):
         if cur is None:
             return updating(request, started, True)
         row = cur.execute(
-            "SELECT path, raw_path, size_bytes FROM file_inventory WHERE file_id = ? AND present",
+            "SELECT path, raw_path, size_bytes, archive_id FROM file_inventory "
+            "WHERE file_id = ? AND present",
             [int(file_id)],
         ).fetchone()
     if row is None:
         return not_found(request, started, f"model {file_id}")
+    if row[3] is not None:  # a member of a zip archive: nothing to read on its own, the archive
+        return RedirectResponse(f"/models/{int(row[3])}/file", status_code=302)
     path = os.fsdecode(row[1]) if row[1] is not None else row[0]
     try:
         st = os.stat(path)
