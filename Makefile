@@ -10,8 +10,10 @@ PORT   ?= 3000
 
 # Debian packages for off-screen OpenGL: EGL with Mesa's drivers (llvmpipe where there is no GPU).
 SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libglvnd0
+# FUSE for the test share that behaves like a NAS (dam_dagster_tests/slowshare.py).
+TEST_PACKAGES := fuse3
 
-.PHONY: install dev test lint system-deps sample bench-dedup bench-render clean
+.PHONY: install dev test lint system-deps test-deps sample bench-dedup bench-render bench-share clean
 
 install: system-deps $(STAMP)
 
@@ -35,10 +37,22 @@ system-deps:
 	    echo "    sudo apt-get install -y $(SYSTEM_PACKAGES)"; \
 	fi
 
+# libfuse3 and fusermount3 for the slow-share tests and benchmark; without them those skip.
+test-deps:
+	@if ldconfig -p 2>/dev/null | grep -q 'libfuse3.so.3' && command -v fusermount3 >/dev/null; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages for the test share: $(TEST_PACKAGES)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(TEST_PACKAGES) >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(TEST_PACKAGES) >/dev/null; }; \
+	else \
+	    echo "NOTE: FUSE 3 is missing, so the slow-share tests skip. Install it with:"; \
+	    echo "    sudo apt-get install -y $(TEST_PACKAGES)"; \
+	fi
+
 dev: install
 	$(BIN)/dam dev --host $(HOST) --port $(PORT)
 
-test: install lint
+test: install test-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff (configured in pyproject.toml): lint and the format check, on the whole tree.
@@ -56,6 +70,10 @@ bench-dedup: install
 bench-render: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python bench/render_bench.py
+
+# dedup on a library behind the test share (FUSE, 1 ms per request, 110 MB/s) against jdupes.
+bench-share: install test-deps
+	$(BIN)/python bench/share_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
