@@ -59,6 +59,7 @@ SUBTYPE = "slowshare"  # the mount's type is fuse.slowshare
 FUSE_READDIR_PLUS = 1 << 0  # enum fuse_readdir_flags
 FUSE_FILL_DIR_PLUS = 1 << 1  # enum fuse_fill_dir_flags
 FUSE_CAP_PARALLEL_DIROPS = 1 << 18  # fuse_common.h
+_STAT_SIZE = 0  # sizeof(struct stat), once mfusepy is loaded
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
@@ -74,6 +75,7 @@ class ShareConfig:
     attr_timeout_s: float = 1.0  # how long the kernel trusts attributes and names it was given
     listing_attrs: bool = True  # listings carry attributes (READDIRPLUS) as NAS protocols do
     page_cache: bool = True  # keep pages across opens while size and mtime stay the same
+    max_threads: int = 128  # requests served at once (libfuse's default is 10)
     max_background: int = 64  # asynchronous requests (readahead) the kernel keeps in flight
     subtype: str = SUBTYPE
 
@@ -86,6 +88,8 @@ class ShareConfig:
             "entry_timeout": self.attr_timeout_s,
             "attr_timeout": self.attr_timeout_s,
             "negative_timeout": self.attr_timeout_s,
+            "max_threads": self.max_threads,
+            "max_idle_threads": self.max_threads,  # no thread churn between bursts
         }
         if self.page_cache:
             opts["auto_cache"] = True
@@ -124,9 +128,26 @@ class _Link:
             return self.free_at
 
 
+def _fill_stat(c, st: os.stat_result) -> None:
+    """Copy a stat result into mfusepy's c_stat (zeroed by the caller or by libfuse)."""
+    c.st_mode = st.st_mode
+    c.st_nlink = st.st_nlink
+    c.st_uid = st.st_uid
+    c.st_gid = st.st_gid
+    c.st_size = st.st_size
+    c.st_blocks = st.st_blocks
+    c.st_blksize = st.st_blksize
+    c.st_atimespec.tv_sec, c.st_atimespec.tv_nsec = divmod(st.st_atime_ns, 1_000_000_000)
+    c.st_mtimespec.tv_sec, c.st_mtimespec.tv_nsec = divmod(st.st_mtime_ns, 1_000_000_000)
+    c.st_ctimespec.tv_sec, c.st_ctimespec.tv_nsec = divmod(st.st_ctime_ns, 1_000_000_000)
+
+
 def _operations_class():
     """The FUSE operations, defined only where mfusepy (and so libfuse3) can be loaded."""
     import mfusepy
+
+    global _STAT_SIZE
+    _STAT_SIZE = ctypes.sizeof(mfusepy.c_stat)
 
     class SlowShareOps(mfusepy.Operations):
         use_ns = True
@@ -182,14 +203,17 @@ def _operations_class():
             }
 
         # --- metadata ---------------------------------------------------------------------
-        def getattr(self, path, fh=None):
+        def stat(self, path: str) -> os.stat_result:
             sending = getattr(self._local, "listing", None)
             if sending is not None:  # libfuse asks while a listing with attributes is sent
                 st = sending.get(path)
                 if st is not None:
-                    return self._attrs(st)
+                    return st
             with self.request("lookup/getattr", self._latency):
-                return self._attrs(os.lstat(self._path(path)))
+                return os.lstat(self._path(path))
+
+        def getattr(self, path, fh=None):  # registers getattr; SlowShareFUSE answers it
+            return self._attrs(self.stat(path))
 
         def readlink(self, path):
             with self.request("readlink", self._latency):
@@ -237,19 +261,23 @@ def _operations_class():
             with self.request("open", self._latency):
                 return os.open(self._path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
-        def read(self, path, size, offset, fh):
-            data = os.pread(fh, size, offset)
+        def read(self, path, size, offset, fh):  # registers read; SlowShareFUSE answers it
+            view = memoryview(bytearray(size))
+            return bytes(view[: self.read_into(fh, view, offset)])
+
+        def read_into(self, fh: int, view: memoryview, offset: int) -> int:
+            n = os.preadv(fh, [view], offset)
             now = time.monotonic()
-            done = max(self._link.reserve(len(data), now), now + self._read_latency)
+            done = max(self._link.reserve(n, now), now + self._read_latency)
             with self.request("read", max(0.0, done - time.monotonic())):
                 pass
             with self._mutex:
-                self._stats.read_bytes += len(data)
-                key = str(max(1, (size + 1023) // 1024))
+                self._stats.read_bytes += n
+                key = str(max(1, (len(view) + 1023) // 1024))
                 self._stats.read_sizes[key] = self._stats.read_sizes.get(key, 0) + 1
                 if self._link.rate > 0:
-                    self._stats.link_busy_s += len(data) / self._link.rate
-            return data
+                    self._stats.link_busy_s += n / self._link.rate
+            return n
 
         def release(self, path, fh):
             os.close(fh)
@@ -292,6 +320,16 @@ def _operations_class():
         comes with the last reply (as NFS' eof flag does) and costs nothing.
         """
 
+        # getattr and read are most of the requests: answered here without mfusepy's
+        # generic conversions (a dict per stat, a copy per read), to keep the server cheap.
+        def getattr_fuse_3(self, path, buf, fip):
+            _fill_stat(buf.contents, self.operations.stat(path.decode(self.encoding, self.errors)))
+            return 0
+
+        def read(self, path, buf, size, offset, fip):
+            view = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents)))
+            return self.operations.read_into(fip.contents.fh, view, offset)
+
         def readdir_fuse_3(self, path, buf, filler, offset, fip, flags):
             ops = self.operations
             listing = ops._listings.get(fip.contents.fh)
@@ -307,10 +345,10 @@ def _operations_class():
                 try:
                     for index in range(offset, len(entries)):
                         name, entry_st = entries[index]
-                        ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
+                        ctypes.memset(ctypes.byref(st), 0, _STAT_SIZE)
                         dots = name in (".", "..")
                         if plus and not dots:
-                            mfusepy.set_st_attrs(st, ops._attrs(entry_st), use_ns=True)
+                            _fill_stat(st, entry_st)
                         else:
                             st.st_mode = entry_st.st_mode
                         fill = FUSE_FILL_DIR_PLUS if plus and not dots else 0
@@ -430,6 +468,7 @@ class SlowShare:
             f"--read-mb-s={c.read_mb_s}",
             f"--read-latency-ms={c.read_latency_ms}",
             f"--attr-timeout-s={c.attr_timeout_s}",
+            f"--max-threads={c.max_threads}",
             f"--max-background={c.max_background}",
             f"--subtype={c.subtype}",
             f"--stats={self.stats_path}",
@@ -526,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attr-timeout-s", type=float, default=1.0, help="kernel attribute cache")
     ap.add_argument("--no-listing-attrs", action="store_true", help="listings carry names only")
     ap.add_argument("--no-page-cache", action="store_true", help="drop cached pages on open")
+    ap.add_argument("--max-threads", type=int, default=128, help="requests served at once")
     ap.add_argument("--max-background", type=int, default=64, help="async requests in flight")
     ap.add_argument("--subtype", default=SUBTYPE, help="the mount type is fuse.SUBTYPE")
     ap.add_argument("--stats", help="write the server's counters here (JSON) when unmounted")
@@ -543,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         attr_timeout_s=args.attr_timeout_s,
         listing_attrs=not args.no_listing_attrs,
         page_cache=not args.no_page_cache,
+        max_threads=args.max_threads,
         max_background=args.max_background,
         subtype=args.subtype,
     )
