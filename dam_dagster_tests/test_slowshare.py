@@ -188,3 +188,27 @@ def test_dam_run_behind_the_share_finds_what_brute_force_finds_on_the_source(
     assert files == sum(1 for p in hard_library.rglob("*") if p.is_file())
     stats = share.stats  # the reading went through the share
     assert stats.requests["open"] >= 10 and stats.read_bytes > 0
+
+
+def test_the_small_reads_fetch_only_what_they_ask_for(slow_share, tmp_path, monkeypatch):
+    from dam_dagster.core import hashing
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for i in range(20):
+        (source / f"model{i}.stl").write_bytes(os.urandom(1_000_000))
+
+    def prefix_pass(advice: bool):
+        monkeypatch.setattr(hashing, "SMALL_READ_ADVICE", advice)
+        share = slow_share(source, latency_ms=0.2)
+        jobs = [hashing.HashJob(i, str(share.path / f"model{i}.stl"), 0, 0) for i in range(20)]
+        outcomes = [hashing.hash_prefix(job) for job in jobs]
+        share.unmount()
+        assert all(o.ok and o.bytes_read == hashing.PREFIX_BYTES for o in outcomes)
+        return share.stats
+
+    advised = prefix_pass(True)  # POSIX_FADV_RANDOM: one 4 KiB request per file
+    assert advised.read_bytes == 20 * hashing.PREFIX_BYTES
+    assert advised.requests["read"] == 20
+    unadvised = prefix_pass(False)  # the kernel's readahead fetches more than asked for
+    assert unadvised.read_bytes > 2 * advised.read_bytes

@@ -37,6 +37,9 @@ HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 64 * 1024
 SMALL_FILE_MAX = HEAD_BYTES + TAIL_BYTES
 CHUNK_BYTES = 1024 * 1024
+# The prefix and head/tail reads are small and scattered: advise the kernel not to read ahead
+# around them (on a share the readahead would fetch 4x the 4 KiB asked for, docs/BENCHMARKS.md).
+SMALL_READ_ADVICE = True
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,11 @@ def _open(path: str, follow_symlinks: bool) -> int:
     return os.open(path, flags)
 
 
+def _advise_small_reads(fd: int) -> None:
+    if SMALL_READ_ADVICE and hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+
+
 def _pread_exact(fd: int, length: int, offset: int) -> bytes:
     parts = []
     while length > 0:
@@ -134,6 +142,7 @@ def hash_prefix(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
         return _failure(job, exc)
     try:
         st = _checked_stat(fd)
+        _advise_small_reads(fd)
         size = st.st_size
         data = _pread_exact(fd, min(size, PREFIX_BYTES), 0)
         if not _same_state(st, os.fstat(fd)):
@@ -163,6 +172,7 @@ def hash_partial(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
         return _failure(job, exc)
     try:
         st = _checked_stat(fd)
+        _advise_small_reads(fd)
         size = st.st_size
         if size <= SMALL_FILE_MAX:
             data = _pread_exact(fd, size, 0)
