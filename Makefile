@@ -13,7 +13,7 @@ SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libglvnd0
 # FUSE for the test share that behaves like a NAS (dam_dagster_tests/slowshare.py).
 TEST_PACKAGES := fuse3
 
-.PHONY: install dev test lint system-deps test-deps sample bench-dedup bench-render bench-share clean
+.PHONY: install dev test lint system-deps test-deps sample bench-dedup bench-render bench-scale bench-share clean
 
 install: system-deps $(STAMP)
 
@@ -66,6 +66,9 @@ sample: install
 
 bench-dedup: install
 	$(BIN)/python bench/dedup_bench.py
+
+bench-scale: install
+	$(BIN)/python bench/scale_bench.py $(BENCH_ARGS)
 
 bench-render: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
