@@ -1,5 +1,6 @@
 # dam_dagster: two commands do all the set-up on a fresh machine.
 #   make dev    install, then run the Dagster UI (sensors and automation on) on 127.0.0.1:3000
+#               and the library browser on 127.0.0.1:3001; Ctrl-C stops both
 #   make test   install, then run the test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -10,8 +11,12 @@ PORT   ?= 3000
 
 # Debian packages for off-screen OpenGL: EGL with Mesa's drivers (llvmpipe where there is no GPU).
 SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libglvnd0
+# A real browser for the library browser's tests and screenshots (driven by Selenium).
+BROWSER_PACKAGES := chromium chromium-driver
+# FUSE for the test share that behaves like a NAS (dam_dagster_tests/slowshare.py).
+TEST_PACKAGES := fuse3
 
-.PHONY: install dev test lint system-deps sample bench-dedup bench-render bench-scale clean
+.PHONY: install dev serve test lint system-deps test-deps sample bench-dedup bench-render bench-scale bench-browse bench-share bench-sensor screenshots clean
 
 install: system-deps $(STAMP)
 
@@ -34,11 +39,36 @@ system-deps:
 	    echo "WARNING: Mesa's EGL is missing, so thumbnails cannot be rendered. Install it with:"; \
 	    echo "    sudo apt-get install -y $(SYSTEM_PACKAGES)"; \
 	fi
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages for the browser tests: $(BROWSER_PACKAGES)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES) >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES) >/dev/null; }; \
+	else \
+	    echo "NOTE: chromium is missing, so the browser tests will skip. Install it with:"; \
+	    echo "    sudo apt-get install -y $(BROWSER_PACKAGES)"; \
+	fi
+
+# libfuse3 and fusermount3 for the slow-share tests and benchmark; without them those skip.
+test-deps:
+	@if ldconfig -p 2>/dev/null | grep -q 'libfuse3.so.3' && command -v fusermount3 >/dev/null; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages for the test share: $(TEST_PACKAGES)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(TEST_PACKAGES) >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(TEST_PACKAGES) >/dev/null; }; \
+	else \
+	    echo "NOTE: FUSE 3 is missing, so the slow-share tests skip. Install it with:"; \
+	    echo "    sudo apt-get install -y $(TEST_PACKAGES)"; \
+	fi
 
 dev: install
 	$(BIN)/dam dev --host $(HOST) --port $(PORT)
 
-test: install lint
+# The library browser alone (make dev starts it too).
+serve: install
+	$(BIN)/dam serve
+
+test: install test-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff (configured in pyproject.toml): lint and the format check, on the whole tree.
@@ -59,6 +89,21 @@ bench-scale: install
 bench-render: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python bench/render_bench.py
+
+# The library browser at a million catalogue rows (docs/BENCHMARKS.md).
+bench-browse: install
+	$(BIN)/python bench/browse_bench.py
+
+# The screenshots of docs/ (a real chromium on the sample library).
+screenshots: install
+	$(BIN)/python docs/screenshots.py
+
+# dedup on a library behind the test share (FUSE, 1 ms per request, 110 MB/s) against jdupes.
+bench-sensor: install test-deps
+	$(BIN)/python bench/sensor_bench.py $(BENCH_ARGS)
+
+bench-share: install test-deps
+	$(BIN)/python bench/share_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

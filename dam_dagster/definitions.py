@@ -37,6 +37,7 @@ defs = dg.Definitions(
     asset_checks=dedup_assets.CHECKS + thumbnail_assets.CHECKS,
     jobs=[
         dedup_assets.dedup_job,
+        dedup_assets.inventory_job,
         thumbnail_assets.fast_job,
         thumbnail_assets.slow_job,
         similar_assets.similar_job,

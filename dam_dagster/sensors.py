@@ -22,13 +22,19 @@ from .core.changes import encode_folder, known_folder_states, look_for_changes
 from .core.config import ConfigError, env
 from .core.store import CatalogueBusy, CatalogueMissing
 from .core.walk import RootUnavailable, check_roots, display_path, walk_threads
-from .dedup_assets import file_inventory
+from .dedup_assets import inventory_job
 from .resources import CatalogueResource, LibraryResource
 from .runs import PID_TAG, mark_dead_runs_failed, queue_state
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "dam_automation",
-    target=dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks(),
+    # Groups rather than "all | all checks": the UI shows this selection as a string
+    # (group:"dedup" or group:"thumbnails"); the checks of the selected assets come with it.
+    target=dg.AssetSelection.groups("dedup", "thumbnails"),
+    # One run per partition, not a backfill: a backfill counts a requested partition that did
+    # not materialize as failed, and an empty size bucket does not materialize (it is
+    # observed, so that it does not show green beside the buckets that hold models).
+    emit_backfills=False,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Runs what follows an updated asset (eager conditions): hashing and dedup after "
@@ -37,7 +43,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 
 
 @dg.sensor(
-    target=[file_inventory],
+    job=inventory_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=int(env("DAM_SENSOR_INTERVAL_S")),
     description="Looks at the mtimes of the library's folders (a folder's mtime moves when a "
@@ -95,7 +101,7 @@ def library_sensor(
 complete_walk_schedule = dg.ScheduleDefinition(
     name="dam_complete_walk",
     cron_schedule=env("DAM_COMPLETE_WALK_CRON"),
-    target=[file_inventory],
+    target=inventory_job,  # a named job: its runs show their target
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="A complete walk of every root: finds files rewritten in place (their folder's "
     "mtime does not move) and verifies what the library sensor's looks at folders concluded.",

@@ -28,7 +28,7 @@ SETTINGS: tuple[EnvSetting, ...] = (
     EnvSetting("DAM_INCLUDE", "", "Comma-separated glob patterns; only matching files are kept."),
     EnvSetting("DAM_EXCLUDE", "", "Comma-separated glob patterns excluded on top of the defaults."),
     EnvSetting("DAM_FOLLOW_SYMLINKS", "0", "1 to follow symbolic links (loops are detected)."),
-    EnvSetting("DAM_IO_THREADS", "8", "Threads reading library files at once."),
+    EnvSetting("DAM_IO_THREADS", "16", "Threads reading library files at once."),
     EnvSetting("DAM_HASH_ALL_SIZES", "0", "1 to hash every file, even those of a unique size."),
     EnvSetting("DAM_LOCK_TIMEOUT_S", "300", "Seconds to wait for the catalogue lock."),
     EnvSetting("DAM_SENSOR_INTERVAL_S", "120", "Seconds between two looks of the library sensor."),
@@ -66,6 +66,19 @@ SETTINGS: tuple[EnvSetting, ...] = (
         "Bambu Lab A1 mini=180x180x180, Bambu Lab X1/P1/A1=256x256x256, "
         "Creality Ender-3=220x220x250",
         "Printers models are checked against: Name=XxYxZ (mm), separated by commas.",
+    ),
+    # The library browser (`dam serve`, started by `make dev` beside the Dagster UI).
+    EnvSetting("DAM_BROWSER_HOST", "127.0.0.1", "Address the library browser listens on."),
+    EnvSetting("DAM_BROWSER_PORT", "3001", "Port of the library browser."),
+    EnvSetting(
+        "DAM_BROWSER_URL",
+        "http://127.0.0.1:3001",
+        "The browser's address as people open it: the Dagster UI's links point here.",
+    ),
+    EnvSetting(
+        "DAM_DAGSTER_URL",
+        "http://127.0.0.1:3000",
+        "The Dagster UI: the browser links to it and launches backfills through it.",
     ),
 )
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
