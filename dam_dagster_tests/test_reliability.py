@@ -371,6 +371,37 @@ def test_a_memory_cap_kill_of_the_same_unchanged_file_twice_is_permanent(tmp_pat
     assert mat.metadata["files to render"].value == 0  # and it is not tried again
 
 
+def test_a_model_whose_side_file_is_missing_fails_permanently(corpus, tmp_path):
+    """Found by bench/fault_injection.py: a glTF whose .bin buffer is not beside it was a
+    transient failure (an OSError from the loader), so every `dam run` failed for ever; a
+    parser's OSError is about the model, while a failed PNG write stays transient."""
+    import shutil
+
+    shutil.copyfile(corpus / "Mesh_PrimitiveMode_04.gltf", tmp_path / "alone.gltf")
+    (tmp_path / "cube.stl").write_bytes(box_stl(b"side"))
+    gltf = RenderTask(1, str(tmp_path / "alone.gltf"), (tmp_path / "alone.gltf").stat().st_size)
+    thumbs = tmp_path / "thumbs"
+    [missing] = render_files([gltf], thumbs, RenderConfig(workers=1))
+    assert (missing.status, missing.transient) == ("failed", False), missing
+    assert "Mesh_PrimitiveMode_04.bin" in missing.error_message
+    assert "refers to" in missing.error_message
+    thumbs.mkdir(exist_ok=True)
+    os.chmod(thumbs, 0o500)  # the data folder cannot be written: that may pass
+    try:
+        code = f"""
+from dam_dagster.core.render import RenderConfig, RenderTask, render_files
+[o] = render_files([RenderTask(2, {str(tmp_path / "cube.stl")!r}, {BOX})], {str(thumbs)!r},
+                   RenderConfig(workers=1))
+print(o.status, o.transient, o.error_class)
+"""
+        from .conftest import run_unprivileged
+
+        proc = run_unprivileged(code)
+    finally:
+        os.chmod(thumbs, 0o755)
+    assert proc.stdout.split() == ["failed", "True", "PermissionError"], proc.stderr[-2000:]
+
+
 # --- 6. leftovers ---------------------------------------------------------------------------
 def test_leftover_temp_files_go_and_pngs_follow_the_umask(tmp_path):
     thumbs = tmp_path / "thumbs"

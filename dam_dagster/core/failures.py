@@ -40,6 +40,14 @@ def os_error_is_transient(exc: OSError) -> bool:
     return exc.errno not in PERMANENT_ERRNOS
 
 
+def parser_error_is_transient(exc: OSError) -> bool:
+    """An OSError raised while a model already in memory is parsed. Without an errno it is a
+    parser's complaint about the content (PIL's UnidentifiedImageError in a texture, trimesh
+    naming a glTF buffer it did not find beside the file): permanent. A system error reading
+    a side file follows the errno rule above (EIO may pass; ENOENT, EACCES do not)."""
+    return exc.errno is not None and os_error_is_transient(exc)
+
+
 def describe_os_error(exc: OSError) -> str:
     """'Permission denied (errno 13)': the reason without the path (rows carry the path)."""
     return f"{exc.strerror or exc}" + (f" (errno {exc.errno})" if exc.errno else "")

@@ -37,7 +37,11 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from ..archives import ArchiveRefused, check_zip  # noqa: E402
-from ..failures import describe_os_error, os_error_is_transient  # noqa: E402
+from ..failures import (  # noqa: E402
+    describe_os_error,
+    os_error_is_transient,
+    parser_error_is_transient,
+)
 from .api import (  # noqa: E402
     IMAGE_EXTENSIONS,
     MODEL_EXTENSIONS,
@@ -240,8 +244,18 @@ class Worker:
                 message=str(exc),
                 transient=exc.status == "memory",
             )
-        except (MemoryError, OSError):
+        except MemoryError:
             raise
+        except OSError as exc:  # a side file (glTF buffer, texture) missing or unreadable
+            side = f": {os.path.basename(str(exc.filename))}" if exc.filename else ""
+            return _result(
+                "failed",
+                md5=md5,
+                error_class=type(exc).__name__,
+                message=f"cannot read the model or a file it refers to: "
+                f"{describe_os_error(exc)}{side}",
+                transient=parser_error_is_transient(exc),
+            )
         except Exception as exc:
             return _result(
                 "failed",
