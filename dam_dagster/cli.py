@@ -84,6 +84,23 @@ def run(sample: bool, skip_thumbnails: bool) -> None:
     """Materialize the pipeline in-process, headless, with progress on the terminal: the
     dedup chain, then every thumbnail partition of both lanes."""
     _roots(sample)
+    import sqlite3
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        _run(skip_thumbnails)
+    except (OSError, sqlite3.Error, SQLAlchemyError) as exc:
+        # Outside any step: the Dagster home could not be written or read (a full disk, say).
+        # A run left in progress by this is marked failed by the next `dam run`.
+        from .core.failures import storage_cause
+
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        cause = storage_cause(f"{type(exc).__name__}: {message}", config.data_dir())
+        _fail(f"{cause}: Dagster's run history in {config.dagster_home()} cannot be used", 1)
+
+
+def _run(skip_thumbnails: bool) -> None:
     from .home import prepare_dagster_home
 
     prepare_dagster_home()
@@ -208,12 +225,16 @@ def status(as_json: bool) -> None:
 
 def _queue():
     """The run queue of the Dagster home, when there is one (never created by reading)."""
-    from .runs import queue_state, queue_state_from_sqlite
+    from .runs import RunStorageUnreadable, queue_state, queue_state_from_sqlite
 
     home = config.dagster_home()
     if not (home / "dagster.yaml").is_file():
         return None
-    state = queue_state_from_sqlite(home)
+    try:
+        state = queue_state_from_sqlite(home)
+    except RunStorageUnreadable as exc:
+        click.echo(f"dam: {exc}; the run queue is left out", err=True)
+        return None
     if state is None:  # another run storage (PostgreSQL): ask Dagster
         import dagster as dg
 

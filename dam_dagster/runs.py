@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .core.failures import storage_cause
+
 if TYPE_CHECKING:
     import dagster as dg
 
@@ -137,17 +139,23 @@ def queue_state(instance: dg.DagsterInstance) -> QueueState:
     return QueueState(in_progress, queued, limit, [r.run_id for r in dead_runs(instance)])
 
 
+class RunStorageUnreadable(RuntimeError):
+    """The SQLite run storage exists but cannot be read now (a full disk, say)."""
+
+
 def queue_state_from_sqlite(home: Path) -> QueueState | None:
     """The queue of an instance with Dagster's default SQLite run storage, read directly (no
     Dagster import, nothing written). None when there is no such storage (a Dagster home
-    never prepared, or one configured for PostgreSQL: ask `queue_state` then)."""
+    never prepared, or one configured for PostgreSQL: ask `queue_state` then). Raises
+    RunStorageUnreadable when it is there but cannot be read: a run that failed on a full
+    disk can leave its WAL index too short for any reader until space is freed."""
     db = home / "history" / "runs.db"
     if not db.is_file() or _configured_storage(home):
         return None
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
-        return None
+    except sqlite3.Error as exc:
+        raise _unreadable(db, exc) from exc
     marks = ",".join("?" * len(IN_PROGRESS_NAMES))
     try:
         with con:
@@ -157,8 +165,8 @@ def queue_state_from_sqlite(home: Path) -> QueueState | None:
                     WHERE r.status IN ({marks}) AND t.key IN (?, ?, ?)""",
                 [*IN_PROGRESS_NAMES, HOST_TAG, PID_TAG, START_TAG],
             ).fetchall()
-    except sqlite3.Error:
-        return None
+    except sqlite3.Error as exc:
+        raise _unreadable(db, exc) from exc
     finally:
         con.close()
     tags: dict[str, dict[str, str]] = {}
@@ -171,6 +179,11 @@ def queue_state_from_sqlite(home: Path) -> QueueState | None:
         limit=_configured_limit(home),
         dead=sorted(r for r, t in tags.items() if _is_dead(t, host)),
     )
+
+
+def _unreadable(db: Path, exc: sqlite3.Error) -> RunStorageUnreadable:
+    cause = storage_cause(f"{type(exc).__name__}: {exc}", db.parent)
+    return RunStorageUnreadable(f"{cause}: the run history {db} cannot be read")
 
 
 def _dagster_yaml(home: Path) -> dict:

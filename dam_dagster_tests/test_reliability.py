@@ -2,6 +2,7 @@
 Each test reproduces one way it used to stop, as a person meets it: `dam` commands in
 subprocesses, real runs, a real killed process, a real full filesystem."""
 
+import contextlib
 import io
 import json
 import os
@@ -261,6 +262,63 @@ def test_reading_works_on_a_full_disk_and_a_full_disk_fails_one_clear_line(tmp_p
             "Traceback" not in full.stderr and "Error occurred while executing" not in full.stderr
         )
         assert dam("status", env=env, cwd=tmp_path).returncode == 0  # still readable
+        os.unlink(mount / "filler")
+        mended = dam("run", "--skip-thumbnails", env=env, cwd=tmp_path)
+        assert mended.returncode == 0, mended.stderr[-2000:]
+        assert catalogue_groups(Catalogue(data)) == brute_force_groups(lib)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for block in (b"\0" * (1 << 20), b"\0" * 4096, b"\0"):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, block)
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_under_the_run_history_is_one_line_and_status_still_reads(
+    tmp_path, monkeypatch
+):
+    """Found by bench/fault_injection.py: when the disk is full, writing the Dagster home (its
+    dagster.yaml on an empty data folder, a new run in runs.db) raised out of `dam run` with a
+    stack trace, and a run that failed there left runs.db's WAL index unreadable, so `dam
+    status` died with one too until space was freed."""
+    monkeypatch.delenv("DAGSTER_HOME")  # its default: in the data folder, on the small disk
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip()}): needs root")
+    try:
+        lib, data = tmp_path / "lib", mount / "data"
+        lib.mkdir()
+        for i in range(3):
+            (lib / f"copy{i}.stl").write_bytes(box_stl(b"same"))
+        env = run_env(lib, data)
+
+        def one_clear_line(proc):
+            assert proc.returncode == 1, proc.stderr[-3000:]
+            assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+            full = [x for x in proc.stderr.splitlines() if x.startswith("dam: the disk holding")]
+            assert full and "(DAM_DATA_DIR) is full" in full[0], proc.stderr[-3000:]
+
+        _fill(mount / "filler")  # full before the first run: nothing of the data folder yet
+        one_clear_line(dam("run", "--skip-thumbnails", env=env, cwd=tmp_path))
+        os.unlink(mount / "filler")
+        assert dam("run", "--skip-thumbnails", env=env, cwd=tmp_path).returncode == 0
+        _fill(mount / "filler")  # full between two runs, with work to do
+        for i in range(40):
+            (lib / f"new{i}.stl").write_bytes(box_stl(b"new%d" % (i % 4)))
+        one_clear_line(dam("run", "--skip-thumbnails", env=env, cwd=tmp_path))
+        status = dam("status", env=env, cwd=tmp_path)
+        assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr[-3000:]
+        assert "duplicate files" in status.stdout
         os.unlink(mount / "filler")
         mended = dam("run", "--skip-thumbnails", env=env, cwd=tmp_path)
         assert mended.returncode == 0, mended.stderr[-2000:]
