@@ -113,8 +113,9 @@ def _run(skip_thumbnails: bool) -> None:
 
     instance = dg.DagsterInstance.get()
     for gone in mark_dead_runs_failed(instance):
+        left = "unstarted" if gone.status == dg.DagsterRunStatus.NOT_STARTED else "in progress"
         click.echo(
-            f"dam: run {gone.run_id[:8]} ({gone.job_name}) was left in progress by a process "
+            f"dam: run {gone.run_id[:8]} ({gone.job_name}) was left {left} by a process "
             "that is gone: marked failed",
             err=True,
         )

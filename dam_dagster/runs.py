@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 HOST_TAG, PID_TAG, START_TAG = "dam/host", "dam/pid", "dam/process_start"
 IN_PROGRESS_NAMES = ("STARTING", "STARTED", "CANCELING")  # what the run queue counts
+# What the sweep marks failed when its process is gone: runs in progress, and runs created but
+# never begun (a `dam run` killed between creating a run and storing its first event).
+SWEPT_NAMES = ("NOT_STARTED", *IN_PROGRESS_NAMES)
 
 
 def _in_progress():
@@ -81,18 +84,18 @@ def _is_dead(tags, host: str) -> bool:
 
 
 def dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
-    """In-progress runs of this host whose process is gone."""
+    """Runs of this host, in progress or not yet begun, whose process is gone."""
     import dagster as dg
 
     host = socket.gethostname()
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(statuses=_in_progress(), tags={HOST_TAG: host})
-    )
+    swept = [dg.DagsterRunStatus[name] for name in SWEPT_NAMES]
+    records = instance.get_run_records(filters=dg.RunsFilter(statuses=swept, tags={HOST_TAG: host}))
     return [r.dagster_run for r in records if _is_dead(r.dagster_run.tags, host)]
 
 
 def mark_dead_runs_failed(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
-    """Mark failed every in-progress run of this host whose process is gone; returns them."""
+    """Mark failed every run of this host, in progress or not yet begun, whose process is gone;
+    returns them."""
     marked = []
     for run in dead_runs(instance):
         instance.report_run_failed(
@@ -136,7 +139,8 @@ def queue_state(instance: dg.DagsterInstance) -> QueueState:
     if hasattr(coordinator, "get_run_queue_config"):  # a queued run coordinator (dagster.yaml)
         limit = coordinator.get_run_queue_config().max_concurrent_runs
         limit = None if limit is None or limit < 0 else limit
-    return QueueState(in_progress, queued, limit, [r.run_id for r in dead_runs(instance)])
+    dead = [r.run_id for r in dead_runs(instance) if r.status.name in IN_PROGRESS_NAMES]
+    return QueueState(in_progress, queued, limit, dead)  # "of them": runs in progress
 
 
 class RunStorageUnreadable(RuntimeError):

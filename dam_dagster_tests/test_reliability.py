@@ -186,18 +186,22 @@ def test_dam_run_sweeps_runs_left_by_a_dead_process(tmp_path, monkeypatch):
     instance = dg.DagsterInstance.get()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    tags = {"dam/host": socket.gethostname(), "dam/pid": dead, "dam/process_start": "1"}
     run = instance.add_run(
-        dg.DagsterRun(
-            job_name="left_behind",
-            status=dg.DagsterRunStatus.STARTED,
-            tags={"dam/host": socket.gethostname(), "dam/pid": dead, "dam/process_start": "1"},
-        )
+        dg.DagsterRun(job_name="left_behind", status=dg.DagsterRunStatus.STARTED, tags=tags)
+    )
+    # killed between creating its run and storing its first event (found by
+    # bench/fault_injection.py): NOT_STARTED for ever, its event database never stamped
+    unborn = instance.add_run(
+        dg.DagsterRun(job_name="never_began", status=dg.DagsterRunStatus.NOT_STARTED, tags=tags)
     )
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
     proc = dam("run", "--skip-thumbnails", env=run_env(lib, data), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"run {run.run_id[:8]} (left_behind) was left in progress" in proc.stderr
+    assert f"run {unborn.run_id[:8]} (never_began) was left" in proc.stderr
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(unborn.run_id).status == dg.DagsterRunStatus.FAILURE
 
 
 # --- 4. reading commands --------------------------------------------------------------------
