@@ -11,7 +11,7 @@ PORT   ?= 3000
 # Debian packages for off-screen OpenGL: EGL with Mesa's drivers (llvmpipe where there is no GPU).
 SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libglvnd0
 
-.PHONY: install dev test lint system-deps sample bench-dedup bench-render clean
+.PHONY: install dev test lint system-deps sample bench-dedup bench-render bench-faults clean
 
 install: system-deps $(STAMP)
 
@@ -56,6 +56,11 @@ bench-dedup: install
 bench-render: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python bench/render_bench.py
+
+# Fault injection (not part of `make test`: ~25 min): kills, concurrent runs, a full disk (a
+# tmpfs, as root), bad inputs; every answer checked by brute force. BENCH_ARGS="--seed N" etc.
+bench-faults: install
+	$(BIN)/python bench/fault_injection.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
