@@ -11,7 +11,7 @@ PORT   ?= 3000
 # Debian packages for off-screen OpenGL: EGL with Mesa's drivers (llvmpipe where there is no GPU).
 SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libglvnd0
 
-.PHONY: install dev test lint system-deps sample bench-dedup bench-render bench-faults clean
+.PHONY: install dev test lint system-deps sample bench-dedup bench-render bench-scale bench-faults clean
 
 install: system-deps $(STAMP)
 
@@ -52,6 +52,9 @@ sample: install
 
 bench-dedup: install
 	$(BIN)/python bench/dedup_bench.py
+
+bench-scale: install
+	$(BIN)/python bench/scale_bench.py $(BENCH_ARGS)
 
 bench-render: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'

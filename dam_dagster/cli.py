@@ -15,11 +15,14 @@ from .core.config import ConfigError, load_env_files
 from .core.store import Catalogue, CatalogueError
 
 
-def _catalogue() -> Catalogue:
+def _catalogue(quick: bool = False) -> Catalogue:
+    """The catalogue; `quick`: a look that gives up after a few seconds, silently, when a run
+    holds it (the caller then goes on without it)."""
+    timeout = float(config.env("DAM_LOCK_TIMEOUT_S"))
     return Catalogue(
         config.data_dir(),
-        float(config.env("DAM_LOCK_TIMEOUT_S")),
-        on_wait=lambda msg: click.echo(msg + " ...", err=True),
+        min(timeout, 5.0) if quick else timeout,
+        on_wait=None if quick else lambda msg: click.echo(msg + " ...", err=True),
         who="dam command",
     )
 
@@ -80,16 +83,22 @@ def main() -> None:
     help="Use the sample library (made under the data folder) if no root is set.",
 )
 @click.option("--skip-thumbnails", is_flag=True, help="Only the dedup chain.")
-def run(sample: bool, skip_thumbnails: bool) -> None:
-    """Materialize the pipeline in-process, headless, with progress on the terminal: the
-    dedup chain, then every thumbnail partition of both lanes."""
-    _roots(sample)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Run the chain and every partition even when nothing changed since the last run.",
+)
+def run(sample: bool, skip_thumbnails: bool, force: bool) -> None:
+    """Bring the catalogue up to date, headless, with progress on the terminal: the dedup
+    chain, then the thumbnail partitions, each recorded as a run of the Dagster instance.
+    What has nothing to do is not run: an unchanged library costs one walk."""
+    roots = _roots(sample)
     import sqlite3
 
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        _run(skip_thumbnails)
+        _run(roots, skip_thumbnails, force)
     except (OSError, sqlite3.Error, SQLAlchemyError) as exc:
         # Outside any step: the Dagster home could not be written or read (a full disk, say).
         # A run left in progress by this is marked failed by the next `dam run`.
@@ -97,10 +106,26 @@ def run(sample: bool, skip_thumbnails: bool) -> None:
 
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         cause = storage_cause(f"{type(exc).__name__}: {message}", config.data_dir())
-        _fail(f"{cause}: Dagster's run history in {config.dagster_home()} cannot be used", 1)
+        _fail(
+            f"{cause}: `dam run` stopped outside any step (Dagster home {config.dagster_home()})", 1
+        )
 
 
-def _run(skip_thumbnails: bool) -> None:
+def _run(roots, skip_thumbnails: bool, force: bool) -> None:
+    cat = _catalogue(quick=True)
+    dedup_needed = force or _dedup_needed(cat, roots)
+    buckets = [] if skip_thumbnails else _thumbnail_buckets()
+    if not dedup_needed and not _dead_runs_left():
+        todo = [b for b in buckets if force or _bucket_has_work(cat, b)]
+        if not todo:
+            click.echo(
+                "dam: nothing changed since the last run: the catalogue is current", err=True
+            )
+            click.echo("")
+            _print_status(_status())
+            return
+    else:
+        todo = None  # decided after the chain: the inventory may bring new files
     from .home import prepare_dagster_home
 
     prepare_dagster_home()
@@ -109,7 +134,6 @@ def _run(skip_thumbnails: bool) -> None:
     from .definitions import defs
     from .runs import mark_dead_runs_failed, process_tags
     from .terminal import failure_cause
-    from .thumbnail_assets import fast_partitions, slow_partitions
 
     instance = dg.DagsterInstance.get()
     for gone in mark_dead_runs_failed(instance):
@@ -120,28 +144,38 @@ def _run(skip_thumbnails: bool) -> None:
             err=True,
         )
     terminal = {"loggers": {"dam_terminal": {}}}
-    runs = [("dedup", None)]
-    if not skip_thumbnails:
-        runs += [("thumbnails_fast_job", k) for k in fast_partitions.get_partition_keys()]
-        runs += [("thumbnails_slow_job", k) for k in slow_partitions.get_partition_keys()]
-    failed = []
-    for job_name, partition in runs:
-        result = defs.resolve_job_def(job_name).execute_in_process(
+
+    def execute(job_name: str, partition: str | None):
+        return defs.resolve_job_def(job_name).execute_in_process(
             instance=instance,
             raise_on_error=False,
             run_config=terminal,
             partition_key=partition,
             tags=process_tags(),
         )
+
+    failed, ran = [], 0
+    if dedup_needed:
+        ran += 1
+        result = execute("dedup", None)
         if not result.success:
-            failed.append((job_name, partition, result))
-            if job_name == "dedup":
-                break  # the inventory is what everything else stands on
+            failed.append(("dedup", None, result))
+    if not failed:  # the inventory is what the thumbnails stand on
+        if todo is None:
+            todo = [b for b in buckets if force or _bucket_has_work(cat, b)]
+        idle = [b.key for b in buckets if b not in todo]
+        if idle:
+            click.echo(f"thumbnails: up to date, not run: {', '.join(idle)}", err=True)
+        for bucket in todo:
+            ran += 1
+            result = execute(f"thumbnails_{bucket.lane}_job", bucket.key)
+            if not result.success:
+                failed.append((f"thumbnails_{bucket.lane}_job", bucket.key, result))
     click.echo("")
     from .core.status import catalogue_status
 
     try:
-        _print_status(catalogue_status(_catalogue()))
+        _print_status(catalogue_status(_catalogue(quick=bool(failed))))
     except CatalogueError as exc:
         if not failed:  # otherwise the run's own failure says why, below, cause first
             _fail(str(exc))
@@ -154,10 +188,64 @@ def _run(skip_thumbnails: bool) -> None:
             )
     if failed:
         _fail(
-            f"{len(failed)} of {len(runs)} runs failed (details in the Dagster UI, run "
+            f"{len(failed)} of {ran} runs failed (details in the Dagster UI, run "
             "history); `dam backfill-failed` retries failed thumbnail partitions",
             1,
         )
+
+
+def _dedup_needed(cat: Catalogue, roots) -> bool:
+    """Walk once (no Dagster yet): the chain runs when the walk sees a change or a stage has
+    something left (a new scan it has not seen, an error to retry). The walk is handed to
+    the inventory, which then does not walk again."""
+    if not cat.exists():
+        return True
+    from .core.dedup import chain_is_current
+    from .core.inventory import prepare_walk, walk_differs
+    from .core.walk import PathFilter, walk_library, walk_threads
+
+    path_filter = PathFilter(
+        config.parse_patterns(config.env("DAM_INCLUDE")),
+        config.parse_patterns(config.env("DAM_EXCLUDE")),
+    )
+    follow = config.parse_bool(config.env("DAM_FOLLOW_SYMLINKS"))
+    threads = walk_threads(roots, int(config.env("DAM_IO_THREADS")))
+    walk = walk_library(roots, path_filter, follow, threads=threads)
+    try:
+        if not walk_differs(cat, walk) and chain_is_current(cat):
+            return False
+    except CatalogueError:
+        pass  # the run will say what is wrong with the catalogue
+    prepare_walk(roots, walk)
+    return True
+
+
+def _thumbnail_buckets():
+    from .core.thumbnails import size_buckets
+
+    return list(size_buckets(int(config.env("DAM_SIZE_THRESHOLD_MB"))))
+
+
+def _bucket_has_work(cat: Catalogue, bucket) -> bool:
+    from .core.thumbnails import plan_bucket
+
+    size = int(config.env("DAM_THUMBNAIL_SIZE"))
+    plan = plan_bucket(cat, bucket, size, config.env("DAM_THUMBNAIL_BACKGROUND"))
+    return bool(plan.tasks or plan.unsupported)
+
+
+def _dead_runs_left() -> bool:
+    """Whether runs of this machine were left in progress, or created and never begun, by a
+    process that is gone (read from the run storage without Dagster; a sweep then marks them
+    failed)."""
+    from .runs import RunStorageUnreadable, queue_state_from_sqlite
+
+    home = config.dagster_home()
+    try:
+        state = queue_state_from_sqlite(home) if (home / "dagster.yaml").is_file() else None
+    except RunStorageUnreadable:
+        return True  # let the run try, and say in one line what is wrong
+    return bool(state and (state.dead or state.dead_unstarted))
 
 
 def _status() -> dict:

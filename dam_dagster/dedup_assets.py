@@ -8,11 +8,13 @@ by the library sensor (or by hand); every later stage follows on its own, eagerl
 """
 
 import dagster as dg
+from pydantic import Field
 
 from .core import dedup
+from .core.changes import decode_folder, folders_by_root
 from .core.config import ConfigError
 from .core.hashing import Progress
-from .core.inventory import update_inventory
+from .core.inventory import take_prepared_walk, update_inventory
 from .core.store import Catalogue, row_count, table_schema
 from .core.walk import RootUnavailable, WalkResult
 from .resources import CatalogueResource, LibraryResource
@@ -82,6 +84,14 @@ def _progress(context: dg.AssetExecutionContext):
     return lambda p: context.log.info(p.describe() if isinstance(p, Progress) else p)
 
 
+class InventoryConfig(dg.Config):
+    folders: list[str] = Field(
+        default_factory=list,
+        description="Only list these folders (absolute paths; the library sensor fills this in "
+        "with the folders whose mtime moved). Empty: a complete walk of every root.",
+    )
+
+
 @dg.asset(
     group_name=GROUP,
     kinds={"duckdb"},
@@ -90,18 +100,24 @@ def _progress(context: dg.AssetExecutionContext):
     "Incremental: unchanged files are not touched, missing ones are marked not present.",
 )
 def file_inventory(
-    context: dg.AssetExecutionContext, library: LibraryResource, catalogue: CatalogueResource
+    context: dg.AssetExecutionContext,
+    config: InventoryConfig,
+    library: LibraryResource,
+    catalogue: CatalogueResource,
 ) -> dg.MaterializeResult:
     try:
         roots = library.root_paths()
         catalogue.check_outside(roots)
     except ConfigError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    only = None
+    if config.folders:
+        only = folders_by_root([decode_folder(f) for f in config.folders], roots)
+        context.log.info(f"listing {sum(map(len, only.values())):,} folders whose mtime moved")
 
     def on_walk(w: WalkResult) -> None:
         context.log.info(
-            f"walking: {len(w.files):,} files, {w.bytes_seen / 1e9:,.2f} GB, "
-            f"{w.dirs:,} folders so far"
+            f"walking: {len(w):,} files, {w.bytes_seen / 1e9:,.2f} GB, {w.dirs:,} folders so far"
         )
 
     cat = catalogue.catalogue(context.log)
@@ -113,6 +129,8 @@ def file_inventory(
             library.follow_symlinks,
             on_progress=on_walk,
             io_threads=library.io_threads,
+            only=only,
+            walk=take_prepared_walk(roots) if only is None else None,
         )
     except RootUnavailable as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc

@@ -4,10 +4,11 @@
     file_inventory -> thumbnails_fast   (partitions: size buckets under the threshold)
     file_inventory -> thumbnails_slow   (partitions: size buckets at or over it)
 
-`file_inventory` is asked for by `library_sensor` when files change; every later asset has an
-eager automation condition, evaluated by the `dam_automation` sensor; `dam_dead_runs` marks
-failed the runs whose process is gone, so the run queue never fills with them. All three
-sensors are on by default. Configuration comes from the environment (.env, .env.local):
+`file_inventory` is asked for by `library_sensor` when folders change, and walks everything on
+the `dam_complete_walk` schedule; every later asset has an eager automation condition,
+evaluated by the `dam_automation` sensor; `dam_dead_runs` marks failed the runs whose process
+is gone, so the run queue never fills with them. The sensors and the schedule are on by
+default. Configuration comes from the environment (.env, .env.local):
 docs/CONFIGURATION.md.
 """
 
@@ -19,7 +20,12 @@ load_env_files()  # .env and .env.local, for every process that loads this code 
 
 from . import dedup_assets, thumbnail_assets  # noqa: E402
 from .resources import CatalogueResource, LibraryResource, RenderResource  # noqa: E402
-from .sensors import automation_sensor, dead_runs_sensor, library_sensor  # noqa: E402
+from .sensors import (  # noqa: E402
+    automation_sensor,
+    complete_walk_schedule,
+    dead_runs_sensor,
+    library_sensor,
+)
 from .terminal import dam_terminal  # noqa: E402
 
 defs = dg.Definitions(
@@ -27,6 +33,7 @@ defs = dg.Definitions(
     asset_checks=dedup_assets.CHECKS + thumbnail_assets.CHECKS,
     jobs=[dedup_assets.dedup_job, thumbnail_assets.fast_job, thumbnail_assets.slow_job],
     sensors=[library_sensor, automation_sensor, dead_runs_sensor],
+    schedules=[complete_walk_schedule],
     # `dam run` logs with dam_terminal (one line per step); the UI's runs use Dagster's own.
     loggers={"dam_terminal": dam_terminal},
     # The chain's steps run one after the other anyway, and the render lanes have process

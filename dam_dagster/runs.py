@@ -114,6 +114,8 @@ class QueueState:
     queued: int
     limit: int | None  # max_concurrent_runs, when the instance queues runs
     dead: list[str] = field(default_factory=list)  # run ids whose process is gone
+    # runs created, never begun, by a process now gone (not in the queue; swept all the same)
+    dead_unstarted: list[str] = field(default_factory=list)
 
     @property
     def full(self) -> bool:
@@ -160,28 +162,33 @@ def queue_state_from_sqlite(home: Path) -> QueueState | None:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as exc:
         raise _unreadable(db, exc) from exc
-    marks = ",".join("?" * len(IN_PROGRESS_NAMES))
+    marks = ",".join("?" * len(SWEPT_NAMES))
     try:
         with con:
             counts = dict(con.execute("SELECT status, count(*) FROM runs GROUP BY status"))
             rows = con.execute(
-                f"""SELECT t.run_id, t.key, t.value FROM run_tags t JOIN runs r USING (run_id)
+                f"""SELECT t.run_id, r.status, t.key, t.value
+                    FROM run_tags t JOIN runs r USING (run_id)
                     WHERE r.status IN ({marks}) AND t.key IN (?, ?, ?)""",
-                [*IN_PROGRESS_NAMES, HOST_TAG, PID_TAG, START_TAG],
+                [*SWEPT_NAMES, HOST_TAG, PID_TAG, START_TAG],
             ).fetchall()
     except sqlite3.Error as exc:
         raise _unreadable(db, exc) from exc
     finally:
         con.close()
     tags: dict[str, dict[str, str]] = {}
-    for run_id, key, value in rows:
+    statuses: dict[str, str] = {}
+    for run_id, status, key, value in rows:
         tags.setdefault(run_id, {})[key] = value
+        statuses[run_id] = status
     host = socket.gethostname()
+    dead = sorted(r for r, t in tags.items() if _is_dead(t, host))
     return QueueState(
         in_progress=sum(counts.get(s, 0) for s in IN_PROGRESS_NAMES),
         queued=counts.get("QUEUED", 0),
         limit=_configured_limit(home),
-        dead=sorted(r for r, t in tags.items() if _is_dead(t, host)),
+        dead=[r for r in dead if statuses[r] in IN_PROGRESS_NAMES],
+        dead_unstarted=[r for r in dead if statuses[r] not in IN_PROGRESS_NAMES],
     )
 
 

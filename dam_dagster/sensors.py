@@ -1,7 +1,10 @@
 """Sensors: what keeps the catalogue current without anyone clicking.
 
-- `library_sensor` walks the roots (stat only, nothing is read) and asks for `file_inventory`
-  when any file was added, removed or modified since its last look.
+- `library_sensor` looks at folder mtimes (core/changes.py), within a time budget per tick,
+  and asks for an inventory of just the folders whose mtime moved: a NAS is never walked
+  whole by a sensor, whatever its size.
+- `dam_complete_walk` (a schedule, daily by default) walks everything: files rewritten in place
+  do not move their folder's mtime.
 - `dam_automation` evaluates the eager automation conditions: whatever follows the inventory
   (the dedup chain, the thumbnails) is materialized once its upstream has been updated.
 - `dam_dead_runs` marks failed the runs whose process is gone (dam_dagster/runs.py), so that a
@@ -9,12 +12,19 @@
 All run by default: no toggle needed in the UI.
 """
 
+import hashlib
+import json
+import os
+import time
+
 import dagster as dg
 
+from .core.changes import encode_folder, known_folder_states, look_for_changes
 from .core.config import ConfigError, env
-from .core.walk import RootUnavailable, library_fingerprint, walk_library, walk_threads
+from .core.store import CatalogueBusy, CatalogueMissing
+from .core.walk import RootUnavailable, check_roots, walk_threads
 from .dedup_assets import file_inventory
-from .resources import LibraryResource
+from .resources import CatalogueResource, LibraryResource
 from .runs import PID_TAG, mark_dead_runs_failed, queue_state
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
@@ -31,28 +41,72 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     target=[file_inventory],
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=int(env("DAM_SENSOR_INTERVAL_S")),
-    description="Asks for a new file inventory when files under the library roots were added, "
-    "removed or modified (by size and mtime) since the last look.",
+    description="Looks at the mtimes of the library's folders (a folder's mtime moves when a "
+    "name in it is added, removed or renamed) for at most DAM_SENSOR_BUDGET_S a tick, going on "
+    "where it stopped, and asks for an inventory of just the folders that changed. Files "
+    "rewritten in place are found by the dam_complete_walk schedule.",
 )
-def library_sensor(context: dg.SensorEvaluationContext, library: LibraryResource):
+def library_sensor(
+    context: dg.SensorEvaluationContext, library: LibraryResource, catalogue: CatalogueResource
+):
     try:
         roots = library.root_paths()
-        walk = walk_library(
-            roots,
-            library.path_filter(),
-            library.follow_symlinks,
-            threads=walk_threads(roots, library.io_threads),
-        )
+        check_roots(roots)
     except (ConfigError, RootUnavailable) as exc:
         return dg.SkipReason(str(exc))
-    fingerprint = library_fingerprint(walk)
-    if fingerprint == context.cursor:
-        return dg.SkipReason(f"no change in {len(walk.files):,} files since the last look")
-    context.log.info(f"library changed ({len(walk.files):,} files): asking for file_inventory")
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=fingerprint)],
-        cursor=fingerprint,
-    )
+    cat = catalogue.catalogue(who="library_sensor")
+    cat.lock_timeout_s = min(cat.lock_timeout_s, 5)  # never wait long: look again next tick
+    try:
+        folders = known_folder_states(cat)
+    except CatalogueMissing:
+        folders = []
+    except CatalogueBusy:
+        return dg.SkipReason("the catalogue is busy (a run is writing): looking next tick")
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    if not folders:  # never walked, or a catalogue from before folders were recorded
+        hour = int(time.time() // 3600)  # asked again hourly if that walk fails
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=f"complete-walk-{hour}")],
+            cursor=json.dumps({"pos": 0}),
+        )
+    threads = walk_threads(roots, library.io_threads)
+    look = look_for_changes(folders, cursor.get("pos", 0), float(env("DAM_SENSOR_BUDGET_S")),
+                            threads)  # fmt: skip
+    seen = f"looked at {look.checked:,} of {look.folders:,} folders in {look.seconds:.1f} s"
+    if not look.changed:
+        return dg.SensorResult(
+            skip_reason=f"no folder changed ({seen})", cursor=json.dumps({"pos": look.position})
+        )
+    context.log.info(f"{len(look.changed):,} folders changed ({seen}): asking for an inventory")
+    key = hashlib.md5("\n".join(look.changed).encode(), usedforsecurity=False).hexdigest()
+    request = dg.RunRequest(
+        run_key=f"folders-{key}-{_mtimes_key(look.changed)}",
+        run_config={"ops": {"file_inventory": {"config": {
+            "folders": [encode_folder(f) for f in look.changed]}}}},
+        tags={"dam/changed_folders": str(len(look.changed))},
+    )  # fmt: skip
+    return dg.SensorResult(run_requests=[request], cursor=json.dumps({"pos": look.position}))
+
+
+def _mtimes_key(folders: list[str]) -> str:
+    """The same changed folders in the same state ask once (a run key Dagster dedupes)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    for folder in folders:
+        try:
+            digest.update(str(os.stat(folder).st_mtime_ns).encode())
+        except OSError:
+            digest.update(b"gone")
+    return digest.hexdigest()[:12]
+
+
+complete_walk_schedule = dg.ScheduleDefinition(
+    name="dam_complete_walk",
+    cron_schedule=env("DAM_COMPLETE_WALK_CRON"),
+    target=[file_inventory],
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="A complete walk of every root: finds files rewritten in place (their folder's "
+    "mtime does not move) and verifies what the library sensor's looks at folders concluded.",
+)
 
 
 @dg.sensor(

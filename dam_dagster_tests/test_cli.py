@@ -131,3 +131,35 @@ def test_sample_library_run(tmp_path):
     # the duplicate pair is found; the same-size stranger is not mistaken for a copy
     assert status["duplicate_groups"] == 1 and status["duplicate_files"] == 1
     assert status["models"] >= 8
+
+
+def test_an_unchanged_run_launches_nothing_and_a_change_only_what_it_needs(corpus, tmp_path):
+    import shutil
+    import sqlite3
+
+    lib, data = tmp_path / "lib", tmp_path / "data"
+    lib.mkdir()
+    for name in ("box.STL", "torus.STL"):
+        shutil.copy(corpus / name, lib / name)
+    env = {"DAM_LIBRARY_ROOTS": str(lib), "DAM_DATA_DIR": str(data)}
+    home = tmp_path / "home"
+    env["DAGSTER_HOME"] = str(home)
+
+    def runs() -> list[tuple[str, str]]:
+        with sqlite3.connect(home / "history" / "runs.db") as con:
+            return con.execute("SELECT pipeline_name, partition FROM runs ORDER BY id").fetchall()
+
+    first = dam("run", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    # the chain and the one partition with models; the empty ones are not run
+    assert runs() == [("dedup", None), ("thumbnails_fast_job", "<1MB")]
+    assert "up to date, not run: 1-5MB, 5-30MB, 30-100MB" in first.stderr
+    again = dam("run", env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "nothing changed since the last run" in again.stderr
+    assert len(runs()) == 2 and "duplicate groups" in again.stdout  # the figures all the same
+    shutil.copy(corpus / "box.STL", lib / "box copy.STL")
+    third = dam("run", env=env, cwd=tmp_path)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert runs()[2:] == [("dedup", None), ("thumbnails_fast_job", "<1MB")]
+    forced = dam("run", "--force", "--skip-thumbnails", env=env, cwd=tmp_path)
+    assert forced.returncode == 0 and runs()[4:] == [("dedup", None)]

@@ -144,22 +144,11 @@ def test_automation_carries_the_chain_after_the_inventory(hard_library, tmp_path
     assert quiet.total_requested == 0
 
 
-def test_library_sensor_asks_for_the_inventory_only_when_files_change(hard_library):
-    res = {"library": LibraryResource(roots=str(hard_library))}
-    with dg.build_sensor_context(resources=res) as ctx:
-        first = library_sensor(ctx)
-    assert len(first.run_requests) == 1 and first.cursor
-    with dg.build_sensor_context(cursor=first.cursor, resources=res) as ctx:
-        same = library_sensor(ctx)
-    assert isinstance(same, dg.SkipReason) and "no change" in same.skip_message
-    (hard_library / "prints" / "new.stl").write_bytes(b"solid new\nendsolid new\n")
-    with dg.build_sensor_context(cursor=first.cursor, resources=res) as ctx:
-        changed = library_sensor(ctx)
-    assert len(changed.run_requests) == 1 and changed.cursor != first.cursor
-
-
 def test_library_sensor_skips_with_the_reason_when_a_root_is_missing(tmp_path):
-    res = {"library": LibraryResource(roots=str(tmp_path / "unmounted"))}
+    res = {
+        "library": LibraryResource(roots=str(tmp_path / "unmounted")),
+        "catalogue": CatalogueResource(data_dir=str(tmp_path / "data")),
+    }
     with dg.build_sensor_context(resources=res) as ctx:
         result = library_sensor(ctx)
     assert isinstance(result, dg.SkipReason) and "does not exist" in result.skip_message

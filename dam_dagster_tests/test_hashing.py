@@ -3,6 +3,7 @@
 import hashlib
 import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,42 @@ def test_hash_many_returns_one_outcome_per_job_and_reports_progress(tmp_path):
     assert sum(o.ok for o in outcomes) == 50
     assert seen and seen[-1].done == 51 and seen[-1].total == 51
     assert seen[-1].bytes_read == sum(i * 100 + 1 for i in range(50))
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_hash_table_gives_every_file_one_row_in_threads_or_helper_processes(tmp_path, processes):
+    """The columnar path the stages use; with helper processes the answers are the same."""
+    import pyarrow as pa
+
+    from dam_dagster.core.hashing import hash_table
+
+    paths, sizes, mtimes, ctimes = [], [], [], []
+    for i in range(700):  # more than one batch
+        path = tmp_path / f"f{i}"
+        path.write_bytes(bytes([i % 256]) * (i * 37 + 1))
+        st = path.stat()
+        paths.append(str(path))
+        sizes.append(st.st_size)
+        mtimes.append(st.st_mtime_ns)
+        ctimes.append(st.st_ctime_ns)
+    paths.append(str(tmp_path / "missing"))
+    sizes.append(5), mtimes.append(1), ctimes.append(2)
+    jobs = pa.table({
+        "file_id": list(range(len(paths))), "path": paths,
+        "raw_path": pa.array([None] * len(paths), pa.binary()),
+        "size_bytes": sizes, "mtime_ns": mtimes, "ctime_ns": ctimes,
+    })  # fmt: skip
+    got, failed, read = {}, [], []
+
+    def take(rows, failures, nread):
+        got.update((r[0], r) for r in rows)
+        failed.extend(failures)
+        read.append(nread)
+
+    hash_table(jobs, "partial", 2, take, processes=processes)
+    assert len(got) == len(paths) and sum(read) == sum(sizes[:-1])
+    for i in range(700):
+        data = Path(paths[i]).read_bytes()
+        assert got[i][6] == hashlib.md5(data).hexdigest()  # small files: full hash too
+        assert got[i][5] == reference_partial(data)
+    assert failed == [(paths[-1], "FileNotFoundError", got[700][9], False)]

@@ -21,7 +21,7 @@ import pytest
 
 from dam_dagster.core import dedup
 from dam_dagster.core.render import RenderConfig, RenderTask, render_files
-from dam_dagster.core.store import Catalogue, CatalogueMissing, migrate
+from dam_dagster.core.store import SCHEMA_VERSION, Catalogue, CatalogueMissing, migrate
 from dam_dagster.core.thumbnails import plan_bucket, size_buckets
 
 from .conftest import BIN, _drop_dac_capabilities, brute_force_groups, catalogue_groups, run_chain
@@ -75,7 +75,9 @@ def test_concurrent_first_runs_prepare_dagster_home_once(hard_library, tmp_path,
     ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     assert [code for code, _ in results] == [0, 0, 0, 0], [err[-1500:] for _, err in results]
-    again = dam("run", "--skip-thumbnails", env=run_env(hard_library, data), cwd=tmp_path)
+    again = dam(
+        "run", "--skip-thumbnails", "--force", env=run_env(hard_library, data), cwd=tmp_path
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     runs_db = data / "dagster_home" / "history" / "runs.db"
     with sqlite3.connect(runs_db) as con:
@@ -202,6 +204,13 @@ def test_dam_run_sweeps_runs_left_by_a_dead_process(tmp_path, monkeypatch):
     assert f"run {unborn.run_id[:8]} (never_began) was left" in proc.stderr
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
     assert instance.get_run_by_id(unborn.run_id).status == dg.DagsterRunStatus.FAILURE
+    # with nothing else to do, `dam run` still sweeps such a run
+    again = instance.add_run(
+        dg.DagsterRun(job_name="never_began", status=dg.DagsterRunStatus.NOT_STARTED, tags=tags)
+    )
+    proc = dam("run", "--skip-thumbnails", env=run_env(lib, data), cwd=tmp_path)
+    assert proc.returncode == 0 and f"run {again.run_id[:8]} (never_began)" in proc.stderr
+    assert instance.get_run_by_id(again.run_id).status == dg.DagsterRunStatus.FAILURE
 
 
 # --- 4. reading commands --------------------------------------------------------------------
@@ -567,7 +576,7 @@ def test_a_v2_catalogue_upgrades_without_reading_a_file_again(hard_library, tmp_
         for table in ("file_inventory", "partial_hashes", "full_hashes"):
             con.execute(f"UPDATE {table} SET ctime_ns = NULL")
         version = con.execute("SELECT max(version) FROM dam_schema").fetchone()[0]
-    assert version == 3
+    assert version == SCHEMA_VERSION
     again = run_chain(cat, [hard_library])
     assert again["inventory"].changed_files == 0 and again["partial"].bytes_read == 0
     assert again["full"].bytes_read == 0

@@ -32,6 +32,16 @@ SETTINGS: tuple[EnvSetting, ...] = (
     EnvSetting("DAM_HASH_ALL_SIZES", "0", "1 to hash every file, even those of a unique size."),
     EnvSetting("DAM_LOCK_TIMEOUT_S", "300", "Seconds to wait for the catalogue lock."),
     EnvSetting("DAM_SENSOR_INTERVAL_S", "120", "Seconds between two looks of the library sensor."),
+    EnvSetting(
+        "DAM_SENSOR_BUDGET_S",
+        "20",
+        "Seconds one look of the library sensor may spend on folder mtimes (it goes on next tick).",
+    ),
+    EnvSetting(
+        "DAM_COMPLETE_WALK_CRON",
+        "0 3 * * *",
+        "When the complete walk runs (cron): it finds files rewritten in place, and checks all.",
+    ),
     EnvSetting("DAM_SIZE_THRESHOLD_MB", "30", "Files at or over this size go to the slow lane."),
     EnvSetting("DAM_FAST_WORKERS", "", "Fast-lane render processes (default: CPU count)."),
     EnvSetting("DAM_SLOW_WORKERS", "", "Slow-lane render processes (default: CPU count / 4)."),

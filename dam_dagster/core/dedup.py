@@ -19,28 +19,22 @@ a hash is kept as long as the file's (size, mtime) is the one it was computed fr
 
 from __future__ import annotations
 
-import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from .hashing import HashJob, HashOutcome, Progress, hash_full, hash_many, hash_partial, hash_prefix
+from .config import cpu_count
+from .hashing import Progress, hash_table
 from .store import Catalogue
 from .walk import on_network_filesystem
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def _fs_path(path: str, raw_path: bytes | None) -> str:
-    return os.fsdecode(raw_path) if raw_path is not None else path
-
-
-def _jobs(rows) -> list[HashJob]:
-    return [HashJob(r[0], _fs_path(r[1], r[2]), r[3], r[4], r[5]) for r in rows]
 
 
 @dataclass
@@ -60,39 +54,142 @@ class HashStats:
     failures: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def _outcome_table(outcomes: list[HashOutcome], now: datetime) -> pa.Table:
-    return pa.table(
-        {
-            "file_id": pa.array([o.file_id for o in outcomes], pa.int64()),
-            "size_bytes": pa.array([o.size_bytes for o in outcomes], pa.int64()),
-            "mtime_ns": pa.array([o.mtime_ns for o in outcomes], pa.int64()),
-            "ctime_ns": pa.array([o.ctime_ns for o in outcomes], pa.int64()),
-            "prefix_hash": pa.array([o.prefix_hash for o in outcomes], pa.string()),
-            "partial_hash": pa.array([o.partial_hash for o in outcomes], pa.string()),
-            "full_hash": pa.array([o.full_hash for o in outcomes], pa.string()),
-            "hashed_at": pa.array([now] * len(outcomes), pa.timestamp("us")),
-            "error_class": pa.array([o.error_class for o in outcomes], pa.string()),
-            "error_message": pa.array([o.error_message for o in outcomes], pa.string()),
-            "transient": pa.array(
-                [o.transient if not o.ok else None for o in outcomes], pa.bool_()
-            ),
-        }
+_ROW_COLUMNS = (
+    ("file_id", pa.int64()),
+    ("size_bytes", pa.int64()),
+    ("mtime_ns", pa.int64()),
+    ("ctime_ns", pa.int64()),
+    ("prefix_hash", pa.string()),
+    ("partial_hash", pa.string()),
+    ("full_hash", pa.string()),
+    (None, None),
+    ("error_class", pa.string()),
+    ("error_message", pa.string()),
+    ("transient", pa.bool_()),
+)  # fmt: skip  (the fields of hashing.Row; bytes read is not stored)
+
+
+def _rows_table(rows: list, now: datetime) -> pa.Table:
+    columns = list(zip(*rows))
+    table = {
+        name: pa.array(columns[i], kind) for i, (name, kind) in enumerate(_ROW_COLUMNS) if name
+    }
+    # `transient` means something only for an error
+    table["transient"] = pa.array(
+        [t if e is not None else None for t, e in zip(columns[10], columns[8])], pa.bool_()
     )
+    table["hashed_at"] = pa.array([now] * len(rows), pa.timestamp("us"))
+    return pa.table(table)
 
 
-def _tally(
-    stats: HashStats, outcomes: list[HashOutcome], paths: dict[int, str], prefix: bool = False
-) -> None:
-    for o in outcomes:
-        stats.bytes_read += o.bytes_read
-        if o.ok and prefix:
-            stats.prefix_reads += 1
-        elif o.ok:
-            stats.files_read += 1
-        else:
-            stats.errors += 1
-            stats.transient_errors += o.transient
-            stats.failures.append((paths[o.file_id], o.error_class or "", o.error_message or ""))
+class _RowWriter:
+    """Takes hashing outcomes as they come, tallies them, and writes them in batches (each one
+    transaction, no connection open in between): memory stays flat and a crash keeps what was
+    written."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        insert_sql: str,
+        stats: HashStats,
+        counts: str,
+        batch: int = 100_000,
+        every_s: float = 20.0,
+    ):
+        self.catalogue, self.insert_sql, self.stats = catalogue, insert_sql, stats
+        self.counts = counts  # the HashStats field a successful read adds to
+        self.batch, self.every_s = batch, every_s
+        self.rows: list = []
+        self.last = time.monotonic()
+
+    def add(self, rows: list, failures: list[tuple], bytes_read: int) -> None:
+        stats = self.stats
+        stats.bytes_read += bytes_read
+        setattr(stats, self.counts, getattr(stats, self.counts) + len(rows) - len(failures))
+        stats.errors += len(failures)
+        stats.transient_errors += sum(1 for f in failures if f[3])
+        stats.failures.extend(f[:3] for f in failures)
+        self.rows.extend(rows)
+        if len(self.rows) >= self.batch or time.monotonic() - self.last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last = time.monotonic()
+        if not self.rows:
+            return
+        table = _rows_table(self.rows, _now())
+        self.rows = []
+        with self.catalogue.connect() as con:
+            con.register("outcomes", table)
+            con.execute(self.insert_sql)
+
+
+_INSERT_PARTIAL = "INSERT OR REPLACE INTO partial_hashes BY NAME SELECT * FROM outcomes"
+_INSERT_FULL = """
+    INSERT OR REPLACE INTO full_hashes BY NAME
+    SELECT file_id, size_bytes, mtime_ns, ctime_ns, full_hash, 'full_read' AS source, hashed_at,
+           error_class, error_message, transient
+    FROM outcomes
+"""
+
+
+def _hash_stage(
+    catalogue, jobs: pa.Table, kind, threads, insert_sql, stats, counts, follow, on_progress, stage,
+    processes: int = 0,
+) -> None:  # fmt: skip
+    writer = _RowWriter(catalogue, insert_sql, stats, counts)
+    hash_table(jobs, kind, threads, writer.add, follow, on_progress, stage=stage,
+               processes=processes)  # fmt: skip
+    writer.flush()
+
+
+# Below this many files a pass is over before helper processes would have started.
+PROCESS_MIN_FILES = 20_000
+
+
+def helper_processes(files: int, network: bool) -> int:
+    """Helper processes for a prefix or partial pass: on a local disk its many small reads
+    are Python work (four system calls and an MD5 a file) that threads serialise on the GIL;
+    one process per CPU reads them in parallel. On a share each read is a round trip, which
+    threads overlap well; whole-file reads (stage 3) release the GIL and use threads."""
+    if network or files < PROCESS_MIN_FILES or cpu_count() < 2:
+        return 0
+    return min(cpu_count(), 8)
+
+
+# --- stage marks ---------------------------------------------------------------------------
+# Each stage records the inventory scan it brought itself up to date with (read when it
+# starts), so `chain_is_current` can tell that nothing is left to do without doing it.
+STAGES = ("partial_hashes", "collision_candidates", "full_hashes", "duplicates")
+
+
+def _latest_scan(con):
+    return con.execute("SELECT max(started_at) FROM inventory_scans").fetchall()[0][0]
+
+
+def _mark(con, stage: str, scan) -> None:
+    if scan is not None:
+        con.execute("INSERT OR REPLACE INTO stage_marks VALUES (?, ?, ?)", [stage, scan, _now()])
+
+
+def _mark_done(catalogue: Catalogue, stage: str, scan) -> None:
+    with catalogue.connect() as con:
+        _mark(con, stage, scan)
+
+
+def chain_is_current(catalogue: Catalogue) -> bool:
+    """Whether every dedup stage has seen the latest inventory scan and nothing is left to
+    retry (no transient hashing error): running the chain again would change nothing."""
+    with catalogue.connect(write=False) as con:
+        scan = _latest_scan(con)
+        if scan is None:
+            return False
+        marks = dict(con.execute("SELECT stage, scan_started FROM stage_marks").fetchall())
+        retries = con.execute(
+            "SELECT (SELECT count(*) FROM current_partial_hashes WHERE transient)"
+            " + (SELECT count(*) FROM current_full_hashes WHERE transient)"
+        ).fetchall()[0][0]
+    return all(marks.get(s) == scan for s in STAGES) and not retries
 
 
 # A hashing error about the file itself (core/failures.py): kept until the file changes.
@@ -109,13 +206,6 @@ _ELIGIBLE = """
         SELECT size_bytes FROM present_files WHERE size_bytes > 0
         GROUP BY size_bytes HAVING count(*) > 1))
 """
-
-
-def _write_partial_rows(catalogue: Catalogue, outcomes: list[HashOutcome]) -> None:
-    if outcomes:
-        with catalogue.connect() as con:
-            con.register("outcomes", _outcome_table(outcomes, _now()))
-            con.execute("INSERT OR REPLACE INTO partial_hashes BY NAME SELECT * FROM outcomes")
 
 
 def prefix_threads(roots: list[str], io_threads: int) -> int:
@@ -141,38 +231,43 @@ def update_partial_hashes(
     t0 = datetime.now()
     args = {"all": hash_all_sizes}
     with catalogue.connect(write=False) as con:
-        con.execute(_ELIGIBLE, args)  # stage 0
-        stats.eligible = con.execute("SELECT count(*) FROM eligible").fetchone()[0]
+        scan = _latest_scan(con)
+        con.execute(_ELIGIBLE, args).fetchall()  # stage 0
+        stats.eligible = con.execute("SELECT count(*) FROM eligible").fetchall()[0][0]
         stats.skipped_unique_size = (
-            con.execute("SELECT count(*) FROM present_files WHERE size_bytes > 0").fetchone()[0]
+            con.execute("SELECT count(*) FROM present_files WHERE size_bytes > 0").fetchall()[0][0]
             - stats.eligible
         )
-        prefix_rows = (
-            []
-            if hash_all_sizes
-            else con.execute(f"""
+        prefix_jobs = con.sql(
+            f"""
             SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns, e.ctime_ns
             FROM eligible e
-            WHERE e.file_id NOT IN (
+            WHERE NOT $all AND e.file_id NOT IN (
                 SELECT file_id FROM current_partial_hashes
                 WHERE prefix_hash IS NOT NULL OR {PERMANENT_ERROR})
             ORDER BY e.path
-        """).fetchall()
-        )
+        """,
+            params=args,
+        ).to_arrow_table()
         roots = [r[0] for r in con.execute("SELECT DISTINCT root FROM eligible").fetchall()]
-    outcomes = hash_many(
-        _jobs(prefix_rows),
-        lambda j: hash_prefix(j, follow_symlinks),
+    network = on_network_filesystem(roots)
+    _hash_stage(
+        catalogue,
+        prefix_jobs,
+        "prefix",
         prefix_threads(roots, io_threads),
+        _INSERT_PARTIAL,
+        stats,
+        "prefix_reads",
+        follow_symlinks,
         on_progress,
-        stage="first 4 KiB",
+        "first 4 KiB",
+        helper_processes(prefix_jobs.num_rows, network),
     )  # stage 1a
-    _tally(stats, outcomes, {r[0]: r[1] for r in prefix_rows}, prefix=True)
-    _write_partial_rows(catalogue, outcomes)
 
     with catalogue.connect(write=False) as con:
-        con.execute(_ELIGIBLE, args)
-        partial_rows = con.execute(
+        con.execute(_ELIGIBLE, args).fetchall()  # finished: the next query is a relation
+        partial_jobs = con.sql(
             """
             WITH cur AS (
                 SELECT p.* FROM current_partial_hashes p JOIN eligible USING (file_id)),
@@ -187,18 +282,26 @@ def update_partial_hashes(
                 SELECT (size_bytes, prefix_hash) FROM shared))
             ORDER BY e.path
         """,
-            args,
-        ).fetchall()
-    outcomes = hash_many(
-        _jobs(partial_rows),
-        lambda j: hash_partial(j, follow_symlinks),
+            params=args,
+        ).to_arrow_table()
+    _hash_stage(
+        catalogue,
+        partial_jobs,
+        "partial",
         io_threads,
+        _INSERT_PARTIAL,
+        stats,
+        "files_read",
+        follow_symlinks,
         on_progress,
-        stage="first and last 64 KiB",
+        "first and last 64 KiB",
+        helper_processes(partial_jobs.num_rows, network),
     )  # stage 1b
-    _tally(stats, outcomes, {r[0]: r[1] for r in partial_rows})
-    _write_partial_rows(catalogue, outcomes)
-    stats.reused = stats.eligible - len({r[0] for r in prefix_rows + partial_rows})
+    read_twice = pc.sum(
+        pc.is_in(partial_jobs["file_id"], value_set=prefix_jobs["file_id"].combine_chunks())
+    ).as_py()
+    stats.reused = stats.eligible - prefix_jobs.num_rows - partial_jobs.num_rows + (read_twice or 0)
+    _mark_done(catalogue, "partial_hashes", scan)
     stats.seconds = (datetime.now() - t0).total_seconds()
     return stats
 
@@ -215,6 +318,7 @@ class CandidateStats:
 
 def update_collision_candidates(catalogue: Catalogue) -> CandidateStats:
     with catalogue.connect() as con:
+        _mark(con, "collision_candidates", _latest_scan(con))
         con.execute("DELETE FROM collision_candidates")
         con.execute("""
             INSERT INTO collision_candidates
@@ -246,6 +350,7 @@ def update_full_hashes(
     stats = HashStats()
     t0 = datetime.now()
     with catalogue.connect() as con:
+        scan = _latest_scan(con)
         stats.eligible = con.execute("SELECT count(*) FROM collision_candidates").fetchone()[0]
         # Small files were read whole by stage 1: their full hash is already known.
         stats.from_small_file_read = con.execute(
@@ -258,31 +363,29 @@ def update_full_hashes(
                 SELECT file_id FROM current_full_hashes WHERE full_hash IS NOT NULL)
         """,
             {"now": _now()},
-        ).fetchone()[0]
-        rows = con.execute(f"""
+        ).fetchall()[0][0]
+        jobs = con.sql(f"""
             SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns
             FROM collision_candidates c JOIN present_files f USING (file_id)
             WHERE c.file_id NOT IN (
                 SELECT file_id FROM current_full_hashes
                 WHERE full_hash IS NOT NULL OR {PERMANENT_ERROR})
             ORDER BY f.path
-        """).fetchall()
-    stats.reused = stats.eligible - len(rows) - stats.from_small_file_read
-    jobs = _jobs(rows)
-    outcomes = hash_many(
-        jobs, lambda j: hash_full(j, follow_symlinks), io_threads, on_progress, stage="whole files"
-    )
-    _tally(stats, outcomes, {r[0]: r[1] for r in rows})
-    if outcomes:
-        table = _outcome_table(outcomes, _now())
-        with catalogue.connect() as con:
-            con.register("outcomes", table)
-            con.execute("""
-                INSERT OR REPLACE INTO full_hashes BY NAME
-                SELECT file_id, size_bytes, mtime_ns, ctime_ns, full_hash,
-                       'full_read' AS source, hashed_at, error_class, error_message, transient
-                FROM outcomes
-            """)
+        """).to_arrow_table()
+    stats.reused = stats.eligible - jobs.num_rows - stats.from_small_file_read
+    _hash_stage(
+        catalogue,
+        jobs,
+        "full",
+        io_threads,
+        _INSERT_FULL,
+        stats,
+        "files_read",
+        follow_symlinks,
+        on_progress,
+        "whole files",
+    )  # stage 3
+    _mark_done(catalogue, "full_hashes", scan)
     stats.seconds = (datetime.now() - t0).total_seconds()
     return stats
 
@@ -310,6 +413,7 @@ class DuplicateStats:
 
 def update_duplicates(catalogue: Catalogue, largest: int = 10) -> DuplicateStats:
     with catalogue.connect() as con:
+        _mark(con, "duplicates", _latest_scan(con))
         con.execute("DELETE FROM duplicates")
         con.execute("""
             INSERT INTO duplicates

@@ -25,9 +25,11 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 
 from .failures import describe_os_error, os_error_is_transient
@@ -126,124 +128,111 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def hash_prefix(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
-    """MD5 of the first 4 KiB; a file no larger than that gets its partial and full hash too."""
+# One file's outcome as a plain tuple (a million of them are cheap; a million dataclasses are
+# not): file_id, size, mtime, ctime (the state read), prefix, partial, full, bytes read,
+# error class, error message, transient.
+Row = tuple
+
+
+def _prefix(fd: int, st: os.stat_result) -> tuple:
+    size = st.st_size
+    data = _pread_exact(fd, min(size, PREFIX_BYTES), 0)
+    small = size <= PREFIX_BYTES
+    md5 = _md5(data)
+    return (
+        md5,
+        partial_hash_of(data, b"", size) if small else None,
+        md5 if small else None,
+        len(data),
+    )
+
+
+def _partial(fd: int, st: os.stat_result) -> tuple:
+    size = st.st_size
+    if size <= SMALL_FILE_MAX:
+        data = _pread_exact(fd, size, 0)
+        head, tail = data[:HEAD_BYTES], data[HEAD_BYTES:]
+        full, read = _md5(data), size
+    else:
+        head = _pread_exact(fd, HEAD_BYTES, 0)
+        tail = _pread_exact(fd, TAIL_BYTES, size - TAIL_BYTES)
+        full, read = None, HEAD_BYTES + TAIL_BYTES
+    return _md5(head[:PREFIX_BYTES]), partial_hash_of(head, tail, size), full, read
+
+
+def _full(fd: int, st: os.stat_result) -> tuple:
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    digest = hashlib.md5(usedforsecurity=False)
+    buf = bytearray(CHUNK_BYTES)
+    view = memoryview(buf)
+    read = 0
+    while True:
+        n = os.readv(fd, [buf])
+        if n == 0:
+            break
+        digest.update(view[:n])  # hashlib releases the GIL on large buffers
+        read += n
+    if read != st.st_size:
+        raise ChangedDuringRead("the file changed while it was read")
+    return None, None, digest.hexdigest(), read
+
+
+KINDS = {"prefix": _prefix, "partial": _partial, "full": _full}
+
+
+def hash_row(
+    kind: str, file_id: int, path: str, state: tuple, follow_symlinks: bool = False
+) -> Row:
+    """Hash one file (`kind`: prefix, partial or full); `state` is the inventory's (size,
+    mtime, ctime), recorded with an error when the file cannot be read."""
     try:
-        fd = _open(job.path, follow_symlinks)
+        fd = _open(path, follow_symlinks)
     except OSError as exc:
-        return _failure(job, exc)
+        return _failure_row(file_id, state, exc)
     try:
         st = _checked_stat(fd)
-        size = st.st_size
-        data = _pread_exact(fd, min(size, PREFIX_BYTES), 0)
+        prefix, partial, full, read = KINDS[kind](fd, st)
         if not _same_state(st, os.fstat(fd)):
             raise ChangedDuringRead("the file changed while it was read")
-        small = size <= PREFIX_BYTES
-        return HashOutcome(
-            job.file_id,
-            size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            prefix_hash=_md5(data),
-            partial_hash=partial_hash_of(data, b"", size) if small else None,
-            full_hash=_md5(data) if small else None,
-            bytes_read=len(data),
-        )
+        state_read = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return (file_id, *state_read, prefix, partial, full, read, None, None, False)
     except (OSError, ChangedDuringRead, NotARegularFile) as exc:
-        return _failure(job, exc)
+        return _failure_row(file_id, state, exc)
     finally:
         os.close(fd)
 
 
-def hash_partial(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
-    """Partial hash of one file; for files of at most 128 KiB also the full hash."""
-    try:
-        fd = _open(job.path, follow_symlinks)
-    except OSError as exc:
-        return _failure(job, exc)
-    try:
-        st = _checked_stat(fd)
-        size = st.st_size
-        if size <= SMALL_FILE_MAX:
-            data = _pread_exact(fd, size, 0)
-            head, tail = data[:HEAD_BYTES], data[HEAD_BYTES:]
-            full = _md5(data)
-            read = size
-        else:
-            head = _pread_exact(fd, HEAD_BYTES, 0)
-            tail = _pread_exact(fd, TAIL_BYTES, size - TAIL_BYTES)
-            full = None
-            read = HEAD_BYTES + TAIL_BYTES
-        if not _same_state(st, os.fstat(fd)):
-            raise ChangedDuringRead("the file changed while it was read")
-        return HashOutcome(
-            job.file_id,
-            size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            prefix_hash=_md5(head[:PREFIX_BYTES]),
-            partial_hash=partial_hash_of(head, tail, size),
-            full_hash=full,
-            bytes_read=read,
-        )
-    except (OSError, ChangedDuringRead, NotARegularFile) as exc:
-        return _failure(job, exc)
-    finally:
-        os.close(fd)
-
-
-def hash_full(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
-    """MD5 of the whole file, read sequentially in 1 MiB chunks."""
-    try:
-        fd = _open(job.path, follow_symlinks)
-    except OSError as exc:
-        return _failure(job, exc)
-    try:
-        st = _checked_stat(fd)
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        digest = hashlib.md5(usedforsecurity=False)
-        buf = bytearray(CHUNK_BYTES)
-        view = memoryview(buf)
-        read = 0
-        while True:
-            n = os.readv(fd, [buf])
-            if n == 0:
-                break
-            digest.update(view[:n])  # hashlib releases the GIL on large buffers
-            read += n
-        if read != st.st_size or not _same_state(st, os.fstat(fd)):
-            raise ChangedDuringRead("the file changed while it was read")
-        return HashOutcome(
-            job.file_id,
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            full_hash=digest.hexdigest(),
-            bytes_read=read,
-        )
-    except (OSError, ChangedDuringRead, NotARegularFile) as exc:
-        return _failure(job, exc)
-    finally:
-        os.close(fd)
-
-
-def _failure(job: HashJob, exc: BaseException) -> HashOutcome:
+def _failure_row(file_id: int, state: tuple, exc: BaseException) -> Row:
     if isinstance(exc, OSError):
         transient = os_error_is_transient(exc)
         message = describe_os_error(exc)
     else:
         transient = False
         message = str(exc)
-    return HashOutcome(
-        job.file_id,
-        job.size_bytes,
-        job.mtime_ns,
-        job.ctime_ns,
-        error_class=type(exc).__name__,
-        error_message=message,
-        transient=transient,
-    )
+    return (file_id, *state, None, None, None, 0, type(exc).__name__, message, transient)
+
+
+def _outcome(row: Row) -> HashOutcome:
+    return HashOutcome(*row[:4], *row[4:7], row[7], *row[8:])
+
+
+def hash_prefix(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
+    """MD5 of the first 4 KiB; a file no larger than that gets its partial and full hash too."""
+    state = (job.size_bytes, job.mtime_ns, job.ctime_ns)
+    return _outcome(hash_row("prefix", job.file_id, job.path, state, follow_symlinks))
+
+
+def hash_partial(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
+    """Partial hash of one file; for files of at most 128 KiB also the full hash."""
+    state = (job.size_bytes, job.mtime_ns, job.ctime_ns)
+    return _outcome(hash_row("partial", job.file_id, job.path, state, follow_symlinks))
+
+
+def hash_full(job: HashJob, follow_symlinks: bool = False) -> HashOutcome:
+    """MD5 of the whole file, read sequentially in 1 MiB chunks."""
+    state = (job.size_bytes, job.mtime_ns, job.ctime_ns)
+    return _outcome(hash_row("full", job.file_id, job.path, state, follow_symlinks))
 
 
 @dataclass
@@ -305,3 +294,156 @@ def hash_many(
         on_progress(Progress(len(outcomes), len(jobs), read, time.monotonic() - started, stage))
     outcomes.sort(key=lambda o: o.file_id)
     return outcomes
+
+
+def hash_batch(kind: str, follow_symlinks: bool, columns: tuple) -> tuple[list, list, int]:
+    """Hash one batch: columns are lists (file_id, path, raw_path, size, mtime, ctime).
+    Returns the rows, the failures among them (path, error class, message, transient), and
+    the bytes read."""
+    out, failures, read = [], [], 0
+    for fid, path, raw, size, mtime, ctime in zip(*columns):
+        fs_path = os.fsdecode(raw) if raw is not None else path
+        row = hash_row(kind, fid, fs_path, (size, mtime, ctime), follow_symlinks)
+        out.append(row)
+        read += row[7]
+        if row[8] is not None:
+            failures.append((path, row[8], row[9], row[10]))
+    return out, failures, read
+
+
+# --- helper processes ----------------------------------------------------------------------
+# On a local disk a pass over many small files is Python work (four system calls and an MD5
+# per file) that threads serialise on the GIL: helper processes, one per CPU, do it in
+# parallel. They are started as `python -c` (no fork of a threaded process, no re-run of the
+# caller's __main__), import this module only, and answer one batch at a time over a pipe.
+_SERVE = (
+    "import json, os, sys\n"
+    "sys.path[:0] = [p for p in json.loads(os.environ.pop('DAM_HASH_SYS_PATH', '[]'))"
+    " if p not in sys.path]\n"
+    "from dam_dagster.core.hashing import serve\n"
+    "serve()\n"
+)
+
+
+def serve() -> None:
+    """A helper process: length-prefixed pickled batches in on stdin, results out on stdout."""
+    import pickle
+
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        header = stdin.read(8)
+        if len(header) < 8:
+            return
+        request = pickle.loads(_read_exactly(stdin, int.from_bytes(header, "little")))
+        answer = pickle.dumps(hash_batch(*request), protocol=pickle.HIGHEST_PROTOCOL)
+        stdout.write(len(answer).to_bytes(8, "little") + answer)
+        stdout.flush()
+
+
+def _read_exactly(stream, n: int) -> bytes:
+    parts = []
+    while n > 0:
+        chunk = stream.read(n)
+        if not chunk:
+            raise EOFError("the hashing helper process went away")
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+class _Helper:
+    """One helper process, used by one thread at a time."""
+
+    def __init__(self):
+        import json
+        import subprocess
+
+        env = {**os.environ, "DAM_HASH_SYS_PATH": json.dumps([p for p in sys.path if p])}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env=env, close_fds=True,
+        )  # fmt: skip
+
+    def __call__(self, kind: str, follow_symlinks: bool, columns: tuple):
+        import pickle
+
+        request = pickle.dumps((kind, follow_symlinks, columns), protocol=pickle.HIGHEST_PROTOCOL)
+        self.proc.stdin.write(len(request).to_bytes(8, "little") + request)
+        self.proc.stdin.flush()
+        size = int.from_bytes(_read_exactly(self.proc.stdout, 8), "little")
+        return pickle.loads(_read_exactly(self.proc.stdout, size))
+
+    def close(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001 - never leave it behind
+            self.proc.kill()
+            self.proc.wait()
+
+
+def hash_table(
+    jobs,
+    kind: str,
+    threads: int,
+    on_rows: Callable[[list[Row], list[tuple], int], None],
+    follow_symlinks: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    progress_every_s: float = 5.0,
+    stage: str = "",
+    batch: int = 512,
+    processes: int = 0,
+) -> None:
+    """Hash every job of an Arrow table (file_id, path, raw_path, size_bytes, mtime_ns,
+    ctime_ns) with `threads` threads (each driving a helper process when `processes` > 0),
+    handing each batch's outcome rows to `on_rows` as they come, in this thread, with the
+    failures among them (see hash_batch) and the bytes read: a million files never become a
+    million objects at once."""
+    total = jobs.num_rows
+    if not total:
+        return
+    workers = max(1, processes or threads)
+    started = last = time.monotonic()
+    done = read = 0
+    helpers: list[_Helper] = []
+    local = threading.local()
+
+    def work(b):
+        columns = tuple(b.column(i).to_pylist() for i in range(6))
+        if not processes:
+            return hash_batch(kind, follow_symlinks, columns)
+        helper = getattr(local, "helper", None)
+        if helper is None:
+            helper = local.helper = _Helper()
+            helpers.append(helper)
+        return helper(kind, follow_symlinks, columns)
+
+    jobs = jobs.select(["file_id", "path", "raw_path", "size_bytes", "mtime_ns", "ctime_ns"])
+    batches = iter(jobs.to_batches(max_chunksize=batch))
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dam-io") as pool:
+            # a bounded number of batches in flight: the rows of a million files never pile up
+            pending = {pool.submit(work, b) for _, b in zip(range(workers * 3), batches)}
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    rows, failures, nread = future.result()
+                    done += len(rows)
+                    read += nread
+                    on_rows(rows, failures, nread)
+                    nxt = next(batches, None)
+                    if nxt is not None:
+                        pending.add(pool.submit(work, nxt))
+                now = time.monotonic()
+                if on_progress is not None and now - last >= progress_every_s:
+                    on_progress(Progress(done, total, read, now - started, stage))
+                    last = now
+    finally:
+        for helper in helpers:
+            helper.close()
+    if on_progress is not None:
+        on_progress(Progress(done, total, read, time.monotonic() - started, stage))

@@ -1,6 +1,7 @@
 """The inventory: walk the roots, then reconcile the catalogue in one transaction.
 
-- A path seen for the first time gets the next `file_id`; ids are never reused.
+- A path seen for the first time gets the next `file_id` (new files of one walk in path
+  order, after the highest id ever given: rows are never deleted, so ids are never reused).
 - An unchanged file (same size and mtime) is not touched.
 - A changed file gets its new size and mtime; hashes stored for the old state stop being
   current at once (they are keyed by the state they were computed from), so they are redone.
@@ -13,16 +14,25 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from .store import STATE_TABLES, Catalogue
-from .walk import PathFilter, WalkResult, display_path, has_undecodable, walk_library, walk_threads
+from .walk import (
+    PathFilter,
+    WalkResult,
+    display_path,
+    has_undecodable,
+    walk_library,
+    walk_threads,
+)
 
 
 @dataclass
@@ -38,6 +48,8 @@ class InventoryStats:
     issues_by_kind: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     walk_seconds: float = 0.0
+    complete: bool = True  # a complete walk, or only the folders whose mtime changed
+    folders_listed: int = 0
 
     @property
     def issues(self) -> int:
@@ -49,27 +61,37 @@ def _now() -> datetime:
 
 
 def _walk_table(walk: WalkResult) -> pa.Table:
-    files = walk.files
-    bad = [has_undecodable(f.path) for f in files]  # rare: most names are valid UTF-8
-    paths = [display_path(f.path) if b else f.path for f, b in zip(files, bad)]
-    roots = {f.root: display_path(f.root) for f in files}
+    """The walk as one Arrow table (no Python object per file); rel_path and extension are
+    computed by DuckDB from it (WALKED_COLUMNS)."""
+    n = len(walk)
+    raw = [None] * n
+    for i, data in walk.raw.items():  # rare: most names are valid UTF-8
+        raw[i] = data
+    roots = pa.array([display_path(r) for r in walk.roots], pa.string())
+    root_of = np.frombuffer(walk.root_of, dtype=np.uint16) if n else np.zeros(0, np.uint16)
     return pa.table(
         {
-            "path": pa.array(paths, pa.string()),
-            "raw_path": pa.array(
-                [os.fsencode(f.path) if b else None for f, b in zip(files, bad)], pa.binary()
-            ),
-            "root": pa.array([roots[f.root] for f in files], pa.string()),
-            "rel_path": pa.array(
-                [display_path(f.rel_path) if b else f.rel_path for f, b in zip(files, bad)],
-                pa.string(),
-            ),
-            "extension": pa.array([_extension(p) for p in paths], pa.string()),
-            "size_bytes": pa.array([f.size_bytes for f in files], pa.int64()),
-            "mtime_ns": pa.array([f.mtime_ns for f in files], pa.int64()),
-            "ctime_ns": pa.array([f.ctime_ns for f in files], pa.int64()),
+            "path": walk.path_array(),
+            "raw_path": pa.array(raw, pa.binary()),
+            "root": pa.DictionaryArray.from_arrays(pa.array(root_of, pa.uint16()), roots),
+            "size_bytes": _int64(walk.sizes),
+            "mtime_ns": _int64(walk.mtimes),
+            "ctime_ns": _int64(walk.ctimes),
         }
     )
+
+
+def _int64(values) -> pa.Array:
+    return pa.array(np.frombuffer(values, dtype=np.int64) if len(values) else [], pa.int64())
+
+
+# rel_path and extension of each walked file: lower case with the dot ('.stl' for
+# '/a/b/Model.STL'), '' for no extension or a name such as '.hidden'.
+WALKED_COLUMNS = """
+    path, raw_path, root::VARCHAR AS root, substr(path, length(root::VARCHAR) + 2) AS rel_path,
+    lower(regexp_extract(path, '[^/](\\.[^./]*)$', 1)) AS extension,
+    size_bytes, mtime_ns, ctime_ns
+"""
 
 
 # One file, in the catalogue (f) and in the walk (w): the exact path bytes. `path` alone is the
@@ -104,11 +126,89 @@ def _adopt_ctimes(con) -> None:
     )
 
 
-def _extension(path: str) -> str:
-    """'.stl' for '/a/b/Model.STL'; '' when the name has no extension (or is '.hidden')."""
-    dot = path.rfind(".")
-    slash = path.rfind("/")
-    return path[dot:].lower() if dot > slash + 1 else ""
+# A complete walk made moments ago by `dam run` (which looks before it launches a run), for
+# the inventory of the same roots in the same process to use once instead of walking again.
+_PREPARED: dict[tuple[str, ...], tuple[float, WalkResult]] = {}
+PREPARED_MAX_AGE_S = 120.0
+
+
+def prepare_walk(roots: Iterable[Path], walk: WalkResult) -> None:
+    _PREPARED.clear()
+    _PREPARED[tuple(str(r) for r in roots)] = (time.monotonic(), walk)
+
+
+def take_prepared_walk(roots: Iterable[Path]) -> WalkResult | None:
+    """The walk `prepare_walk` left for these roots, if fresh; taken once."""
+    made = _PREPARED.pop(tuple(str(r) for r in roots), None)
+    if made is None or time.monotonic() - made[0] > PREPARED_MAX_AGE_S:
+        return None
+    return made[1]
+
+
+def walk_differs(catalogue: Catalogue, walk: WalkResult) -> bool:
+    """Whether a complete walk sees anything the catalogue does not know: a file new,
+    changed, gone or back, another set of walk issues, or a folder at another mtime (read
+    only: nothing is written)."""
+    issues = pa.table(
+        {
+            "path": pa.array([x.path for x in walk.issues], pa.string()),
+            "kind": pa.array([x.kind for x in walk.issues], pa.string()),
+        }
+    )
+    with catalogue.connect(write=False) as con:
+        con.register("walked", _walk_table(walk))
+        con.register("listed", _folders_table(walk))
+        con.register("issues_now", issues)
+        con.register("unlisted", pa.table({"prefix": pa.array(walk.unlisted_dirs, pa.string())}))
+        differs = con.execute(
+            f"""
+            WITH w AS (SELECT {WALKED_COLUMNS} FROM walked)
+            SELECT
+                (SELECT count(*) FROM w ANTI JOIN file_inventory f
+                     ON {SAME_FILE} AND f.present AND f.size_bytes = w.size_bytes
+                        AND f.mtime_ns = w.mtime_ns AND f.ctime_ns = w.ctime_ns)
+              + (SELECT count(*) FROM present_files f ANTI JOIN w ON {SAME_FILE}
+                 WHERE NOT EXISTS (SELECT 1 FROM unlisted u  -- not gone: unreadable there
+                                   WHERE f.path = u.prefix OR starts_with(f.path, u.prefix || '/')))
+              + (SELECT count(*) FROM (SELECT path, kind FROM issues_now
+                                       EXCEPT SELECT path, kind FROM walk_issues))
+              + (SELECT count(*) FROM (SELECT path, kind FROM walk_issues
+                                       EXCEPT SELECT path, kind FROM issues_now))
+              + (SELECT count(*) FROM (SELECT path, mtime_ns FROM listed
+                                       EXCEPT SELECT path, mtime_ns FROM folders))
+              + (SELECT count(*) FROM (SELECT path, mtime_ns FROM folders
+                                       EXCEPT SELECT path, mtime_ns FROM listed))
+            """
+        ).fetchall()[0][0]
+    return bool(differs)
+
+
+def known_folders(catalogue: Catalogue) -> set[str]:
+    """Filesystem paths of the folders the catalogue knows (listed by an earlier walk)."""
+    if not catalogue.exists():
+        return set()
+    with catalogue.connect(write=False) as con:
+        rows = con.execute("SELECT path, raw_path FROM folders").fetchall()
+    return {os.fsdecode(raw) if raw is not None else path for path, raw in rows}
+
+
+def _folders_table(walk: WalkResult) -> pa.Table:
+    shown = [display_path(f) for f, _, _ in walk.listed]
+    return pa.table(
+        {
+            "path": pa.array(shown, pa.string()),
+            "raw_path": pa.array(
+                [os.fsencode(f) if has_undecodable(f) else None for f, _, _ in walk.listed],
+                pa.binary(),
+            ),
+            "root": pa.array([display_path(walk.roots[r]) for _, r, _ in walk.listed]),
+            "mtime_ns": pa.array([m for _, _, m in walk.listed], pa.int64()),
+        }
+    )
+
+
+def _parent(column: str) -> str:
+    return f"regexp_replace({column}, '/[^/]*$', '')"
 
 
 def update_inventory(
@@ -118,17 +218,40 @@ def update_inventory(
     follow_symlinks: bool = False,
     on_progress: Callable[[WalkResult], None] | None = None,
     io_threads: int = 8,
+    only: dict[str, list[str]] | None = None,
+    walk: WalkResult | None = None,
 ) -> InventoryStats:
-    """Walk (no connection open), then write the differences in one transaction."""
+    """Walk (no connection open), then write the differences in one transaction.
+
+    A complete walk (the default) reconciles every file of the roots. With `only` (root ->
+    folders whose mtime changed, core/changes.py) just those folders are listed, new
+    subfolders walked whole, and only what lies under them is reconciled: a file added,
+    removed or renamed there is seen; a file rewritten in place (its folder's mtime does not
+    move) waits for the next complete walk. `walk` is a complete walk made moments ago by
+    the caller (`dam run` looks before it launches anything), used instead of walking again.
+    """
     roots = list(roots)
     started = _now()
     t0 = datetime.now()
-    walk = walk_library(
-        roots, path_filter, follow_symlinks, on_progress, threads=walk_threads(roots, io_threads)
-    )
+    if walk is None:
+        known = None
+        if only is not None:
+            folders = known_folders(catalogue)
+            known = folders.__contains__
+        walk = walk_library(
+            roots,
+            path_filter,
+            follow_symlinks,
+            on_progress,
+            threads=walk_threads(roots, io_threads),
+            only=only,
+            known=known,
+        )
     walk_seconds = (datetime.now() - t0).total_seconds()
+    complete = only is None
 
     walked = _walk_table(walk)
+    listed = _folders_table(walk)
     unlisted = pa.table({"prefix": pa.array(walk.unlisted_dirs, pa.string())})
     issues = pa.table(
         {
@@ -141,17 +264,43 @@ def update_inventory(
     now = _now()
     with catalogue.connect() as con:
         con.register("walked", walked)
+        con.register("listed_now", listed)
         con.register("unlisted", unlisted)
         con.register("issues", issues)
-        con.execute("CREATE TEMP TABLE w AS SELECT * FROM walked")
+        con.execute(f"CREATE TEMP TABLE w AS SELECT {WALKED_COLUMNS} FROM walked")
+        con.execute("CREATE TEMP TABLE listed AS SELECT * FROM listed_now")
+        # What this walk speaks for: every file of the roots, or the files directly in the
+        # folders it listed and everything under the subfolders they no longer hold.
+        if complete:
+            con.execute("CREATE TEMP TABLE scope AS SELECT file_id FROM present_files")
+        else:
+            con.register("held", pa.table({"path": [display_path(f) for f in walk.subfolders]}))
+            con.execute(
+                f"""
+                CREATE TEMP TABLE removed AS
+                SELECT k.path FROM folders k
+                WHERE {_parent("k.path")} IN (SELECT path FROM listed)
+                  AND k.path NOT IN (SELECT path FROM listed)
+                  AND k.path NOT IN (SELECT path FROM held)
+                """
+            )
+            con.execute(
+                f"""
+                CREATE TEMP TABLE scope AS
+                SELECT file_id FROM present_files f
+                WHERE {_parent("f.path")} IN (SELECT path FROM listed)
+                   OR EXISTS (SELECT 1 FROM removed r WHERE starts_with(f.path, r.path || '/'))
+                """
+            )
         new_files = con.execute(
             f"""
             INSERT INTO file_inventory BY NAME
-            SELECT nextval('file_id_seq') AS file_id, w.path, w.raw_path, w.root, w.rel_path,
+            SELECT (SELECT COALESCE(max(file_id), 0) FROM file_inventory)
+                       + row_number() OVER (ORDER BY w.path, w.raw_path) AS file_id,
+                   w.path, w.raw_path, w.root, w.rel_path,
                    w.extension, w.size_bytes, w.mtime_ns, w.ctime_ns, true AS present,
                    $now AS first_seen_at, $now AS changed_at, NULL AS gone_at
             FROM w ANTI JOIN file_inventory f ON {SAME_FILE}
-            ORDER BY w.path, w.raw_path
             """,
             {"now": now},
         ).fetchone()[0]
@@ -179,21 +328,40 @@ def update_inventory(
             f"""
             UPDATE file_inventory f SET present = false, gone_at = $now
             WHERE f.present
+              AND f.file_id IN (SELECT file_id FROM scope)
               AND NOT EXISTS (SELECT 1 FROM w WHERE {SAME_FILE})
               AND NOT EXISTS (SELECT 1 FROM unlisted u
                               WHERE f.path = u.prefix OR starts_with(f.path, u.prefix || '/'))
             """,
             {"now": now},
         ).fetchone()[0]
-        con.execute("DELETE FROM walk_issues")
+        if complete:
+            con.execute("DELETE FROM walk_issues")
+            roots_shown = [display_path(str(r)) for r in roots]
+            con.execute("DELETE FROM folders WHERE list_contains($roots, root)",
+                        {"roots": roots_shown})  # fmt: skip
+        else:
+            con.execute(
+                f"""DELETE FROM walk_issues WHERE path IN (SELECT path FROM listed)
+                    OR {_parent("path")} IN (SELECT path FROM listed)"""
+            )
+            con.execute(
+                """DELETE FROM folders WHERE path IN (SELECT path FROM listed)
+                   OR EXISTS (SELECT 1 FROM removed r WHERE folders.path = r.path
+                              OR starts_with(folders.path, r.path || '/'))"""
+            )
         con.execute(
             "INSERT INTO walk_issues SELECT path, kind, error_class, message, $now FROM issues",
+            {"now": now},
+        )
+        con.execute(
+            "INSERT INTO folders SELECT path, raw_path, root, mtime_ns, $now FROM listed",
             {"now": now},
         )
         # A root that suddenly holds nothing while the catalogue knew files there is most
         # often an unmounted share: say so loudly (nothing is lost, ids and hashes are kept).
         warnings = []
-        for root in roots:
+        for root in roots if complete else []:
             root_s = display_path(str(root))
             seen = con.execute("SELECT count(*) FROM w WHERE root = ?", [root_s]).fetchone()[0]
             if seen == 0:
@@ -209,7 +377,7 @@ def update_inventory(
                     )
         stats = InventoryStats(
             roots=[display_path(str(r)) for r in roots],
-            files_seen=len(walk.files),
+            files_seen=len(walk),
             bytes_seen=walk.bytes_seen,
             new_files=int(new_files),
             changed_files=int(changed_files),
@@ -219,9 +387,13 @@ def update_inventory(
             issues_by_kind=dict(Counter(i.kind for i in walk.issues)),
             warnings=warnings,
             walk_seconds=walk_seconds,
+            complete=complete,
+            folders_listed=len(walk.listed),
         )
         con.execute(
-            "INSERT INTO inventory_scans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            """INSERT INTO inventory_scans BY NAME SELECT ? AS started_at, ? AS finished_at,
+                   ? AS roots, ? AS files_seen, ? AS bytes_seen, ? AS new_files,
+                   ? AS changed_files, ? AS gone_files, ? AS issues, ? AS complete""",
             [
                 started,
                 _now(),
@@ -232,6 +404,7 @@ def update_inventory(
                 stats.changed_files,
                 stats.gone_files,
                 stats.issues,
+                complete,
             ],
         )
     return stats

@@ -31,7 +31,11 @@ from .failures import storage_cause
 from .render.api import MODEL_EXTENSIONS as RENDERED_MODEL_EXTENSIONS
 
 DB_NAME = "dam.duckdb"
-SCHEMA_VERSION = 3
+# Every connection: two threads (the catalogue is one of several things a run does), and a
+# bounded buffer pool, so that a million-file inventory spills its joins to
+# `dam.duckdb.tmp/` beside the file rather than growing the process past a NAS's memory.
+DUCKDB_CONFIG = {"threads": 2, "memory_limit": "512MB", "preserve_insertion_order": False}
+SCHEMA_VERSION = 4
 
 
 class CatalogueError(RuntimeError):
@@ -198,6 +202,27 @@ MIGRATIONS: dict[int, str] = {
     -- How many times in a row this file state was killed at the memory cap.
     ALTER TABLE thumbnails ADD COLUMN memory_kills INTEGER;
     """,
+    4: """
+    -- Every folder a walk listed, with its mtime then: a folder whose mtime is unchanged
+    -- holds the same names, so change detection on a share lists only the folders that
+    -- changed (core/changes.py). Replaced by each complete walk, updated by partial ones.
+    CREATE TABLE folders (
+        path          VARCHAR NOT NULL,         -- absolute, for people (like file_inventory)
+        raw_path      BLOB,                     -- the exact bytes when `path` is not exact
+        root          VARCHAR NOT NULL,
+        mtime_ns      BIGINT NOT NULL,
+        listed_at     TIMESTAMP NOT NULL
+    );
+
+    -- The inventory scan each stage last brought itself up to date with: the chain is
+    -- current when every stage has seen the latest scan (and nothing is left to retry).
+    CREATE TABLE stage_marks (
+        stage         VARCHAR PRIMARY KEY,
+        scan_started  TIMESTAMP NOT NULL,       -- inventory_scans.started_at it followed
+        finished_at   TIMESTAMP NOT NULL
+    );
+    ALTER TABLE inventory_scans ADD COLUMN complete BOOLEAN;  -- a complete walk, or some folders
+    """,
 }
 
 # Tables whose rows belong to one state of a file (size_bytes, mtime_ns, ctime_ns): a row is
@@ -251,11 +276,12 @@ CREATE OR REPLACE VIEW library_files AS
         f.extension IN ({model_extensions})              AS is_model,
         t.status                                         AS thumbnail_status,
         t.source                                         AS thumbnail_source
+    -- the current_* conditions, joined once (the views would join file_inventory again each)
     FROM file_inventory f
-    LEFT JOIN current_partial_hashes ph USING (file_id)
-    LEFT JOIN current_full_hashes fh USING (file_id)
-    LEFT JOIN duplicates d USING (file_id)
-    LEFT JOIN current_thumbnails t USING (file_id)
+    LEFT JOIN partial_hashes ph ON ph.file_id = f.file_id AND {current_ph}
+    LEFT JOIN full_hashes fh ON fh.file_id = f.file_id AND {current_fh}
+    LEFT JOIN duplicates d ON d.file_id = f.file_id
+    LEFT JOIN thumbnails t ON t.file_id = f.file_id AND {current_t}
     WHERE f.present;
 
 CREATE OR REPLACE VIEW models AS
@@ -285,9 +311,23 @@ MODEL_EXTENSIONS: tuple[str, ...] = tuple(
 )
 
 
+def current(alias: str, file: str = "f") -> str:
+    """The condition that a row (alias) was made from the file's (alias `file`) current state."""
+    return (
+        f"{alias}.size_bytes = {file}.size_bytes AND {alias}.mtime_ns = {file}.mtime_ns "
+        f"AND {alias}.ctime_ns IS NOT DISTINCT FROM {file}.ctime_ns"
+    )
+
+
 def _view_sql(thumbs_dir: Path) -> str:
     exts = ", ".join(f"'{e}'" for e in MODEL_EXTENSIONS)
-    return _VIEWS.format(model_extensions=exts, thumbs_dir=str(thumbs_dir).replace("'", "''"))
+    return _VIEWS.format(
+        model_extensions=exts,
+        thumbs_dir=str(thumbs_dir).replace("'", "''"),
+        current_ph=current("ph"),
+        current_fh=current("fh"),
+        current_t=current("t"),
+    )
 
 
 # --- the lock -----------------------------------------------------------------------------
@@ -467,7 +507,7 @@ class Catalogue:
         deadline = time.monotonic() + self.lock_timeout_s
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only, config={"threads": 2})
+                return duckdb.connect(str(self.path), read_only=read_only, config=DUCKDB_CONFIG)
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower():  # a full disk, say: its cause, first
                     cause = storage_cause(f"IOException: {exc}", self.data_dir)

@@ -17,6 +17,7 @@ import queue
 import re
 import stat
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,18 +60,90 @@ ISSUE_KINDS = {
 }
 
 
-@dataclass
 class WalkResult:
-    files: list[WalkedFile] = field(default_factory=list)
-    issues: list[WalkIssue] = field(default_factory=list)
-    # Folders that could not be listed: what the catalogue knew under them is not "gone".
-    unlisted_dirs: list[str] = field(default_factory=list)
-    excluded: int = 0
-    dirs: int = 0
+    """What a walk found, held as columns: a million files cost arrays of numbers and one
+    string per path (chunks of them are moved into Arrow as the walk goes), not a million
+    objects. `files` materialises `WalkedFile`s for small walks and tests."""
+
+    CHUNK = 65_536  # paths kept as Python strings before they move into an Arrow chunk
+
+    def __init__(self) -> None:
+        self.issues: list[WalkIssue] = []
+        # Folders that could not be listed: what the catalogue knew under them is not "gone".
+        self.unlisted_dirs: list[str] = []
+        self.excluded = 0
+        self.dirs = 0
+        self.bytes_seen = 0
+        self.roots: list[str] = []  # in walk order; root_of[i] indexes it
+        self.root_of = array("H")
+        self.sizes = array("q")
+        self.mtimes = array("q")
+        self.ctimes = array("q")
+        self.raw: dict[int, bytes] = {}  # index -> exact bytes, for paths that are not UTF-8
+        self._chunks: list = []  # pyarrow string arrays of display paths
+        self._paths: list[str] = []  # the current chunk (display paths)
+        self._count = 0
+        # every folder listed: (filesystem path, root index, mtime before the listing), and
+        # every subfolder those listings held (entered or not: a partial walk skips known ones)
+        self.listed: list[tuple[str, int, int]] = []
+        self.subfolders: list[str] = []
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, root: int, listing: _Listing) -> None:
+        if listing.mtime_ns is not None:
+            self.listed.append((listing.folder, root, listing.mtime_ns))
+        self.subfolders.extend(listing.folders)
+        n = len(listing.paths)
+        if not n:
+            return
+        base = self._count
+        for i in listing.undecodable:
+            self.raw[base + i] = os.fsencode(listing.paths[i])
+            listing.paths[i] = display_path(listing.paths[i])
+        self._paths.extend(listing.paths)
+        self.sizes.extend(listing.sizes)
+        self.mtimes.extend(listing.mtimes)
+        self.ctimes.extend(listing.ctimes)
+        self.root_of.extend([root] * n)
+        self.bytes_seen += sum(listing.sizes)
+        self._count += n
+        if len(self._paths) >= self.CHUNK:
+            self._flush_paths()
+
+    def _flush_paths(self) -> None:
+        import pyarrow as pa
+
+        if self._paths:
+            self._chunks.append(pa.array(self._paths, pa.string()))
+            self._paths = []
+
+    def path_array(self):
+        """Every display path, as one pyarrow (chunked) array in walk order."""
+        import pyarrow as pa
+
+        self._flush_paths()
+        return pa.chunked_array(self._chunks, pa.string())
+
+    def fs_path(self, index: int, display: str) -> str:
+        """The filesystem path (surrogate escapes for bytes that are not UTF-8)."""
+        raw = self.raw.get(index)
+        return os.fsdecode(raw) if raw is not None else display
 
     @property
-    def bytes_seen(self) -> int:
-        return sum(f.size_bytes for f in self.files)
+    def files(self) -> list[WalkedFile]:
+        paths = self.path_array().to_pylist()
+        out = []
+        for i, shown in enumerate(paths):
+            path = self.fs_path(i, shown)
+            root = self.roots[self.root_of[i]]
+            out.append(
+                WalkedFile(
+                    path, root, path[len(root) + 1 :], self.sizes[i], self.mtimes[i], self.ctimes[i]
+                )
+            )
+        return out
 
 
 class PathFilter:
@@ -89,9 +162,13 @@ class PathFilter:
         default_excludes: bool = True,
     ):
         excl = list(DEFAULT_EXCLUDES if default_excludes else ()) + list(exclude)
+        include = list(include)
         self._exclude_name, self._exclude_rel = self._compile(excl)
-        self._include_name, self._include_rel = self._compile(list(include))
-        self._has_include = bool(list(include))
+        self._include_name, self._include_rel = self._compile(include)
+        self.has_include = bool(include)
+        # bound `match` methods (None when there is no such pattern), for the walk's loop
+        self.exclude_name = self._exclude_name.match if self._exclude_name else None
+        self.exclude_rel = self._exclude_rel.match if self._exclude_rel else None
 
     @staticmethod
     def _compile(patterns: list[str]):
@@ -112,9 +189,7 @@ class PathFilter:
         return self._match(self._exclude_name, self._exclude_rel, name, rel)
 
     def included(self, name: str, rel: str) -> bool:
-        return not self._has_include or self._match(
-            self._include_name, self._include_rel, name, rel
-        )
+        return not self.has_include or self._match(self._include_name, self._include_rel, name, rel)
 
 
 def has_undecodable(path: str) -> bool:
@@ -220,18 +295,32 @@ def walk_threads(roots: Iterable[Path], io_threads: int) -> int:
 
 @dataclass
 class _Listing:
-    """What one folder holds: the unit of work of the walk."""
+    """What one folder holds: the unit of work of the walk, as columns."""
 
-    files: list[WalkedFile] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # filesystem paths of regular files
+    sizes: list[int] = field(default_factory=list)
+    mtimes: list[int] = field(default_factory=list)
+    ctimes: list[int] = field(default_factory=list)
+    undecodable: list[int] = field(default_factory=list)  # indexes into paths
     folders: list[str] = field(default_factory=list)
     issues: list[WalkIssue] = field(default_factory=list)
     unlisted: str | None = None
     excluded: int = 0
+    folder: str = ""  # the folder listed, and its mtime before the listing (None: unlisted)
+    mtime_ns: int | None = None
 
     def issue(self, path: str, kind: str, exc: BaseException | None, message: str) -> None:
         self.issues.append(
             WalkIssue(display_path(path), kind, type(exc).__name__ if exc else None, message)
         )
+
+    def file(self, path: str, st: os.stat_result, undecodable: bool) -> None:
+        if undecodable:
+            self.undecodable.append(len(self.paths))
+        self.paths.append(path)
+        self.sizes.append(st.st_size)
+        self.mtimes.append(st.st_mtime_ns)
+        self.ctimes.append(st.st_ctime_ns)
 
 
 def walk_library(
@@ -241,18 +330,27 @@ def walk_library(
     on_progress: Callable[[WalkResult], None] | None = None,
     progress_every_s: float = 5.0,
     threads: int = 1,
+    only: dict[str, list[str]] | None = None,
+    known: Callable[[str], bool] | None = None,
 ) -> WalkResult:
-    """Walk every root (after check_roots) and return files and issues.
+    """Walk every root (after check_roots) and return files, folders and issues.
 
     With threads > 1, folders are listed by a bounded pool: on a network share each listing
     and each stat is a round trip, and several in flight hide the latency.
+
+    A partial walk (`only`: root -> folders under it) lists just those folders, and of their
+    subfolders enters only those `known` does not know (new ones, walked whole): what a
+    change of folder mtimes asks to be looked at again (core/changes.py).
     """
     path_filter = path_filter or PathFilter()
     result = WalkResult()
     last_report = time.monotonic()
     for root in check_roots(roots):
         root_str = str(root)
+        root_index = len(result.roots)
+        result.roots.append(root_str)
         visited: set[tuple[int, int]] = set()  # folders entered, when following links
+        starts = [root_str] if only is None else list(only.get(root_str, []))
 
         def list_folder(folder: str, root_str: str = root_str) -> _Listing:
             return _list_folder(folder, root_str, path_filter, follow_symlinks)
@@ -260,10 +358,16 @@ def walk_library(
         def enter(folder: str, visited: set = visited) -> bool:
             return not follow_symlinks or _first_visit(folder, visited, result)
 
-        def take(listing: _Listing) -> None:
+        def descend(listing: _Listing) -> list[str]:
+            subs = listing.folders
+            if known is not None:
+                subs = [sub for sub in subs if not known(sub)]
+            return [sub for sub in subs if enter(sub)]
+
+        def take(listing: _Listing, root_index: int = root_index) -> None:
             nonlocal last_report
             result.dirs += 1
-            result.files.extend(listing.files)
+            result.add(root_index, listing)
             result.issues.extend(listing.issues)
             result.excluded += listing.excluded
             if listing.unlisted is not None:
@@ -273,11 +377,11 @@ def walk_library(
                 last_report = time.monotonic()
 
         if threads <= 1:
-            stack = [root_str] if enter(root_str) else []
+            stack = [s for s in reversed(starts) if enter(s)]
             while stack:
                 listing = list_folder(stack.pop())
                 take(listing)
-                stack.extend(sub for sub in listing.folders if enter(sub))
+                stack.extend(descend(listing))
             continue
         done: queue.SimpleQueue = queue.SimpleQueue()
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dam-walk") as pool:
@@ -285,16 +389,17 @@ def walk_library(
 
             def submit(folder: str, done: queue.SimpleQueue = done) -> None:
                 nonlocal outstanding
-                if enter(folder):
-                    outstanding += 1
-                    pool.submit(list_folder, folder).add_done_callback(done.put)
+                outstanding += 1
+                pool.submit(list_folder, folder).add_done_callback(done.put)
 
-            submit(root_str)
+            for start in starts:
+                if enter(start):
+                    submit(start)
             while outstanding:
                 listing = done.get().result()
                 outstanding -= 1
                 take(listing)
-                for sub in listing.folders:
+                for sub in descend(listing):
                     submit(sub)
     return result
 
@@ -322,46 +427,63 @@ def _first_visit(folder: str, visited: set[tuple[int, int]], result: WalkResult)
 def _list_folder(
     folder: str, root: str, path_filter: PathFilter, follow_symlinks: bool
 ) -> _Listing:
-    out = _Listing()
+    out = _Listing(folder=folder)
     try:
+        # the folder's mtime first: a name added while it is listed moves it past this one
+        out.mtime_ns = os.stat(folder).st_mtime_ns
         with os.scandir(folder) as it:
             entries = list(it)
     except PermissionError as exc:
         out.issue(folder, "permission_denied", exc, "folder cannot be listed")
         out.unlisted = display_path(folder)
+        out.mtime_ns = None
         return out
     except FileNotFoundError as exc:
         out.issue(folder, "vanished", exc, "folder disappeared during the walk")
         out.unlisted = display_path(folder)
+        out.mtime_ns = None
         return out
     except OSError as exc:
         out.issue(folder, "error", exc, f"folder cannot be listed: {exc.strerror or exc}")
         out.unlisted = display_path(folder)
+        out.mtime_ns = None
         return out
 
     skip = len(root) + 1
+    # The loop runs once per entry of the library: names bound to locals, one regular
+    # expression per pattern kind, regular files tested first, stat only for them.
+    exclude_name = path_filter.exclude_name
+    exclude_rel = path_filter.exclude_rel
+    include = path_filter.included if path_filter.has_include else None
+    folder_odd = has_undecodable(folder)
+    paths, sizes, mtimes, ctimes = out.paths, out.sizes, out.mtimes, out.ctimes
     for entry in entries:
-        path = entry.path
-        rel = path[skip:]
         name = entry.name
-        if path_filter.excluded(name, rel):
+        path = entry.path
+        if (exclude_name is not None and exclude_name(name)) or (
+            exclude_rel is not None and exclude_rel(path[skip:])
+        ):
             out.excluded += 1
             continue
-        if has_undecodable(name):
+        odd = not name.isascii() and has_undecodable(name)
+        if odd:
             out.issue(path, "undecodable_name", None, "name is not valid UTF-8")
         try:
-            if entry.is_symlink():
-                _symlink(out, path, root, rel, name, path_filter, follow_symlinks)
-            elif entry.is_dir(follow_symlinks=False):
-                out.folders.append(path)
-            elif entry.is_file(follow_symlinks=False):
-                if path_filter.included(name, rel):
+            if entry.is_file(follow_symlinks=False):
+                if include is None or include(name, path[skip:]):
                     st = entry.stat(follow_symlinks=False)
-                    out.files.append(
-                        WalkedFile(path, root, rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                    )
+                    if odd or folder_odd:
+                        out.undecodable.append(len(paths))
+                    paths.append(path)
+                    sizes.append(st.st_size)
+                    mtimes.append(st.st_mtime_ns)
+                    ctimes.append(st.st_ctime_ns)
                 else:
                     out.excluded += 1
+            elif entry.is_dir(follow_symlinks=False):
+                out.folders.append(path)
+            elif entry.is_symlink():
+                _symlink(out, path, root, path[skip:], name, path_filter, follow_symlinks, odd)
             else:
                 out.issue(
                     path,
@@ -378,7 +500,7 @@ def _list_folder(
     return out
 
 
-def _symlink(out: _Listing, path, root, rel, name, path_filter, follow_symlinks) -> None:
+def _symlink(out: _Listing, path, root, rel, name, path_filter, follow_symlinks, odd) -> None:
     try:
         target = os.stat(path)  # follows the link
     except FileNotFoundError as exc:
@@ -397,9 +519,7 @@ def _symlink(out: _Listing, path, root, rel, name, path_filter, follow_symlinks)
         out.folders.append(path)  # the walk's visited set stops loops
     elif stat.S_ISREG(target.st_mode):
         if path_filter.included(name, rel):
-            out.files.append(
-                WalkedFile(path, root, rel, target.st_size, target.st_mtime_ns, target.st_ctime_ns)
-            )
+            out.file(path, target, odd or has_undecodable(path))
     else:
         out.issue(path, "special_file", None, "link to a FIFO, socket or device: not opened")
 
@@ -408,7 +528,8 @@ def library_fingerprint(walk: WalkResult) -> str:
     """A digest of every (exact path bytes, size, mtime, ctime): it changes when any file is
     added, removed or modified. Cheap to keep (a sensor cursor), costs one walk to compute."""
     digest = hashlib.md5(usedforsecurity=False)
-    for f in sorted(walk.files, key=lambda f: f.path):
-        digest.update(os.fsencode(f.path))
-        digest.update(f"\0{f.size_bytes}\0{f.mtime_ns}\0{f.ctime_ns}\n".encode())
+    paths = walk.path_array().to_pylist()
+    for i in sorted(range(len(paths)), key=paths.__getitem__):
+        digest.update(walk.raw.get(i) or paths[i].encode())
+        digest.update(f"\0{walk.sizes[i]}\0{walk.mtimes[i]}\0{walk.ctimes[i]}\n".encode())
     return digest.hexdigest()

@@ -1,0 +1,153 @@
+"""Scale on one machine: what people run (`dam run`, `dam status`) against jdupes, on a
+million small files and on the 34,000-file library, with peak memory and the Dagster cost.
+
+    make bench-scale                          # both sizes (makes the libraries if missing)
+    python bench/scale_bench.py --sizes 34k   # or 1m, or 250k,500k,1m for the memory curve
+
+For each size, in one run and on the same tree (warm page cache unless --cold, which drops
+the caches before each measured command; needs root):
+- jdupes -r -q (the reference), twice;
+- `dam run --skip-thumbnails` on an empty data folder (the first run);
+- the same again, unchanged (no Dagster run: `dam run` walks and finds nothing to do);
+- `dam run --skip-thumbnails --force` unchanged (the chain runs as one Dagster run: its cost
+  over the core stages is the per-run cost of the Dagster path, which the UI's runs pay too);
+- `dam status`;
+- at 34k also the whole `dam run` (thumbnails included) on an unchanged library.
+Wall time and peak resident memory (of the whole process tree, from wait4's ru_maxrss of the
+child, i.e. the largest process) of each command. Results: a markdown table on stdout and
+bench/out/scale_results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+BIN = Path(sys.executable).parent
+SIZES = {
+    "34k": {"files": 34_074, "scale": 0.05},
+    "250k": {"files": 250_000, "scale": 0.015},
+    "500k": {"files": 500_000, "scale": 0.015},
+    "1m": {"files": 1_000_000, "scale": 0.015},
+}
+
+
+def drop_caches() -> None:
+    subprocess.run(["sync"], check=False)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def measure(cmd: list[str], env: dict, cold: bool) -> dict:
+    """Wall seconds and peak RSS (MB, the largest process of the tree) of one command."""
+    if cold:
+        drop_caches()
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        sys.exit(f"{' '.join(cmd)} exited {code}:\n{stderr[-3000:]}")
+    return {"seconds": round(wall, 2), "peak_mb": round(usage.ru_maxrss / 1024, 1),
+            "stdout": stdout, "stderr": stderr}  # fmt: skip
+
+
+def ensure_library(size: str, root: Path) -> Path:
+    lib = root / f"lib{size}"
+    made = root / f"lib{size}.made"  # beside the library, not in it
+    if not made.exists():
+        spec = SIZES[size]
+        shutil.rmtree(lib, ignore_errors=True)
+        subprocess.run(
+            [sys.executable, str(HERE / "make_library.py"), str(lib), "--files",
+             str(spec["files"]), "--scale", str(spec["scale"])],
+            check=True,
+        )  # fmt: skip
+        made.write_text("")
+    return lib
+
+
+def bench_size(size: str, root: Path, cold: bool) -> dict:
+    lib = ensure_library(size, root)
+    data = root / f"data{size}"
+    shutil.rmtree(data, ignore_errors=True)
+    env = {"DAM_LIBRARY_ROOTS": str(lib), "DAM_DATA_DIR": str(data), "DAGSTER_HOME": ""}
+    dam = str(BIN / "dam")
+    res: dict = {"size": size}
+    res["jdupes"] = [measure(["jdupes", "-r", "-q", str(lib)], {}, cold) for _ in range(2)]
+    res["first"] = measure([dam, "run", "--skip-thumbnails"], env, cold)
+    res["rescan"] = measure([dam, "run", "--skip-thumbnails"], env, cold)
+    res["forced"] = measure([dam, "run", "--skip-thumbnails", "--force"], env, cold)
+    res["status"] = measure([dam, "status"], env, cold)
+    if size == "34k":
+        measure([dam, "run"], env, False)  # the thumbnails once (fake STLs fail fast)
+        res["unchanged_full"] = measure([dam, "run"], env, cold)
+    status = json.loads(measure([dam, "status", "--json"], env, False)["stdout"])
+    res["files"], res["duplicate_groups"] = status["files"], status["duplicate_groups"]
+    res["jdupes_groups"] = sum(
+        1 for block in res["jdupes"][0]["stdout"].split("\n\n") if block.strip()
+    )
+    for key in ("jdupes", "first", "rescan", "forced", "status", "unchanged_full"):
+        for m in res.get(key, []) if key == "jdupes" else [res[key]] if key in res else []:
+            m.pop("stdout", None)
+            m.pop("stderr", None)
+    return res
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| files | jdupes | first `dam run --skip-thumbnails` | unchanged rescan | "
+        "forced rescan (one Dagster run) | `dam status` | unchanged `dam run` |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        j = min(r["jdupes"], key=lambda m: m["seconds"])
+
+        def cell(key, r=r):
+            if key not in r:
+                return "-"
+            m = r[key]
+            return f"{m['seconds']} s, {m['peak_mb']:.0f} MB"
+
+        ratio = r["first"]["seconds"] / j["seconds"]
+        lines.append(
+            f"| {r['files']:,} | {j['seconds']} s, {j['peak_mb']:.0f} MB | {cell('first')} "
+            f"({ratio:.2f}x jdupes) | {cell('rescan')} | {cell('forced')} | {cell('status')} | "
+            f"{cell('unchanged_full')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="34k,1m")
+    ap.add_argument("--root", type=Path, default=OUT / "scale")
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before each run")
+    args = ap.parse_args()
+    if not shutil.which("jdupes"):
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            subprocess.run(["apt-get", "install", "-y", "-q", "jdupes"], check=False,
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+        if not shutil.which("jdupes"):
+            sys.exit("jdupes is missing: sudo apt-get install -y jdupes")
+    args.root.mkdir(parents=True, exist_ok=True)
+    results = [bench_size(s.strip(), args.root, args.cold) for s in args.sizes.split(",")]
+    OUT.mkdir(exist_ok=True)
+    (OUT / "scale_results.json").write_text(json.dumps(results, indent=2))
+    print(table(results))
+    print(f"\nload average at the end: {os.getloadavg()}; cold={args.cold}")
+
+
+if __name__ == "__main__":
+    main()
