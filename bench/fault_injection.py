@@ -1370,6 +1370,10 @@ class Bench:
             for args in (("status",), ("status", "--json"), ("duplicates", "--format", "json")):
                 out = self.dam(data, *args, where=f"disk full: {name}: {' '.join(args)}")
                 reads[" ".join(args)] = out.verdict if out.code != 0 else "ok"
+            succeeded_while_full = None
+            if run.code == 0:  # it said it succeeded on a full disk: its answer must be right
+                label = f"{name}: a run that succeeded on the full disk"
+                succeeded_while_full = self.verify(lib, data, label, run)["ok"]
             readable = None
             if reads_before is not None:
                 now = self.dam(data, "status", "--json", where=f"{name}: status while full")
@@ -1385,6 +1389,7 @@ class Bench:
                     "cause_first": cause_first,
                     "reads_while_full": reads,
                     "catalogue_readable_while_full": readable,
+                    "check_of_a_success_on_the_full_disk": succeeded_while_full,
                     "check_after_freeing": record["ok"],
                 }
             )
