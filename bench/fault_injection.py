@@ -1,16 +1,16 @@
 """Fault injection: attack a real `dam` the way issue 8's author did, then check the answer by
 brute force.
 
-    make bench-faults                     # about 20-25 minutes on 2 CPUs; prints its seed
+    make bench-faults                     # 15-25 minutes on 2 CPUs; prints its seed
     .venv/bin/python bench/fault_injection.py [--seed N] [--kills 40] [--concurrent-runs 6]
         [--readers 4] [--phases concurrent,kills,disk-full] [--keep] [--out bench/out]
 
 It builds a library under a temp folder (outside the repository): the hard duplicate cases of
 the test suite, real models copied from the shared corpus (some twice, under other names), a
 43 MB model for the slow lane, and bad inputs of every kind a real library holds or a careless
-user makes (see BAD_INPUTS below). Every `dam` command is the installed one, in a subprocess,
-with root's permission override dropped (as the tests' run_unprivileged does), so unreadable
-files and folders are unreadable to it.
+user makes (`build_library`: 41 of them, each with what the catalogue must say). Every `dam`
+command is the installed one, in a subprocess, with root's permission override dropped (as
+the tests' run_unprivileged does), so unreadable files and folders are unreadable to it.
 
 1. concurrent: from an EMPTY data folder, several `dam run` at once and readers (`dam status`,
    `dam duplicates`) in a loop, while files vanish and change in one folder of the library.
@@ -1082,6 +1082,7 @@ class Bench:
                     "expect": list(map(str, item.expect)),
                     "catalogue": str(said),
                     "ok": bool(ok),
+                    **({"note": item.note} if item.note else {}),
                 }
             )
         return results
