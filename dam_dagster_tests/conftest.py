@@ -68,8 +68,12 @@ def run_chain(catalogue: Catalogue, roots, **kw) -> dict:
     return stats
 
 
-def brute_force_groups(root: Path) -> dict[str, list[str]]:
-    """MD5 of every non-empty regular file, read whole; groups of two or more."""
+def brute_force_groups(root: Path, members: bool = True) -> dict[str, list[str]]:
+    """MD5 of every non-empty regular file, read whole, and (as the catalogue counts them)
+    of every file inside a zip, extracted in memory ('<zip>!/<member>'); groups of two or
+    more."""
+    import zipfile
+
     by_hash = defaultdict(list)
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
@@ -80,6 +84,20 @@ def brute_force_groups(root: Path) -> dict[str, list[str]]:
                 continue
             with open(path, "rb") as fh:
                 by_hash[hashlib.md5(fh.read()).hexdigest()].append(path)
+            if not (members and name.lower().endswith(".zip")):
+                continue
+            try:
+                with zipfile.ZipFile(path) as z:
+                    for info in z.infolist():
+                        parts = info.filename.split("/")
+                        if info.is_dir() or info.file_size == 0 or "__MACOSX" in parts:
+                            continue
+                        if any(p.startswith("._") for p in parts) or info.flag_bits & 1:
+                            continue
+                        digest = hashlib.md5(z.read(info)).hexdigest()
+                        by_hash[digest].append(f"{path}!/{info.filename}")
+            except zipfile.BadZipFile:
+                continue
     return {h: sorted(p) for h, p in by_hash.items() if len(p) > 1}
 
 

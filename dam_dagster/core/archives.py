@@ -64,3 +64,71 @@ def check_zip(data: bytes, max_total_bytes: int | None) -> ArchiveSummary | None
                 "before inflating"
             )
     return ArchiveSummary(len(infos), compressed, declared)
+
+
+# --- the members of a zip file, as files of the catalogue -----------------------------------
+ARCHIVE_EXTENSIONS = frozenset({".zip"})
+MEMBER_SEPARATOR = "!/"  # '<archive path>!/<member path>'
+# How a render task names a member: '<archive filesystem path>\0<member>' (no path holds a NUL)
+MEMBER_MARK = "\0"
+
+
+class MemberUnreadable(Exception):
+    """A member that cannot be read: encrypted, a method zipfile lacks, a broken archive."""
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str  # the path inside the archive, '/'-separated
+    size: int  # uncompressed, as the central directory declares it
+    compressed: int
+    encrypted: bool
+
+
+def list_members(fs_path: str, keep=None) -> list[Member]:
+    """The files inside a zip (not its folder entries), from its central directory: nothing
+    is inflated. `keep(name, rel)` filters (the library's include/exclude patterns, applied
+    to the member's own name and path). Raises OSError or zipfile.BadZipFile."""
+    with zipfile.ZipFile(fs_path) as z:
+        infos = z.infolist()
+    members = []
+    for info in infos:
+        if info.is_dir() or not info.filename.strip("/"):
+            continue
+        name = info.filename.lstrip("/")
+        if keep is not None and not all(
+            keep(part, "/".join(name.split("/")[: i + 1])) for i, part in enumerate(name.split("/"))
+        ):
+            continue
+        members.append(
+            Member(name, int(info.file_size), int(info.compress_size), bool(info.flag_bits & 1))
+        )
+    return members
+
+
+def _member_info(z: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
+    for candidate in (name, "/" + name):
+        try:
+            return z.getinfo(candidate)
+        except KeyError:
+            continue
+    raise MemberUnreadable(f"the archive holds no member {name!r} any more")
+
+
+def open_member(z: zipfile.ZipFile, name: str):
+    """A stream of a member's uncompressed bytes, after the checks a member must pass."""
+    info = _member_info(z, name)
+    if info.flag_bits & 1:
+        raise MemberUnreadable("the member is encrypted: it cannot be read without its password")
+    if info.file_size >= RATIO_FLOOR_BYTES and info.file_size > MAX_RATIO * max(
+        1, info.compress_size
+    ):
+        raise ArchiveRefused(
+            f"member {name!r} declares {info.file_size / MIB:,.0f} MB packed into "
+            f"{info.compress_size / MIB:,.2f} MB (over {MAX_RATIO}:1): a zip bomb, refused "
+            "before inflating"
+        )
+    try:
+        return z.open(info)
+    except NotImplementedError as exc:  # a compression method zipfile does not know
+        raise MemberUnreadable(f"the member cannot be read: {exc}") from exc

@@ -87,6 +87,7 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     "desktop.ini",
     ".stfolder",
     ".stversions",
+    "__MACOSX",
     "*.part",
     "*.crdownload",
     "~$*",

@@ -200,8 +200,9 @@ PERMANENT_ERROR = "(error_class IS NOT NULL AND transient IS FALSE)"
 # --- stages 0, 1a and 1b -------------------------------------------------------------------
 _ELIGIBLE = """
     CREATE OR REPLACE TEMP TABLE eligible AS
-    SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns, f.root
-    FROM present_files f
+    SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns, f.root,
+           a.path AS archive_path, a.raw_path AS archive_raw, f.member
+    FROM present_files f LEFT JOIN file_inventory a ON a.file_id = f.archive_id
     WHERE f.size_bytes > 0 AND ($all OR f.size_bytes IN (
         SELECT size_bytes FROM present_files WHERE size_bytes > 0
         GROUP BY size_bytes HAVING count(*) > 1))
@@ -240,7 +241,8 @@ def update_partial_hashes(
         )
         prefix_jobs = con.sql(
             f"""
-            SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns, e.ctime_ns
+            SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns, e.ctime_ns,
+                   e.archive_path, e.archive_raw, e.member
             FROM eligible e
             WHERE NOT $all AND e.file_id NOT IN (
                 SELECT file_id FROM current_partial_hashes
@@ -274,7 +276,8 @@ def update_partial_hashes(
             shared AS (
                 SELECT size_bytes, prefix_hash FROM cur WHERE prefix_hash IS NOT NULL
                 GROUP BY size_bytes, prefix_hash HAVING count(*) > 1)
-            SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns, e.ctime_ns
+            SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns, e.ctime_ns,
+                   e.archive_path, e.archive_raw, e.member
             FROM eligible e LEFT JOIN cur USING (file_id)
             WHERE cur.partial_hash IS NULL
               AND (cur.error_class IS NULL OR cur.transient IS NOT FALSE)
@@ -365,8 +368,10 @@ def update_full_hashes(
             {"now": _now()},
         ).fetchall()[0][0]
         jobs = con.sql(f"""
-            SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns
+            SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns,
+                   a.path AS archive_path, a.raw_path AS archive_raw, f.member
             FROM collision_candidates c JOIN present_files f USING (file_id)
+            LEFT JOIN file_inventory a ON a.file_id = f.archive_id
             WHERE c.file_id NOT IN (
                 SELECT file_id FROM current_full_hashes
                 WHERE full_hash IS NOT NULL OR {PERMANENT_ERROR})

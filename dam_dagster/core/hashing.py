@@ -203,14 +203,93 @@ def hash_row(
         os.close(fd)
 
 
+def _member_hashes(kind: str, stream, size: int) -> tuple:
+    """prefix / partial / full of a member's uncompressed bytes, streamed: the very same
+    definitions as for a file (so a member equal to a loose file gets its hashes)."""
+    if kind == "prefix" or size <= SMALL_FILE_MAX:
+        data = stream.read(PREFIX_BYTES if kind == "prefix" and size > PREFIX_BYTES else size + 1)
+        if kind != "prefix" and len(data) != size:
+            raise ChangedDuringRead("the member is not the size its archive declares")
+        if kind == "prefix":
+            small = size <= PREFIX_BYTES
+            md5 = _md5(data)
+            return (
+                md5,
+                partial_hash_of(data, b"", size) if small else None,
+                md5 if small else None,
+                len(data),
+            )
+        head, tail = data[:HEAD_BYTES], data[HEAD_BYTES:]
+        return _md5(head[:PREFIX_BYTES]), partial_hash_of(head, tail, size), _md5(data), size
+    digest = hashlib.md5(usedforsecurity=False)
+    head = b""
+    tail = bytearray()
+    read = 0
+    while True:  # inflating is sequential: the tail costs the whole member
+        chunk = stream.read(CHUNK_BYTES)
+        if not chunk:
+            break
+        digest.update(chunk)
+        if len(head) < HEAD_BYTES:
+            head += chunk[: HEAD_BYTES - len(head)]
+        tail += chunk
+        del tail[: max(0, len(tail) - TAIL_BYTES)]
+        read += len(chunk)
+    if read != size:
+        raise ChangedDuringRead("the member is not the size its archive declares")
+    partial = partial_hash_of(head, bytes(tail), size)
+    return _md5(head[:PREFIX_BYTES]), partial, digest.hexdigest(), read
+
+
+def hash_member_row(kind: str, file_id: int, archive: str, member: str, state: tuple,
+                    follow_symlinks: bool = False) -> Row:  # fmt: skip
+    """Hash a member of a zip (`archive`: the zip's filesystem path) from its uncompressed
+    bytes, inflated in memory as they stream (nothing is written anywhere). The state read
+    is (the member's size, the archive's mtime and ctime)."""
+    import zipfile
+    import zlib
+
+    from .archives import ArchiveRefused, MemberUnreadable, open_member
+
+    try:
+        fd = _open(archive, follow_symlinks)
+    except OSError as exc:
+        return _failure_row(file_id, state, exc)
+    try:
+        st = _checked_stat(fd)
+        with os.fdopen(os.dup(fd), "rb") as f, zipfile.ZipFile(f) as z:
+            with open_member(z, member) as stream:
+                prefix, partial, full, read = _member_hashes(kind, stream, state[0])
+        if not _same_state(st, os.fstat(fd)):
+            raise ChangedDuringRead("the archive changed while it was read")
+        return (file_id, state[0], st.st_mtime_ns, st.st_ctime_ns, prefix, partial, full, read,
+                None, None, False)  # fmt: skip
+    except (OSError, ChangedDuringRead, NotARegularFile) as exc:
+        return _failure_row(file_id, state, exc)
+    except (zipfile.BadZipFile, zlib.error, EOFError, MemberUnreadable, ArchiveRefused) as exc:
+        cls = getattr(exc, "error_class", type(exc).__name__)
+        return _failure_row(file_id, state, _Permanent(cls, str(exc)))
+    finally:
+        os.close(fd)
+
+
+class _Permanent(Exception):
+    """A failure about the file (its archive): recorded under the original error's class."""
+
+    def __init__(self, cls: str, message: str):
+        super().__init__(message)
+        self.cls = cls
+
+
 def _failure_row(file_id: int, state: tuple, exc: BaseException) -> Row:
+    cls = exc.cls if isinstance(exc, _Permanent) else type(exc).__name__
     if isinstance(exc, OSError):
         transient = os_error_is_transient(exc)
         message = describe_os_error(exc)
     else:
         transient = False
         message = str(exc)
-    return (file_id, *state, None, None, None, 0, type(exc).__name__, message, transient)
+    return (file_id, *state, None, None, None, 0, cls, message, transient)
 
 
 def _outcome(row: Row) -> HashOutcome:
@@ -297,13 +376,19 @@ def hash_many(
 
 
 def hash_batch(kind: str, follow_symlinks: bool, columns: tuple) -> tuple[list, list, int]:
-    """Hash one batch: columns are lists (file_id, path, raw_path, size, mtime, ctime).
+    """Hash one batch: columns are lists (file_id, path, raw_path, size, mtime, ctime,
+    archive_path, archive_raw, member); a row with a member is a member of that archive.
     Returns the rows, the failures among them (path, error class, message, transient), and
     the bytes read."""
     out, failures, read = [], [], 0
-    for fid, path, raw, size, mtime, ctime in zip(*columns):
-        fs_path = os.fsdecode(raw) if raw is not None else path
-        row = hash_row(kind, fid, fs_path, (size, mtime, ctime), follow_symlinks)
+    for fid, path, raw, size, mtime, ctime, archive, archive_raw, member in zip(*columns):
+        if member is not None:
+            fs_archive = os.fsdecode(archive_raw) if archive_raw is not None else archive
+            row = hash_member_row(kind, fid, fs_archive, member, (size, mtime, ctime),
+                                  follow_symlinks)  # fmt: skip
+        else:
+            fs_path = os.fsdecode(raw) if raw is not None else path
+            row = hash_row(kind, fid, fs_path, (size, mtime, ctime), follow_symlinks)
         out.append(row)
         read += row[7]
         if row[8] is not None:
@@ -386,6 +471,16 @@ class _Helper:
             self.proc.wait()
 
 
+JOB_COLUMNS = ("file_id", "path", "raw_path", "size_bytes", "mtime_ns", "ctime_ns",
+               "archive_path", "archive_raw", "member")  # fmt: skip
+
+
+def _job_types():
+    import pyarrow as pa
+
+    return {"archive_path": pa.string(), "archive_raw": pa.binary(), "member": pa.string()}
+
+
 def hash_table(
     jobs,
     kind: str,
@@ -413,7 +508,7 @@ def hash_table(
     local = threading.local()
 
     def work(b):
-        columns = tuple(b.column(i).to_pylist() for i in range(6))
+        columns = tuple(b.column(i).to_pylist() for i in range(len(JOB_COLUMNS)))
         if not processes:
             return hash_batch(kind, follow_symlinks, columns)
         helper = getattr(local, "helper", None)
@@ -422,7 +517,12 @@ def hash_table(
             helpers.append(helper)
         return helper(kind, follow_symlinks, columns)
 
-    jobs = jobs.select(["file_id", "path", "raw_path", "size_bytes", "mtime_ns", "ctime_ns"])
+    import pyarrow as pa
+
+    for name, arrow_type in _job_types().items():  # loose files only: no archive columns
+        if name not in jobs.column_names:
+            jobs = jobs.append_column(name, pa.nulls(jobs.num_rows, arrow_type))
+    jobs = jobs.select(list(JOB_COLUMNS))
     batches = iter(jobs.to_batches(max_chunksize=batch))
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dam-io") as pool:

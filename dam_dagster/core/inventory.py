@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,10 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from .archives import MEMBER_SEPARATOR, list_members
 from .store import STATE_TABLES, Catalogue
 from .walk import (
     PathFilter,
+    WalkIssue,
     WalkResult,
     display_path,
     has_undecodable,
@@ -147,8 +151,8 @@ def take_prepared_walk(roots: Iterable[Path]) -> WalkResult | None:
 
 def walk_differs(catalogue: Catalogue, walk: WalkResult) -> bool:
     """Whether a complete walk sees anything the catalogue does not know: a file new,
-    changed, gone or back, another set of walk issues, or a folder at another mtime (read
-    only: nothing is written)."""
+    changed, gone or back, another set of walk issues, a folder at another mtime, a zip
+    whose members were never listed (read only: nothing is written)."""
     issues = pa.table(
         {
             "path": pa.array([x.path for x in walk.issues], pa.string()),
@@ -168,8 +172,9 @@ def walk_differs(catalogue: Catalogue, walk: WalkResult) -> bool:
                      ON {SAME_FILE} AND f.present AND f.size_bytes = w.size_bytes
                         AND f.mtime_ns = w.mtime_ns AND f.ctime_ns = w.ctime_ns)
               + (SELECT count(*) FROM present_files f ANTI JOIN w ON {SAME_FILE}
-                 WHERE NOT EXISTS (SELECT 1 FROM unlisted u  -- not gone: unreadable there
-                                   WHERE f.path = u.prefix OR starts_with(f.path, u.prefix || '/')))
+                 -- members follow their archive; under an unlisted folder is not gone
+                 WHERE f.archive_id IS NULL AND NOT EXISTS (SELECT 1 FROM unlisted u
+                       WHERE f.path = u.prefix OR starts_with(f.path, u.prefix || '/')))
               + (SELECT count(*) FROM (SELECT path, kind FROM issues_now
                                        EXCEPT SELECT path, kind FROM walk_issues))
               + (SELECT count(*) FROM (SELECT path, kind FROM walk_issues
@@ -178,6 +183,13 @@ def walk_differs(catalogue: Catalogue, walk: WalkResult) -> bool:
                                        EXCEPT SELECT path, mtime_ns FROM folders))
               + (SELECT count(*) FROM (SELECT path, mtime_ns FROM folders
                                        EXCEPT SELECT path, mtime_ns FROM listed))
+              -- zips whose members were never listed (catalogued before archives were)
+              + (SELECT count(*) FROM present_files z
+                 WHERE z.extension = '.zip' AND z.archive_id IS NULL
+                   AND z.file_id NOT IN (SELECT archive_id FROM file_inventory
+                                         WHERE archive_id IS NOT NULL)
+                   AND z.path NOT IN (SELECT path FROM walk_issues
+                                      WHERE kind = 'broken_archive'))
             """
         ).fetchall()[0][0]
     return bool(differs)
@@ -205,6 +217,125 @@ def _folders_table(walk: WalkResult) -> pa.Table:
             "mtime_ns": pa.array([m for _, _, m in walk.listed], pa.int64()),
         }
     )
+
+
+def _zips_to_list(catalogue: Catalogue, walked: pa.Table) -> pa.Table:
+    """The zips of this walk whose members must be listed: new ones, changed ones, and those
+    whose members were never listed (catalogued before archives were). Read-only."""
+    zips = walked.filter(pc.ends_with(pc.utf8_lower(walked["path"]), ".zip"))
+    if not zips.num_rows or not catalogue.exists():
+        return zips
+    with catalogue.connect(write=False) as con:
+        con.register("zips", zips)
+        return con.sql(
+            f"""
+            SELECT w.* FROM zips w
+            LEFT JOIN file_inventory f ON {SAME_FILE} AND f.archive_id IS NULL
+            WHERE f.file_id IS NULL OR f.size_bytes <> w.size_bytes OR f.mtime_ns <> w.mtime_ns
+               OR f.ctime_ns IS DISTINCT FROM w.ctime_ns
+               OR NOT EXISTS (SELECT 1 FROM file_inventory m WHERE m.archive_id = f.file_id)
+            """
+        ).to_arrow_table()
+
+
+def _list_zips(zips: pa.Table, roots: list[str], path_filter: PathFilter | None):
+    """Every member of these zips, from their central directories (nothing inflated), as rows
+    like the walk's plus the archive they are in; and the issues of broken archives."""
+    path_filter = path_filter or PathFilter()
+    keep = lambda name, rel: not path_filter.excluded(name, rel)  # noqa: E731
+    cols = {k: [] for k in ("path", "raw_path", "root", "size_bytes", "mtime_ns", "ctime_ns",
+                            "member", "archive_path", "archive_raw")}  # fmt: skip
+    issues: list[WalkIssue] = []
+    for row in zips.to_pylist():
+        fs_path = os.fsdecode(row["raw_path"]) if row["raw_path"] is not None else row["path"]
+        try:
+            members = list_members(fs_path, keep)
+        except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError) as exc:
+            issues.append(WalkIssue(row["path"], "broken_archive", type(exc).__name__,
+                                    f"its members cannot be listed: {exc}"))  # fmt: skip
+            continue
+        for m in members:
+            cols["path"].append(f"{row['path']}{MEMBER_SEPARATOR}{m.name}")
+            raw = row["raw_path"]
+            cols["raw_path"].append(
+                raw + MEMBER_SEPARATOR.encode() + m.name.encode() if raw else None
+            )
+            cols["root"].append(row["root"])
+            cols["size_bytes"].append(m.size)
+            cols["mtime_ns"].append(row["mtime_ns"])
+            cols["ctime_ns"].append(row["ctime_ns"])
+            cols["member"].append(m.name)
+            cols["archive_path"].append(row["path"])
+            cols["archive_raw"].append(raw)
+    table = pa.table({
+        "path": pa.array(cols["path"], pa.string()),
+        "raw_path": pa.array(cols["raw_path"], pa.binary()),
+        "root": pa.array(cols["root"], pa.string()),
+        "size_bytes": pa.array(cols["size_bytes"], pa.int64()),
+        "mtime_ns": pa.array(cols["mtime_ns"], pa.int64()),
+        "ctime_ns": pa.array(cols["ctime_ns"], pa.int64()),
+        "member": pa.array(cols["member"], pa.string()),
+        "archive_path": pa.array(cols["archive_path"], pa.string()),
+        "archive_raw": pa.array(cols["archive_raw"], pa.binary()),
+    })  # fmt: skip
+    return table, issues
+
+
+def _reconcile_members(con, members: pa.Table, relisted: pa.Table, now) -> tuple[int, int, int]:
+    """Write the members of the zips listed this time (new, back, changed); returns counts.
+    Leaves temp tables `wm` (the members) and `relisted_ids` (their archives) for the gone
+    step."""
+    con.register("members_now", members)
+    con.register("relisted_now", relisted.select(["path", "raw_path"]))
+    con.execute(
+        """
+        CREATE TEMP TABLE wm AS
+        SELECT m.path, m.raw_path, m.root, a.rel_path || '!/' || m.member AS rel_path,
+               lower(regexp_extract(m.member, '[^/](\\.[^./]*)$', 1)) AS extension,
+               m.size_bytes, m.mtime_ns, m.ctime_ns, m.member, a.file_id AS archive_id
+        FROM members_now m JOIN file_inventory a
+          ON a.path = m.archive_path AND a.raw_path IS NOT DISTINCT FROM m.archive_raw
+             AND a.archive_id IS NULL
+        """
+    )
+    con.execute(
+        """
+        CREATE TEMP TABLE relisted_ids AS
+        SELECT a.file_id FROM relisted_now r JOIN file_inventory a
+          ON a.path = r.path AND a.raw_path IS NOT DISTINCT FROM r.raw_path
+             AND a.archive_id IS NULL
+        """
+    )
+    new = con.execute(
+        f"""
+        INSERT INTO file_inventory BY NAME
+        SELECT (SELECT COALESCE(max(file_id), 0) FROM file_inventory)
+                   + row_number() OVER (ORDER BY w.path, w.raw_path) AS file_id,
+               w.path, w.raw_path, w.root, w.rel_path, w.extension, w.size_bytes, w.mtime_ns,
+               w.ctime_ns, true AS present, $now AS first_seen_at, $now AS changed_at,
+               NULL AS gone_at, w.archive_id, w.member
+        FROM wm w ANTI JOIN file_inventory f ON {SAME_FILE}
+        """,
+        {"now": now},
+    ).fetchone()[0]
+    back = con.execute(
+        f"""
+        UPDATE file_inventory f SET present = true, gone_at = NULL, archive_id = w.archive_id
+        FROM wm w WHERE {SAME_FILE} AND NOT f.present
+        """
+    ).fetchone()[0]
+    changed = con.execute(
+        f"""
+        UPDATE file_inventory f
+        SET size_bytes = w.size_bytes, mtime_ns = w.mtime_ns, ctime_ns = w.ctime_ns,
+            present = true, changed_at = $now, gone_at = NULL, archive_id = w.archive_id
+        FROM wm w
+        WHERE {SAME_FILE} AND (f.size_bytes <> w.size_bytes OR f.mtime_ns <> w.mtime_ns
+                               OR f.ctime_ns IS DISTINCT FROM w.ctime_ns)
+        """,
+        {"now": now},
+    ).fetchone()[0]
+    return int(new), int(back), int(changed)
 
 
 def _parent(column: str) -> str:
@@ -251,6 +382,10 @@ def update_inventory(
     complete = only is None
 
     walked = _walk_table(walk)
+    # the members of new and changed zips: listed now, with no connection open
+    relisted = _zips_to_list(catalogue, walked)
+    members, archive_issues = _list_zips(relisted, walk.roots, path_filter)
+    walk.issues.extend(archive_issues)
     listed = _folders_table(walk)
     unlisted = pa.table({"prefix": pa.array(walk.unlisted_dirs, pa.string())})
     issues = pa.table(
@@ -324,14 +459,30 @@ def update_inventory(
             """,
             {"now": now},
         ).fetchone()[0]
+        member_counts = _reconcile_members(con, members, relisted, now)
+        new_files += member_counts[0]
+        returned_files += member_counts[1]
+        changed_files += member_counts[2]
         gone_files = con.execute(
             f"""
             UPDATE file_inventory f SET present = false, gone_at = $now
-            WHERE f.present
+            WHERE f.present AND f.archive_id IS NULL
               AND f.file_id IN (SELECT file_id FROM scope)
               AND NOT EXISTS (SELECT 1 FROM w WHERE {SAME_FILE})
               AND NOT EXISTS (SELECT 1 FROM unlisted u
                               WHERE f.path = u.prefix OR starts_with(f.path, u.prefix || '/'))
+            """,
+            {"now": now},
+        ).fetchone()[0]
+        # members follow their archive: gone with it, or gone from its new listing
+        gone_files += con.execute(
+            """
+            UPDATE file_inventory f SET present = false, gone_at = $now
+            WHERE f.present AND f.archive_id IS NOT NULL AND (
+                f.archive_id NOT IN (SELECT file_id FROM file_inventory WHERE present)
+                OR (f.archive_id IN (SELECT file_id FROM relisted_ids)
+                    AND NOT EXISTS (SELECT 1 FROM wm w WHERE w.path = f.path
+                                    AND w.raw_path IS NOT DISTINCT FROM f.raw_path)))
             """,
             {"now": now},
         ).fetchone()[0]

@@ -35,7 +35,7 @@ DB_NAME = "dam.duckdb"
 # bounded buffer pool, so that a million-file inventory spills its joins to
 # `dam.duckdb.tmp/` beside the file rather than growing the process past a NAS's memory.
 DUCKDB_CONFIG = {"threads": 2, "memory_limit": "512MB", "preserve_insertion_order": False}
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class CatalogueError(RuntimeError):
@@ -222,6 +222,14 @@ MIGRATIONS: dict[int, str] = {
         finished_at   TIMESTAMP NOT NULL
     );
     ALTER TABLE inventory_scans ADD COLUMN complete BOOLEAN;  -- a complete walk, or some folders
+    """,
+    5: """
+    -- The members of a zip archive are files of their own: path '<archive path>!/<member>',
+    -- the archive's file_id in archive_id and the member's name inside it in `member`; their
+    -- size is the member's (uncompressed), their mtime and ctime the archive's, so a changed
+    -- archive makes every member's rows stale (core/archives.py, docs/HASHING.md).
+    ALTER TABLE file_inventory ADD COLUMN archive_id BIGINT;
+    ALTER TABLE file_inventory ADD COLUMN member VARCHAR;
     """,
 }
 

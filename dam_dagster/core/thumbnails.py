@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from .archives import MEMBER_MARK
 from .failures import MEMORY_KILLS_PERMANENT
 from .render.api import IMAGE_EXTENSIONS, MODEL_EXTENSIONS, RenderOutcome, RenderTask
 from .store import MODEL_EXTENSIONS as CATALOGUE_MODEL_EXTENSIONS
@@ -87,9 +88,11 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
         rows = con.execute(
             f"""
             SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns,
+                   a.path AS archive_path, a.raw_path AS archive_raw, f.member,
                    f.extension, t.status, t.transient, t.thumbnail_relpath, t.thumbnail_size,
                    t.background, t.memory_kills
             FROM present_files f LEFT JOIN current_thumbnails t USING (file_id)
+            LEFT JOIN file_inventory a ON a.file_id = f.archive_id
             WHERE f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
               AND f.extension IN ({exts})
             ORDER BY f.path
@@ -98,9 +101,8 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
         ).fetchall()
     plan = Plan(in_bucket=len(rows))
     for row in rows:
-        file_id, path, raw, fsize, mtime, ctime, ext, status, transient, rel, tsize, tbg, kills = (
-            row
-        )
+        (file_id, path, raw, fsize, mtime, ctime, archive, archive_raw, member, ext) = row[:10]
+        status, transient, rel, tsize, tbg, kills = row[10:]
         plan.states[file_id] = (fsize, mtime, ctime)
         if status == "memory" and kills:
             plan.memory_kills[file_id] = int(kills)
@@ -119,7 +121,11 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
         if ext not in RENDERABLE_EXTENSIONS:
             plan.unsupported.append(file_id)
             continue
-        fs_path = os.fsdecode(raw) if raw is not None else path
+        if member is not None:  # read from its zip by the worker (core/archives.py)
+            fs_archive = os.fsdecode(archive_raw) if archive_raw is not None else archive
+            fs_path = f"{fs_archive}{MEMBER_MARK}{member}"
+        else:
+            fs_path = os.fsdecode(raw) if raw is not None else path
         plan.tasks.append(RenderTask(file_id, fs_path, fsize))
     return plan
 

@@ -12,11 +12,13 @@ Runs only in render worker processes (it imports numpy and, lazily, trimesh).
 from __future__ import annotations
 
 import io
+import posixpath
 import re
 import zipfile
 
 import numpy as np
 
+from ..archives import MEMBER_MARK
 from .api import Z_UP_EXTENSIONS
 from .model import (  # noqa: F401  (re-exported: the loaders' public types)
     LINES,
@@ -174,7 +176,11 @@ def _load_with_trimesh(data: bytes, ext: str, path: str) -> LoadedModel:
     file_type = ext[1:]
     if file_type == "stp":
         file_type = "step"
-    resolver = FilePathResolver(os.path.dirname(os.path.abspath(path)) + os.sep)
+    if MEMBER_MARK in path:  # a zip member: its side files are members beside it
+        archive, member = path.split(MEMBER_MARK, 1)
+        resolver = _zip_member_resolver(archive, posixpath.dirname(member))
+    else:
+        resolver = FilePathResolver(os.path.dirname(os.path.abspath(path)) + os.sep)
     try:
         scene = trimesh.load_scene(
             io.BytesIO(data), file_type=file_type, resolver=resolver, process=False
@@ -185,6 +191,38 @@ def _load_with_trimesh(data: bytes, ext: str, path: str) -> LoadedModel:
         raise UnsupportedFormat(str(exc)) from None
     up = _up_axis_matrix(data, ext)
     return scene_to_model(scene, up)
+
+
+def _zip_member_resolver(archive: str, folder: str):
+    """Side files of a zip member (an OBJ's MTL, a glTF's .bin, textures) read from the same
+    archive, in memory, with the archive checks (core/archives.py)."""
+    import zipfile
+
+    from trimesh.resolvers import Resolver
+
+    from ..archives import open_member
+
+    class ZipMemberResolver(Resolver):
+        def __init__(self, folder: str):
+            self.folder = folder
+
+        def get(self, key):
+            name = posixpath.normpath(posixpath.join(self.folder, key.replace("\\", "/")))
+            with zipfile.ZipFile(archive) as z, open_member(z, name) as stream:
+                return stream.read()
+
+        def write(self, name, data):
+            raise NotImplementedError("a library's archives are never written")
+
+        def namespaced(self, namespace):
+            return ZipMemberResolver(posixpath.join(self.folder, namespace))
+
+        def keys(self):
+            with zipfile.ZipFile(archive) as z:
+                prefix = f"{self.folder}/" if self.folder else ""
+                return [n[len(prefix) :] for n in z.namelist() if n.startswith(prefix)]
+
+    return ZipMemberResolver(folder)
 
 
 def scene_to_model(scene, up: np.ndarray | None = None) -> LoadedModel:

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
+from ..archives import MEMBER_MARK
 from .api import (
     IMAGE_EXTENSIONS,
     MODEL_EXTENSIONS,
@@ -374,7 +375,7 @@ class _Pool:
 
     def run(self) -> list[RenderOutcome]:
         for index, task in enumerate(self.tasks):
-            ext = extension_of(task.path)
+            ext = extension_of(task.path.split(MEMBER_MARK, 1)[-1])
             if ext not in MODEL_EXTENSIONS and ext not in IMAGE_EXTENSIONS:
                 self._finish(
                     index,

@@ -36,7 +36,13 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from ..archives import ArchiveRefused, check_zip  # noqa: E402
+from ..archives import (  # noqa: E402
+    MEMBER_MARK,
+    ArchiveRefused,
+    MemberUnreadable,
+    check_zip,
+    open_member,
+)
 from ..failures import (  # noqa: E402
     describe_os_error,
     os_error_is_transient,
@@ -68,6 +74,26 @@ def _result(
         "error_message": message,
         "transient": transient,
     }
+
+
+class MemberProblem(Exception):
+    """A zip member that cannot be drawn for a reason about the archive (permanent)."""
+
+    def __init__(self, error_class: str, message: str):
+        super().__init__(message)
+        self.error_class = error_class
+
+
+def archive_file(path: str):
+    """A zip opened read-only without touching its access time (a file object)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags | _NOATIME)
+    except PermissionError:
+        if not _NOATIME:
+            raise
+        fd = os.open(path, flags)
+    return open(fd, "rb")
 
 
 def read_file(path: str) -> bytes:
@@ -136,8 +162,31 @@ class Worker:
 
     # -- one file ----------------------------------------------------------------------
 
+    def _member(self, task_path: str) -> bytes:
+        """The inflated bytes of a zip member (task path '<archive>\\0<member>'), in memory,
+        after the archive's declared sizes passed the checks (core/archives.py)."""
+        import zipfile
+        import zlib
+
+        archive, member = task_path.split(MEMBER_MARK, 1)
+        try:
+            with zipfile.ZipFile(archive_file(archive)) as z:
+                info = z.getinfo(member)
+                if info.file_size > self.memory_mb << 20:
+                    raise MemberProblem(
+                        "ArchiveBomb",
+                        f"the member declares {info.file_size >> 20:,} MB, over the "
+                        f"{self.memory_mb} MB a render process may use: refused before inflating",
+                    )
+                with open_member(z, member) as stream:
+                    return stream.read()
+        except (ArchiveRefused, MemberUnreadable) as exc:
+            raise MemberProblem(getattr(exc, "error_class", type(exc).__name__), str(exc)) from exc
+        except (zipfile.BadZipFile, zlib.error, EOFError, KeyError) as exc:
+            raise MemberProblem(type(exc).__name__, f"cannot read the member: {exc}") from exc
+
     def process(self, path: str, size_bytes: int) -> dict:
-        ext = extension_of(path)
+        ext = extension_of(path.split(MEMBER_MARK, 1)[-1])
         if self.hang_suffix and path.lower().endswith(self.hang_suffix):
             while True:  # test hook: see the module docstring
                 time.sleep(3600)
@@ -150,7 +199,9 @@ class Worker:
                 message=f"no thumbnailer for '{ext or 'no extension'}' files",
             )
         try:
-            data = read_file(path)
+            data = read_file(path) if MEMBER_MARK not in path else self._member(path)
+        except MemberProblem as exc:  # encrypted, a bomb, a broken archive: about the file
+            return _result("failed", error_class=exc.error_class, message=str(exc))
         except OSError as exc:  # vanished, permission denied: about the file; EIO: may pass
             return _result(
                 "failed",
