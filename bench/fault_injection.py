@@ -59,6 +59,7 @@ import threading
 import time
 import unicodedata
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -509,6 +510,73 @@ def build_library(root: Path, corpus: Path, rng: random.Random) -> tuple[list[Ba
             "huge sparse twins (512 MiB)", os.fsencode(huge / "sparse copy.bin"), ("catalogued",)
         )
     )
+
+    # zip archives: their members are files of the catalogue (listed, never extracted)
+    def zip_with(rel: bytes, entries: list[tuple[str, bytes]]) -> bytes:
+        path = os.path.join(b, rel)
+        with zipfile.ZipFile(os.fsdecode(path), "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in entries:
+                z.writestr(zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0)), data)
+        return path
+
+    twin = (models / "torus.STL").read_bytes()
+    kit = zip_with(
+        b"kit.zip",
+        [
+            ("parts/torus.stl", twin),
+            ("../escape.stl", retag(box, "slip")),
+            ("__MACOSX/parts/._torus.stl", b"\0" * 4000),
+            ("readme.txt", b"print at 0.2 mm\n"),
+        ],
+    )
+    bad.append(
+        BadInput(
+            "zip member equal to a loose model",
+            kit + b"!/parts/torus.stl",
+            ("thumb", {"ok"}, False),
+            "grouped with models/torus.STL",
+        )
+    )
+    bad.append(
+        BadInput(
+            "zip member named ../escape.stl",
+            kit + b"!/../escape.stl",
+            ("catalogued",),
+            "nothing is extracted anywhere",
+        )
+    )
+    bad.append(
+        BadInput("__MACOSX litter in a zip", kit + b"!/__MACOSX/parts/._torus.stl", ("absent",))
+    )
+    inner = zip_with(b"inner.zip", [("box.stl", box)])
+    with open(inner, "rb") as f:
+        outer = zip_with(b"outer.zip", [("inner.zip", f.read())])
+    os.unlink(inner)
+    bad.append(BadInput("zip inside a zip", outer + b"!/inner.zip", ("catalogued",)))
+    bad.append(
+        BadInput(
+            "member of a zip inside a zip",
+            outer + b"!/inner.zip!/box.stl",
+            ("absent",),
+            "archives inside archives are members, not opened",
+        )
+    )
+    bomb_zip = os.path.join(b, b"bomb.zip")
+    with zipfile.ZipFile(os.fsdecode(bomb_zip), "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        with z.open("huge.stl", "w", force_zip64=True) as part:
+            for _ in range(64):
+                part.write(b" " * (4 * MIB))
+    bad.append(
+        BadInput(
+            "zip bomb member (256 MB of spaces)",
+            bomb_zip + b"!/huge.stl",
+            ("thumb_class", "ArchiveBomb"),
+        )
+    )
+    add("random bytes named .zip", b"noise.zip", rng.randbytes(4000), ("issue", "broken_archive"))
+    with open(kit, "rb") as f:
+        half = f.read()
+    add("zip cut in half", b"cut.zip", half[: len(half) // 2], ("issue", "broken_archive"))
     # what the bench changes while and between runs
     (root / "churn").mkdir()
     for i in range(8):
@@ -649,10 +717,33 @@ class Library:
 
 
 # --- the brute force ----------------------------------------------------------------------
+def member_md5s(path: bytes, excluded) -> dict[bytes, str]:
+    """MD5 of every non-empty member of a zip, inflated whole (archives inside are members,
+    not opened): {archive path bytes + b"!/" + member name: md5}. Unreadable members (an
+    encrypted one, a broken archive) have none."""
+    out = {}
+    try:
+        with zipfile.ZipFile(os.fsdecode(path)) as z:
+            for info in z.infolist():
+                name = info.filename.lstrip("/")
+                if info.is_dir() or not name or info.file_size == 0 or info.flag_bits & 1:
+                    continue
+                if any(excluded(part) for part in name.split("/")):
+                    continue
+                h = hashlib.md5()
+                with z.open(info) as member:
+                    while chunk := member.read(4 * MIB):
+                        h.update(chunk)
+                out[path + b"!/" + name.encode()] = h.hexdigest()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, zlib.error):
+        return {}
+    return out
+
+
 def brute_force_main(root: str) -> None:
     """Child mode (run with the same dropped permissions as dam): MD5 of every non-empty
-    regular file reachable by path from `root`, read whole; default-excluded names skipped.
-    Prints {hex(path bytes): md5}."""
+    regular file reachable by path from `root`, read whole, and of every member of its zips;
+    default-excluded names skipped. Prints {hex(path bytes): md5}."""
     import fnmatch
 
     from dam_dagster.core.config import DEFAULT_EXCLUDES
@@ -676,6 +767,9 @@ def brute_force_main(root: str) -> None:
             except OSError:
                 continue  # unreadable to dam's user: it cannot be hashed by dam either
             out[path.hex()] = h.hexdigest()
+            if name.lower().endswith(b".zip"):
+                members = member_md5s(path, lambda part: rx.match(part))
+                out.update({k.hex(): v for k, v in members.items()})
     json.dump(out, sys.stdout)
 
 
@@ -989,22 +1083,32 @@ class Bench:
         with Catalogue(data, who="fault bench check").connect(write=False) as con:
             rows = con.execute(f"""
                 SELECT f.path, f.raw_path, t.status, t.transient, t.content_md5,
-                       t.thumbnail_relpath
+                       t.thumbnail_relpath, a.path, a.raw_path
                 FROM present_files f LEFT JOIN current_thumbnails t USING (file_id)
+                LEFT JOIN file_inventory a ON a.file_id = f.archive_id
                 WHERE f.extension IN ({exts})""").fetchall()
         snap = lib.snapshot()
+        members: dict[bytes, str] = {}  # MD5 of each member of the zips met so far
+        listed: set[bytes] = set()
         problems = []
-        for path, raw, status, transient, md5, rel in rows:
+        for path, raw, status, transient, md5, rel, archive, archive_raw in rows:
             fs = bytes(raw) if raw is not None else os.fsencode(path)
             shown = display(fs)
+            if archive is not None:  # a member: its own bytes, inflated from the archive now
+                zip_path = bytes(archive_raw) if archive_raw is not None else os.fsencode(archive)
+                if zip_path not in listed:
+                    members.update(member_md5s(zip_path, lambda part: False))
+                    listed.add(zip_path)
+                now = members.get(fs)
+            else:
+                now = snap[fs][-1] if fs in snap else None
             if status is None:
                 problems.append(f"no current thumbnail row for {shown}")
             elif transient:
                 problems.append(f"a transient {status} row after a clean run: {shown}")
             elif status == "ok":
-                entry = snap.get(fs)
-                if entry is None or entry[-1] != md5:
-                    problems.append(f"stale thumbnail for {shown}: {md5} != {entry and entry[-1]}")
+                if now != md5:
+                    problems.append(f"stale thumbnail for {shown}: {md5}, the file is {now}")
                 png = data / "thumbnails" / rel
                 try:
                     with Image.open(png) as im:
