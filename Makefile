@@ -1,5 +1,6 @@
 # dam_dagster: two commands do all the set-up on a fresh machine.
 #   make dev    install, then run the Dagster UI (sensors and automation on) on 127.0.0.1:3000
+#               and the library browser on 127.0.0.1:3001; Ctrl-C stops both
 #   make test   install, then run the test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -10,8 +11,10 @@ PORT   ?= 3000
 
 # Debian packages for off-screen OpenGL: EGL with Mesa's drivers (llvmpipe where there is no GPU).
 SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libglvnd0
+# A real browser for the library browser's tests and screenshots (driven by Selenium).
+BROWSER_PACKAGES := chromium chromium-driver
 
-.PHONY: install dev test lint system-deps sample bench-dedup bench-render bench-scale bench-faults clean
+.PHONY: install dev serve test lint system-deps sample bench-dedup bench-render bench-scale bench-browse bench-faults screenshots clean
 
 install: system-deps $(STAMP)
 
@@ -34,9 +37,22 @@ system-deps:
 	    echo "WARNING: Mesa's EGL is missing, so thumbnails cannot be rendered. Install it with:"; \
 	    echo "    sudo apt-get install -y $(SYSTEM_PACKAGES)"; \
 	fi
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages for the browser tests: $(BROWSER_PACKAGES)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES) >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(BROWSER_PACKAGES) >/dev/null; }; \
+	else \
+	    echo "NOTE: chromium is missing, so the browser tests will skip. Install it with:"; \
+	    echo "    sudo apt-get install -y $(BROWSER_PACKAGES)"; \
+	fi
 
 dev: install
 	$(BIN)/dam dev --host $(HOST) --port $(PORT)
+
+# The library browser alone (make dev starts it too).
+serve: install
+	$(BIN)/dam serve
 
 test: install lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -59,6 +75,14 @@ bench-scale: install
 bench-render: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python bench/render_bench.py
+
+# The library browser at a million catalogue rows (docs/BENCHMARKS.md).
+bench-browse: install
+	$(BIN)/python bench/browse_bench.py
+
+# The screenshots of docs/ (a real chromium on the sample library).
+screenshots: install
+	$(BIN)/python docs/screenshots.py
 
 # Fault injection (not part of `make test`: ~25 min): kills, concurrent runs, a full disk (a
 # tmpfs, as root), bad inputs; every answer checked by brute force. BENCH_ARGS="--seed N" etc.

@@ -1,6 +1,7 @@
 """`dam`: the pipeline at a terminal. Reads the same configuration as the UI (.env, .env.local,
 the environment) and waits politely for the catalogue when a run is writing."""
 
+import contextlib
 import csv
 import json
 import os
@@ -212,11 +213,12 @@ def _dedup_needed(cat: Catalogue, roots) -> bool:
     threads = walk_threads(roots, int(config.env("DAM_IO_THREADS")))
     walk = walk_library(roots, path_filter, follow, threads=threads)
     try:
-        if not walk_differs(cat, walk) and chain_is_current(cat):
+        all_sizes = config.parse_bool(config.env("DAM_HASH_ALL_SIZES"))
+        if not walk_differs(cat, walk) and chain_is_current(cat, all_sizes):
             return False
     except CatalogueError:
         pass  # the run will say what is wrong with the catalogue
-    prepare_walk(roots, walk)
+    prepare_walk(roots, walk, path_filter, follow)
     return True
 
 
@@ -227,10 +229,14 @@ def _thumbnail_buckets():
 
 
 def _bucket_has_work(cat: Catalogue, bucket) -> bool:
+    """Whether a partition would render anything (a busy catalogue: assume it would)."""
     from .core.thumbnails import plan_bucket
 
     size = int(config.env("DAM_THUMBNAIL_SIZE"))
-    plan = plan_bucket(cat, bucket, size, config.env("DAM_THUMBNAIL_BACKGROUND"))
+    try:
+        plan = plan_bucket(cat, bucket, size, config.env("DAM_THUMBNAIL_BACKGROUND"))
+    except CatalogueError:
+        return True
     return bool(plan.tasks or plan.unsupported)
 
 
@@ -258,24 +264,8 @@ def _status() -> dict:
 
 
 def _print_status(status: dict) -> None:
-    labels = {
-        "files": "files",
-        "bytes": "bytes",
-        "models": "3D models",
-        "files_not_present": "files gone (kept in the catalogue)",
-        "empty_files": "empty files",
-        "hashed_files": "hashed files",
-        "hash_errors": "files that could not be hashed",
-        "collision_groups": "collision groups (size + partial hash)",
-        "duplicate_groups": "duplicate groups",
-        "duplicate_files": "duplicate files",
-        "reclaimable_bytes": "reclaimable bytes",
-        "thumbnails_ok": "thumbnails",
-        "thumbnails_failed": "thumbnails failed",
-        "thumbnails_unsupported": "files of a format without a renderer",
-        "models_without_thumbnail": "models without a thumbnail",
-        "walk_issues": "walk issues",
-    }
+    from .core.vocabulary import STATUS_LABELS as labels  # the Status page's labels too
+
     width = max(len(v) for v in labels.values())
     for key, label in labels.items():
         click.echo(f"{label:<{width}}  {status[key]:>14,}")
@@ -314,23 +304,27 @@ def status(as_json: bool) -> None:
 
 def _queue():
     """The run queue of the Dagster home, when there is one (never created by reading)."""
-    from .runs import RunStorageUnreadable, queue_state, queue_state_from_sqlite
+    from .runs import (
+        RunStorageUnreadable,
+        configured_storage,
+        queue_state,
+        queue_state_from_sqlite,
+    )
 
     home = config.dagster_home()
     if not (home / "dagster.yaml").is_file():
         return None
-    try:
-        state = queue_state_from_sqlite(home)
-    except RunStorageUnreadable as exc:
-        click.echo(f"dam: {exc}; the run queue is left out", err=True)
-        return None
-    if state is None:  # another run storage (PostgreSQL): ask Dagster
-        import dagster as dg
+    if not configured_storage(home):  # the default SQLite storage: read it, or nothing yet
+        try:
+            return queue_state_from_sqlite(home)
+        except RunStorageUnreadable as exc:
+            click.echo(f"dam: {exc}; the run queue is left out", err=True)
+            return None
+    import dagster as dg  # another run storage (PostgreSQL): Dagster reads it
 
-        os.environ["DAGSTER_HOME"] = str(home)
-        with dg.DagsterInstance.get() as instance:
-            state = queue_state(instance)
-    return state
+    os.environ["DAGSTER_HOME"] = str(home)
+    with dg.DagsterInstance.get() as instance:
+        return queue_state(instance)
 
 
 @main.command()
@@ -338,13 +332,40 @@ def _queue():
     "--format",
     "fmt",
     type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
+    default=None,
+    help="The groups as a table (default), CSV or JSON; with --plan: sh (default), csv, json.",
 )
-def duplicates(fmt: str) -> None:
-    """One group per set of identical files: the original (lowest id) and its copies."""
+@click.option(
+    "--plan",
+    type=click.Choice(["remove", "hardlink", "quarantine"]),
+    default=None,
+    help="Print the dry plan of the reviewed groups (the keep choices made in the browser): "
+    "remove the copies, replace them by hard links, or move them into DIR.",
+)
+@click.argument("quarantine_dir", metavar="[DIR]", required=False)
+@click.option(
+    "--plan-format",
+    type=click.Choice(["sh", "csv", "json"]),
+    default="sh",
+    show_default=True,
+    help="The plan as a shell script, CSV or JSON.",
+)
+def duplicates(
+    fmt: str | None, plan: str | None, quarantine_dir: str | None, plan_format: str
+) -> None:
+    """One group per set of identical files: the original (lowest id) and its copies.
+
+    With --plan, the reviewed plan instead: dam prints it, you read it and run it
+    (`dam duplicates --plan remove > plan.sh`). Nothing is ever done to the library by dam.
+    """
     from .core.dedup import duplicate_groups
 
+    if plan is not None:
+        _print_plan(plan, quarantine_dir, plan_format)
+        return
+    if quarantine_dir is not None:
+        _fail("DIR is only for --plan quarantine")
+    fmt = fmt or "table"
     try:
         groups = duplicate_groups(_catalogue())
     except CatalogueError as exc:
@@ -390,6 +411,36 @@ def duplicates(fmt: str) -> None:
             )
 
 
+def _print_plan(action: str, quarantine_dir: str | None, plan_format: str) -> None:
+    from .core.review import ReviewError, plan_from_catalogue, render_plan
+
+    if action == "quarantine" and not quarantine_dir:
+        _fail(
+            "--plan quarantine needs the folder to move the copies into: "
+            "dam duplicates --plan quarantine /mnt/nas/quarantine"
+        )
+    if action != "quarantine" and quarantine_dir:
+        _fail("DIR is only for --plan quarantine")
+    try:
+        plan = plan_from_catalogue(_catalogue(), action, quarantine_dir)
+    except (CatalogueError, ReviewError) as exc:
+        _fail(str(exc))
+    sys.stdout.flush()
+    sys.stdout.buffer.write(render_plan(plan, plan_format))
+    sys.stdout.buffer.flush()
+    click.echo(
+        f"dam: a dry {action} plan of {plan.groups} reviewed groups ({len(plan.items)} copies, "
+        f"{plan.reclaimable_bytes:,} bytes); nothing was done. Read it, then run it yourself."
+        + (
+            f" {plan.stale_groups} reviewed group(s) left out: review them again."
+            if plan.stale_groups
+            else ""
+        )
+        + ("" if plan.groups else " Review groups first: `dam serve`, the Duplicates page."),
+        err=True,
+    )
+
+
 @main.command("backfill-failed")
 @click.option(
     "--url",
@@ -429,26 +480,130 @@ def sample(dest: Path | None) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=3000, show_default=True)
-def dev(host: str, port: int) -> None:
-    """Start the Dagster UI with sensors and automation running (what `make dev` runs)."""
+@click.option("--host", default=None, help="Address to listen on [DAM_BROWSER_HOST: 127.0.0.1].")
+@click.option("--port", default=None, type=int, help="Port [DAM_BROWSER_PORT: 3001].")
+def serve(host: str | None, port: int | None) -> None:
+    """The library browser: every model with its thumbnail, duplicates to review, problems,
+    status. Reads a copy of the catalogue, so a run writing it never makes a page wait."""
+    import uvicorn
+
+    from .web.app import Settings, create_app
+
+    settings = Settings.from_env(host, port)  # (main() refused a data folder inside a root)
+    click.echo(
+        f"library browser: http://{settings.host}:{settings.port}  "
+        f"(catalogue {settings.data_dir / 'dam.duckdb'})",
+        err=True,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="The Dagster UI's address.")
+@click.option("--port", default=3000, show_default=True, help="The Dagster UI's port.")
+@click.option("--browser-port", default=None, type=int, help="[DAM_BROWSER_PORT: 3001]")
+def dev(host: str, port: int, browser_port: int | None) -> None:
+    """Start the Dagster UI (sensors and automation running) and the library browser side by
+    side, as `make dev` does; Ctrl-C stops both."""
+    import signal
+    import subprocess
+    import time
+
     roots = _roots(use_sample=True)
     from .home import prepare_dagster_home
 
     home = prepare_dagster_home()
-    click.echo(
-        f"library: {':'.join(map(str, roots))}\ndata:    {config.data_dir()}\n"
-        f"DAGSTER_HOME: {home}\nUI:      http://{host}:{port}",
-        err=True,
-    )
+    browser_port = browser_port or int(config.env("DAM_BROWSER_PORT"))
+    browser_host = config.env("DAM_BROWSER_HOST")
+    os.environ.setdefault("DAM_DAGSTER_URL", f"http://{host}:{port}")
+    if not os.environ.get("DAM_BROWSER_URL", "").strip():
+        os.environ["DAM_BROWSER_URL"] = f"http://{browser_host}:{browser_port}"
     dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
     target = (
         ["-w", "workspace.yaml"]
         if Path("workspace.yaml").exists()
         else ["-m", "dam_dagster.definitions"]
     )
-    os.execv(dagster, [dagster, "dev", "-h", host, "-p", str(port), *target])
+    dam = shutil.which("dam") or str(Path(sys.executable).with_name("dam"))
+
+    def own_group() -> None:
+        # Each child leads a process group of its own (dam dev forwards Ctrl-C to it), with
+        # SIGINT at its default even when this process was started with SIGINT ignored (a
+        # shell's background job): otherwise Ctrl-C could never stop it.
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    children = {
+        "Dagster UI": subprocess.Popen(
+            [dagster, "dev", "-h", host, "-p", str(port), *target], preexec_fn=own_group
+        ),
+        "library browser": subprocess.Popen(
+            [dam, "serve", "--host", browser_host, "--port", str(browser_port)],
+            preexec_fn=own_group,
+        ),
+    }
+    click.echo(
+        f"library: {':'.join(map(str, roots))}\ndata:    {config.data_dir()}\n"
+        f"DAGSTER_HOME: {home}\n"
+        f"Dagster UI:      http://{host}:{port}\n"
+        f"library browser: http://{browser_host}:{browser_port}\n"
+        "Ctrl-C stops both.",
+        err=True,
+    )
+
+    def signal_all(sig) -> None:
+        for proc in children.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+
+    def wait_all(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        for proc in children.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return False
+        return True
+
+    def stop(*_args) -> None:
+        # What Ctrl-C in a terminal does to each process group (dagster dev shuts its webserver,
+        # daemon and code server down cleanly on it), then firmer, if need be.
+        signal_all(signal.SIGINT)
+        if not wait_all(20):
+            signal_all(signal.SIGTERM)
+            if not wait_all(10):
+                signal_all(signal.SIGKILL)
+                wait_all(5)
+
+    def interrupted(*_args) -> None:
+        raise KeyboardInterrupt
+
+    # Explicit handlers: a shell that starts `make dev` in the background ignores SIGINT for
+    # it, and Python would then never raise KeyboardInterrupt.
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        while True:
+            for name, proc in children.items():
+                if proc.poll() is not None:
+                    click.echo(
+                        f"dam dev: the {name} stopped (exit {proc.returncode}); "
+                        "stopping the other.",
+                        err=True,
+                    )
+                    stop()
+                    sys.exit(proc.returncode or 1)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        click.echo("dam dev: stopping the Dagster UI and the library browser ...", err=True)
+        stop()
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ from pydantic import Field
 
 from .core import dedup
 from .core.changes import decode_folder, folders_by_root
-from .core.config import ConfigError
+from .core.config import ConfigError, env
 from .core.hashing import Progress
 from .core.inventory import take_prepared_walk, update_inventory
 from .core.store import Catalogue, row_count, table_schema
+from .core.vocabulary import COLUMN_DOCS
 from .core.walk import RootUnavailable, WalkResult
 from .resources import CatalogueResource, LibraryResource
 
@@ -26,10 +27,19 @@ POOL = "dam_catalogue"
 EAGER = dg.AutomationCondition.eager()
 
 
+def browser_link(path: str) -> str:
+    """An address in the library browser (DAM_BROWSER_URL), for the full lists."""
+    return env("DAM_BROWSER_URL").rstrip("/") + path
+
+
 def table_metadata(catalogue: Catalogue, table: str) -> dict:
-    """Row count and column schema of a catalogue table, as Dagster shows them."""
+    """Row count and column schema (with each column's description) of a catalogue table."""
+    docs = COLUMN_DOCS.get(table, {})
     with catalogue.connect(write=False) as con:
-        columns = [dg.TableColumn(name, kind) for name, kind in table_schema(con, table)]
+        columns = [
+            dg.TableColumn(name, kind, description=docs.get(name))
+            for name, kind in table_schema(con, table)
+        ]
         rows = row_count(con, table)
     return {
         "dagster/column_schema": dg.TableSchema(columns=columns),
@@ -38,6 +48,11 @@ def table_metadata(catalogue: Catalogue, table: str) -> dict:
         "dagster/storage_kind": "duckdb",
         "catalogue": dg.MetadataValue.path(str(catalogue.path)),
     }
+
+
+def _present_count(catalogue: Catalogue) -> int:
+    with catalogue.connect(write=False) as con:
+        return row_count(con, "present_files")
 
 
 def _mb(n: int) -> float:
@@ -130,7 +145,9 @@ def file_inventory(
             on_progress=on_walk,
             io_threads=library.io_threads,
             only=only,
-            walk=take_prepared_walk(roots) if only is None else None,
+            walk=take_prepared_walk(roots, library.path_filter(), library.follow_symlinks)
+            if only is None
+            else None,
         )
     except RootUnavailable as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
@@ -142,11 +159,14 @@ def file_inventory(
         f"{stats.gone_files} gone, {stats.issues} walk issues"
     )
     issues = {f"walk issues: {kind}": n for kind, n in sorted(stats.issues_by_kind.items())}
+    table = table_metadata(cat, "file_inventory")
     return dg.MaterializeResult(
         metadata={
-            **table_metadata(cat, "file_inventory"),
+            **table,
             "roots": dg.MetadataValue.md("\n".join(f"- `{r}`" for r in stats.roots)),
             "files seen": stats.files_seen,
+            # The table keeps a row for every file ever seen: gone ones are marked, not deleted.
+            "rows for files no longer present": table["dagster/row_count"] - _present_count(cat),
             "bytes seen": stats.bytes_seen,
             "GB seen": round(stats.bytes_seen / 1e9, 3),
             "new files": stats.new_files,
@@ -261,17 +281,22 @@ def full_hashes(
     )
 
 
-def _largest_md(groups: list[dedup.DuplicateGroup]) -> dg.MetadataValue:
+def _largest_md(groups: list[dedup.DuplicateGroup], total: int) -> dg.MetadataValue:
+    if not groups:
+        return dg.MetadataValue.md("No duplicates.")
     lines = [
-        "| copies | size (MB) | reclaimable (MB) | original | a copy |",
-        "|---|---|---|---|---|",
+        f"The groups that free the most space ({len(groups)} of {total:,}). Every group, with "
+        f"thumbnails and a choice of the copy to keep: [Duplicates]({browser_link('/duplicates')})",
+        "",
+        "| files | duplicate files | size (MB) | reclaimable (MB) | original | a copy |",
+        "|---|---|---|---|---|---|",
     ]
     for g in groups:
         lines.append(
-            f"| {len(g.duplicates)} | {_mb(g.size_bytes)} | {_mb(g.reclaimable_bytes)} "
-            f"| `{g.original}` | `{g.duplicates[0]}` |"
+            f"| {len(g.duplicates) + 1} | {len(g.duplicates)} | {_mb(g.size_bytes)} "
+            f"| {_mb(g.reclaimable_bytes)} | `{g.original}` | `{g.duplicates[0]}` |"
         )
-    return dg.MetadataValue.md("\n".join(lines) if groups else "No duplicates.")
+    return dg.MetadataValue.md("\n".join(lines))
 
 
 @dg.asset(
@@ -292,14 +317,20 @@ def duplicates(
         f"{stats.groups:,} duplicate groups, {stats.duplicate_files:,} duplicate "
         f"files, {stats.reclaimable_bytes / 1e6:,.1f} MB reclaimable"
     )
+    table = table_metadata(cat, "duplicates")
     return dg.MaterializeResult(
         metadata={
-            **table_metadata(cat, "duplicates"),
+            **table,
             "duplicate groups": stats.groups,
             "duplicate files": stats.duplicate_files,
+            # The table has a row for every member, originals included: say so beside it.
+            "files in duplicate groups (table rows: originals + duplicate files)": table[
+                "dagster/row_count"
+            ],
             "reclaimable bytes": stats.reclaimable_bytes,
             "reclaimable MB": _mb(stats.reclaimable_bytes),
-            "largest groups": _largest_md(stats.largest),
+            "largest groups": _largest_md(stats.largest, stats.groups),
+            "review them in the library browser": dg.MetadataValue.url(browser_link("/duplicates")),
         }
     )
 
@@ -341,6 +372,12 @@ def candidates_have_full_hashes(catalogue: CatalogueResource) -> dg.AssetCheckRe
 
 
 ASSETS = [file_inventory, partial_hashes, collision_candidates, full_hashes, duplicates]
+# What library_sensor launches: a named job, so its runs show their target in the UI.
+inventory_job = dg.define_asset_job(
+    "file_inventory_job",
+    selection=[file_inventory],
+    description="A new inventory of the library (the rest follows by automation).",
+)
 CHECKS = [duplicates_are_consistent, candidates_have_full_hashes]
 dedup_job = dg.define_asset_job(
     "dedup",

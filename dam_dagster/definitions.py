@@ -31,7 +31,12 @@ from .terminal import dam_terminal  # noqa: E402
 defs = dg.Definitions(
     assets=dedup_assets.ASSETS + thumbnail_assets.ASSETS,
     asset_checks=dedup_assets.CHECKS + thumbnail_assets.CHECKS,
-    jobs=[dedup_assets.dedup_job, thumbnail_assets.fast_job, thumbnail_assets.slow_job],
+    jobs=[
+        dedup_assets.dedup_job,
+        dedup_assets.inventory_job,
+        thumbnail_assets.fast_job,
+        thumbnail_assets.slow_job,
+    ],
     sensors=[library_sensor, automation_sensor, dead_runs_sensor],
     schedules=[complete_walk_schedule],
     # `dam run` logs with dam_terminal (one line per step); the UI's runs use Dagster's own.

@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .core.failures import storage_cause
+from .core.processes import pid_alive, start_time
 
 if TYPE_CHECKING:
     import dagster as dg
 
 HOST_TAG, PID_TAG, START_TAG = "dam/host", "dam/pid", "dam/process_start"
+CLAIM_TAG = "dam/claimed_by_run"
 IN_PROGRESS_NAMES = ("STARTING", "STARTED", "CANCELING")  # what the run queue counts
 # What the sweep marks failed when its process is gone: runs in progress, and runs created but
 # never begun (a `dam run` killed between creating a run and storing its first event).
@@ -43,54 +45,58 @@ def _in_progress():
     return [dg.DagsterRunStatus[name] for name in IN_PROGRESS_NAMES]
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat, field 22)."""
+def host_id() -> str:
+    """This machine and pid namespace: two containers with one hostname are two hosts."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
     except OSError:
-        return None
-    return stat[stat.rfind(b")") + 2 :].split()[19].decode()
+        boot = "?"
+    try:
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        pidns = 0
+    return f"{socket.gethostname()}:{boot}:{pidns}"
 
 
-def process_tags() -> dict[str, str]:
-    """Tags naming this process: what a run carries so that a sweep can tell it is gone."""
+def process_tags(run_id: str | None = None) -> dict[str, str]:
+    """Tags naming this process: what a run carries so that a sweep can tell it is gone.
+    `run_id` (set when the run claims them) ties them to that run: a run that inherited
+    another's tags (a retry copies its parent's) is not judged by them."""
     pid = os.getpid()
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), START_TAG: _start_time(pid) or ""}
+    tags = {HOST_TAG: host_id(), PID_TAG: str(pid), START_TAG: start_time(pid) or ""}
+    if run_id is not None:
+        tags[CLAIM_TAG] = run_id
+    return tags
 
 
 def claim_run(instance: dg.DagsterInstance, run_id: str) -> None:
     """Tag a run with the process executing it (called as its resources are set up)."""
     run = instance.get_run_by_id(run_id)
-    tags = process_tags()
-    if run is not None and run.tags.get(PID_TAG) != tags[PID_TAG]:
+    tags = process_tags(run_id)
+    if run is not None and (
+        run.tags.get(PID_TAG) != tags[PID_TAG] or run.tags.get(CLAIM_TAG) != run_id
+    ):
         instance.add_run_tags(run_id, tags)
 
 
-def process_alive(pid: int, start: str) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, under another user
-    return not start or _start_time(pid) == start
-
-
-def _is_dead(tags, host: str) -> bool:
+def _is_dead(run_id: str, tags, host: str) -> bool:
     if tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
         return False  # another machine's, or not ours: not ours to judge
-    return not process_alive(int(tags[PID_TAG]), tags.get(START_TAG, ""))
+    if tags.get(CLAIM_TAG, run_id) != run_id:
+        return False  # tags inherited from another run: its process says nothing of this one
+    return not pid_alive(int(tags[PID_TAG]), tags.get(START_TAG, ""))
 
 
 def dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     """Runs of this host, in progress or not yet begun, whose process is gone."""
     import dagster as dg
 
-    host = socket.gethostname()
+    host = host_id()
     swept = [dg.DagsterRunStatus[name] for name in SWEPT_NAMES]
     records = instance.get_run_records(filters=dg.RunsFilter(statuses=swept, tags={HOST_TAG: host}))
-    return [r.dagster_run for r in records if _is_dead(r.dagster_run.tags, host)]
+    return [
+        r.dagster_run for r in records if _is_dead(r.dagster_run.run_id, r.dagster_run.tags, host)
+    ]
 
 
 def mark_dead_runs_failed(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
@@ -156,7 +162,7 @@ def queue_state_from_sqlite(home: Path) -> QueueState | None:
     RunStorageUnreadable when it is there but cannot be read: a run that failed on a full
     disk can leave its WAL index too short for any reader until space is freed."""
     db = home / "history" / "runs.db"
-    if not db.is_file() or _configured_storage(home):
+    if not db.is_file() or configured_storage(home):
         return None
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
@@ -169,8 +175,8 @@ def queue_state_from_sqlite(home: Path) -> QueueState | None:
             rows = con.execute(
                 f"""SELECT t.run_id, r.status, t.key, t.value
                     FROM run_tags t JOIN runs r USING (run_id)
-                    WHERE r.status IN ({marks}) AND t.key IN (?, ?, ?)""",
-                [*SWEPT_NAMES, HOST_TAG, PID_TAG, START_TAG],
+                    WHERE r.status IN ({marks}) AND t.key IN (?, ?, ?, ?)""",
+                [*SWEPT_NAMES, HOST_TAG, PID_TAG, START_TAG, CLAIM_TAG],
             ).fetchall()
     except sqlite3.Error as exc:
         raise _unreadable(db, exc) from exc
@@ -181,8 +187,8 @@ def queue_state_from_sqlite(home: Path) -> QueueState | None:
     for run_id, status, key, value in rows:
         tags.setdefault(run_id, {})[key] = value
         statuses[run_id] = status
-    host = socket.gethostname()
-    dead = sorted(r for r, t in tags.items() if _is_dead(t, host))
+    host = host_id()
+    dead = sorted(r for r, t in tags.items() if _is_dead(r, t, host))
     return QueueState(
         in_progress=sum(counts.get(s, 0) for s in IN_PROGRESS_NAMES),
         queued=counts.get("QUEUED", 0),
@@ -206,7 +212,8 @@ def _dagster_yaml(home: Path) -> dict:
         return {}
 
 
-def _configured_storage(home: Path) -> bool:
+def configured_storage(home: Path) -> bool:
+    """Whether dagster.yaml names a run storage of its own (PostgreSQL...), not SQLite."""
     config = _dagster_yaml(home)
     return any(k in config for k in ("storage", "run_storage"))
 

@@ -14,7 +14,6 @@ All run by default: no toggle needed in the UI.
 
 import hashlib
 import json
-import os
 import time
 
 import dagster as dg
@@ -22,14 +21,20 @@ import dagster as dg
 from .core.changes import encode_folder, known_folder_states, look_for_changes
 from .core.config import ConfigError, env
 from .core.store import CatalogueBusy, CatalogueMissing
-from .core.walk import RootUnavailable, check_roots, walk_threads
-from .dedup_assets import file_inventory
+from .core.walk import RootUnavailable, check_roots, display_path, walk_threads
+from .dedup_assets import inventory_job
 from .resources import CatalogueResource, LibraryResource
 from .runs import PID_TAG, mark_dead_runs_failed, queue_state
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "dam_automation",
-    target=dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks(),
+    # Groups rather than "all | all checks": the UI shows this selection as a string
+    # (group:"dedup" or group:"thumbnails"); the checks of the selected assets come with it.
+    target=dg.AssetSelection.groups("dedup", "thumbnails"),
+    # One run per partition, not a backfill: a backfill counts a requested partition that did
+    # not materialize as failed, and an empty size bucket does not materialize (it is
+    # observed, so that it does not show green beside the buckets that hold models).
+    emit_backfills=False,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Runs what follows an updated asset (eager conditions): hashing and dedup after "
@@ -38,7 +43,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 
 
 @dg.sensor(
-    target=[file_inventory],
+    job=inventory_job,
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=int(env("DAM_SENSOR_INTERVAL_S")),
     description="Looks at the mtimes of the library's folders (a folder's mtime moves when a "
@@ -63,10 +68,14 @@ def library_sensor(
     except CatalogueBusy:
         return dg.SkipReason("the catalogue is busy (a run is writing): looking next tick")
     cursor = json.loads(context.cursor) if context.cursor else {}
-    if not folders:  # never walked, or a catalogue from before folders were recorded
+    known_roots = {root for _, root, _ in folders}
+    new_roots = [r for r in roots if display_path(str(r)) not in known_roots]
+    if new_roots:  # never walked, a root added since, or a catalogue from before folders
         hour = int(time.time() // 3600)  # asked again hourly if that walk fails
+        which = hashlib.md5(" ".join(map(str, new_roots)).encode(errors="surrogateescape"),
+                            usedforsecurity=False).hexdigest()[:12]  # fmt: skip
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=f"complete-walk-{hour}")],
+            run_requests=[dg.RunRequest(run_key=f"complete-walk-{which}-{hour}")],
             cursor=json.dumps({"pos": 0}),
         )
     threads = walk_threads(roots, library.io_threads)
@@ -78,9 +87,10 @@ def library_sensor(
             skip_reason=f"no folder changed ({seen})", cursor=json.dumps({"pos": look.position})
         )
     context.log.info(f"{len(look.changed):,} folders changed ({seen}): asking for an inventory")
-    key = hashlib.md5("\n".join(look.changed).encode(), usedforsecurity=False).hexdigest()
+    state = "\n".join(f"{f}\0{m}" for f, m in zip(look.changed, look.mtimes))
+    key = hashlib.md5(state.encode(errors="surrogateescape"), usedforsecurity=False).hexdigest()
     request = dg.RunRequest(
-        run_key=f"folders-{key}-{_mtimes_key(look.changed)}",
+        run_key=f"folders-{key}",
         run_config={"ops": {"file_inventory": {"config": {
             "folders": [encode_folder(f) for f in look.changed]}}}},
         tags={"dam/changed_folders": str(len(look.changed))},
@@ -88,21 +98,10 @@ def library_sensor(
     return dg.SensorResult(run_requests=[request], cursor=json.dumps({"pos": look.position}))
 
 
-def _mtimes_key(folders: list[str]) -> str:
-    """The same changed folders in the same state ask once (a run key Dagster dedupes)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    for folder in folders:
-        try:
-            digest.update(str(os.stat(folder).st_mtime_ns).encode())
-        except OSError:
-            digest.update(b"gone")
-    return digest.hexdigest()[:12]
-
-
 complete_walk_schedule = dg.ScheduleDefinition(
     name="dam_complete_walk",
     cron_schedule=env("DAM_COMPLETE_WALK_CRON"),
-    target=[file_inventory],
+    target=inventory_job,  # a named job: its runs show their target
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="A complete walk of every root: finds files rewritten in place (their folder's "
     "mtime does not move) and verifies what the library sensor's looks at folders concluded.",

@@ -14,23 +14,25 @@ themselves (eager automation).
 
 import dataclasses
 import time
+from urllib.parse import quote
 
 import dagster as dg
 
 from .core.config import env
 from .core.render import make_contact_sheet_data_uri, render_files
 from .core.thumbnails import (
-    FAILED_STATUSES,
     FAST,
     SLOW,
-    LaneStats,
+    BucketState,
     OutcomeWriter,
+    bucket_state,
     lane_counts,
     lane_stats,
     plan_bucket,
     size_buckets,
 )
-from .dedup_assets import file_inventory, table_metadata
+from .core.vocabulary import FAILED_STATUSES, thumbnail_summary
+from .dedup_assets import browser_link, file_inventory, table_metadata
 from .resources import CatalogueResource, RenderResource
 
 GROUP = "thumbnails"
@@ -61,12 +63,17 @@ class _Progress:
             self.last = now
 
 
-def _failures_md(stats: LaneStats, limit: int = 25) -> dg.MetadataValue:
+def _failures_md(state: BucketState, bucket: str) -> dg.MetadataValue:
+    """The bucket's failures as they stand now (every run so far), not only this run's."""
+    if not state.failures_total:
+        return dg.MetadataValue.md("No failures in this partition.")
     lines = ["| file | status | error | message |", "|---|---|---|---|"]
-    for path, status, cls, msg in stats.failures[:limit]:
+    for path, status, cls, msg in state.failures:
         lines.append(f"| `{path}` | {status} | {cls} | {msg[:200]} |")
-    if len(stats.failures) > limit:
-        lines.append(f"| ... {len(stats.failures) - limit} more | | | |")
+    more = state.failures_total - len(state.failures)
+    if more:
+        link = browser_link(f"/problems?bucket={quote(bucket)}")
+        lines.append(f"| ... {more:,} more: [all on the Problems page]({link}) | | | |")
     return dg.MetadataValue.md("\n".join(lines))
 
 
@@ -75,11 +82,23 @@ def render_partition(
     lane: str,
     renderer: RenderResource,
     catalogue: CatalogueResource,
-) -> dg.MaterializeResult:
+):
     bucket = BUCKETS[context.partition_key]
     config = renderer.config(lane)
     cat = catalogue.catalogue(context.log)
     plan = plan_bucket(cat, bucket, config.size, config.background)
+    if plan.in_bucket == 0:
+        # Nothing in this size bucket: an observation, not a materialization, so the partition
+        # does not show green beside the partitions that hold models.
+        context.log.info("no files of this size in the library: nothing to render")
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=context.asset_key,
+                partition=context.partition_key,
+                metadata={"files in the bucket": 0},
+            )
+        )
+        return
     if plan.settings_changed:  # PNGs are keyed by content: redo those made with old settings
         config = dataclasses.replace(config, overwrite=True)
     context.log.info(
@@ -99,13 +118,20 @@ def render_partition(
     render_files(plan.tasks, cat.thumbs_dir, config, on_outcome=on_outcome)
     writer.flush()
     stats = lane_stats(writer.settled, plan, cat.thumbs_dir, time.monotonic() - started)
+    state = bucket_state(cat, bucket)
     context.log.info(
-        f"{stats.by_source.get('render', 0)} rendered, "
-        f"{stats.by_source.get('cache', 0)} reused, {len(stats.failures)} failed, "
-        f"{stats.rate:.1f} files/s"
+        f"this run: {stats.by_source.get('render', 0)} rendered, "
+        f"{stats.by_source.get('cache', 0)} reused, {thumbnail_summary(stats.by_status)}, "
+        f"{stats.rate:.1f} files/s; the partition now: {thumbnail_summary(state.by_status)}, "
+        f"{state.not_rendered} not rendered"
     )
+    table = table_metadata(cat, "thumbnails")
+    lane_rows = table["dagster/row_count"]
     metadata = {
-        **table_metadata(cat, "thumbnails"),
+        **table,
+        # The partition's own rows: the table is shared by both lanes and every bucket.
+        "dagster/row_count": state.rows,
+        "rows in the thumbnails table (both lanes)": lane_rows,
         "files in the bucket": plan.in_bucket,
         "files to render": len(plan.tasks),
         "up to date (not rendered)": plan.up_to_date,
@@ -114,16 +140,23 @@ def render_partition(
         "embedded previews": stats.by_source.get("embedded", 0),
         "images": stats.by_source.get("image", 0),
         "failed": sum(stats.by_status.get(s, 0) for s in FAILED_STATUSES),
+        "unsupported": stats.by_status.get("unsupported", 0),
         **{f"status: {s}": n for s, n in sorted(stats.by_status.items())},
         "files per second": round(stats.rate, 2),
         "seconds": round(stats.seconds, 2),
         "workers": config.workers,
+        "partition now: with a thumbnail": state.by_status.get("ok", 0),
+        "partition now: failed": state.failures_total,
+        "partition now: unsupported": state.by_status.get("unsupported", 0),
+        "partition now: not rendered yet": state.not_rendered,
+        "failures (partition now)": _failures_md(state, bucket.key),
+        "in the library browser": dg.MetadataValue.url(
+            browser_link(f"/?bucket={quote(bucket.key)}&kind=all")
+        ),
     }
     sheet = make_contact_sheet_data_uri(stats.made[:24]) if stats.made else None
     if sheet:
         metadata["contact sheet"] = dg.MetadataValue.md(f"![thumbnails just made]({sheet})")
-    if stats.failures:
-        metadata["failures"] = _failures_md(stats)
     if stats.transient_failures:
         raise dg.Failure(
             description=f"{stats.transient_failures} file(s) failed for a reason that "
@@ -142,12 +175,16 @@ def render_partition(
     partitions_def=fast_partitions,
     automation_condition=EAGER,
     pool="thumbnails_fast",
+    output_required=False,
     description="Thumbnails of the models under the size threshold: many workers, short timeout.",
 )
 def thumbnails_fast(
     context: dg.AssetExecutionContext, renderer: RenderResource, catalogue: CatalogueResource
-) -> dg.MaterializeResult:
-    return render_partition(context, FAST, renderer, catalogue)
+):
+    # A generator, so that an empty bucket can yield nothing (output_required=False).
+    result = render_partition(context, FAST, renderer, catalogue)
+    if result is not None:
+        yield result
 
 
 @dg.asset(
@@ -157,13 +194,17 @@ def thumbnails_fast(
     partitions_def=slow_partitions,
     automation_condition=EAGER,
     pool="thumbnails_slow",
+    output_required=False,
     description="Thumbnails of the models at or over the size threshold: few workers, long "
     "timeout, so huge files never hold up the small ones.",
 )
 def thumbnails_slow(
     context: dg.AssetExecutionContext, renderer: RenderResource, catalogue: CatalogueResource
-) -> dg.MaterializeResult:
-    return render_partition(context, SLOW, renderer, catalogue)
+):
+    # A generator, so that an empty bucket can yield nothing (output_required=False).
+    result = render_partition(context, SLOW, renderer, catalogue)
+    if result is not None:
+        yield result
 
 
 def _failure_rate(lane: str, catalogue: CatalogueResource) -> dg.AssetCheckResult:

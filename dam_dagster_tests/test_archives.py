@@ -161,14 +161,110 @@ def test_bombs_encrypted_members_and_broken_archives_are_recorded(tmp_path, corp
     }
 
 
-def test_a_loose_file_under_a_folder_named_like_a_member_is_not_one(tmp_path, catalogue):
-    (tmp_path / "lib" / "odd.zip!").mkdir(parents=True)  # a folder whose name ends in '!'
-    (tmp_path / "lib" / "odd.zip!" / "file.stl").write_bytes(b"solid x\nendsolid x\n")
-    update_inventory(catalogue, [tmp_path / "lib"])
+def test_a_loose_file_and_a_member_that_display_alike_are_two_files(tmp_path, catalogue):
+    lib = tmp_path / "lib"
+    (lib / "odd.zip!").mkdir(parents=True)  # a folder whose name ends in '!'
+    (lib / "odd.zip!" / "file.stl").write_bytes(b"solid loose\nendsolid loose\n")
+    with zipfile.ZipFile(lib / "odd.zip", "w") as z:
+        z.writestr("file.stl", "solid member\nendsolid member\n")
+        z.writestr("/file.stl", "solid again\nendsolid again\n")  # the same name once more
+    for _ in range(2):
+        stats = update_inventory(catalogue, [lib])
+    assert (stats.new_files, stats.changed_files, stats.gone_files) == (0, 0, 0)
     with catalogue.connect(write=False) as con:
-        assert con.execute("SELECT member, archive_id FROM file_inventory").fetchall() == [
-            (None, None)
-        ]
+        rows = con.execute(
+            "SELECT path, member, archive_id IS NOT NULL, size_bytes FROM file_inventory "
+            "WHERE path LIKE '%file.stl' ORDER BY member NULLS FIRST"
+        ).fetchall()
+    shown = f"{lib}/odd.zip!/file.stl"
+    assert rows == [(shown, None, False, 27), (shown, "file.stl", True, 29)]
+
+
+def test_an_archive_that_goes_and_comes_back_as_it_was_brings_its_members(
+    zipped_library, catalogue
+):
+    (zipped_library / "kept").mkdir()
+    os.rename(zipped_library / "stored.zip", zipped_library / "kept" / "stored.zip")
+    run_chain(catalogue, [zipped_library])
+    # the folder goes and comes back (a share mounted again): the zip's inode is the same
+    os.rename(zipped_library / "kept", zipped_library.parent / "kept")
+    assert update_inventory(catalogue, [zipped_library]).gone_files == 2  # the zip, its member
+    os.rename(zipped_library.parent / "kept", zipped_library / "kept")
+    back = update_inventory(catalogue, [zipped_library])
+    assert (back.returned_files, back.changed_files) == (2, 0)
+    again = run_chain(catalogue, [zipped_library])
+    assert again["partial"].bytes_read == 0 and again["full"].bytes_read == 0
+    assert {g.full_hash for g in dedup.duplicate_groups(catalogue)} == set(
+        groups_with_members(member_truth(zipped_library))
+    )
+
+
+def test_a_loose_copy_is_the_original_even_when_its_member_was_seen_first(
+    tmp_path, corpus, catalogue
+):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    with zipfile.ZipFile(lib / "a.zip", "w") as z:
+        z.write(corpus / "box.STL", "box.STL")
+    run_chain(catalogue, [lib])
+    shutil.copy(corpus / "box.STL", lib / "z loose box.STL")  # catalogued after the member
+    run_chain(catalogue, [lib])
+    [group] = dedup.duplicate_groups(catalogue)
+    assert group.original == str(lib / "z loose box.STL")
+    assert group.duplicates == [f"{lib / 'a.zip'}!/box.STL"]
+    assert dedup.inconsistent_duplicates(catalogue) == []
+
+
+def test_a_member_that_cannot_be_inflated_is_a_permanent_row(tmp_path, corpus, catalogue):
+    """A corrupt LZMA member raises LZMAError from deep inside zipfile: still one row each."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    with zipfile.ZipFile(lib / "lzma.zip", "w", zipfile.ZIP_LZMA) as z:
+        z.write(corpus / "box.STL", "box.STL")
+        z.write(corpus / "torus.STL", "torus.STL")
+    data = bytearray((lib / "lzma.zip").read_bytes())
+    at = data.find(b"box.STL") + len(b"box.STL") + 40  # inside the compressed stream
+    data[at : at + 64] = bytes(64)
+    (lib / "lzma.zip").write_bytes(bytes(data))
+    shutil.copy(corpus / "torus.STL", lib / "torus.STL")
+    stats = run_chain(catalogue, [lib], hash_all_sizes=True)
+    assert stats["partial"].transient_errors == 0
+    with catalogue.connect(write=False) as con:
+        rows = dict(
+            con.execute("""
+            SELECT f.member, h.error_class FROM partial_hashes h JOIN file_inventory f
+            USING (file_id) WHERE f.member IS NOT NULL""").fetchall()
+        )
+    assert rows["box.STL"] is not None and rows["torus.STL"] is None, rows
+    again = run_chain(catalogue, [lib], hash_all_sizes=True)
+    assert again["partial"].errors == 0 and again["partial"].files_read == 0
+
+
+def test_a_listing_error_that_may_pass_keeps_the_members(zipped_library, catalogue, monkeypatch):
+    """An I/O error on a share while a changed zip is listed: its members stay as they were
+    and the next walk lists it again (the error is injected: a real EIO needs a failing
+    disk)."""
+    import errno
+
+    from dam_dagster.core import inventory
+
+    update_inventory(catalogue, [zipped_library])
+    os.utime(zipped_library / "off.zip")  # changed: to be listed again
+
+    def eio(*_a, **_k):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(inventory, "list_members", eio)
+    stats = update_inventory(catalogue, [zipped_library])
+    assert stats.gone_files == 0 and stats.issues_by_kind == {"error": 1}
+    monkeypatch.undo()
+    stats = update_inventory(catalogue, [zipped_library])
+    assert stats.gone_files == 0 and stats.issues == 0
+    with catalogue.connect(write=False) as con:
+        members = con.execute(
+            "SELECT count(*) FROM file_inventory WHERE member LIKE 'off/%' AND present"
+        ).fetchone()[0]
+    assert members == 19
 
 
 def test_members_get_thumbnails_from_their_bytes_in_memory(zipped_library, tmp_path):

@@ -148,3 +148,39 @@ def test_folder_names_that_are_not_utf8_survive_run_config(tmp_path):
     raw = os.fsdecode(os.fsencode(str(tmp_path)) + b"/bad\xffname")
     assert encode_folder(raw).startswith("hex:") and decode_folder(encode_folder(raw)) == raw
     assert encode_folder(str(tmp_path)) == str(tmp_path)
+
+
+def test_a_deleted_tree_of_folders_is_gone_from_the_catalogue_after_a_look(tmp_path):
+    lib = tmp_path / "lib"
+    (lib / "top" / "mid" / "leaf").mkdir(parents=True)
+    for folder in ("top", "top/mid", "top/mid/leaf"):
+        (lib / folder / "part.stl").write_bytes(folder.encode())
+    (lib / "other.stl").write_bytes(b"stays")
+    cat, twin = Catalogue(tmp_path / "data"), Catalogue(tmp_path / "twin")
+    update_inventory(cat, [lib])
+    shutil.rmtree(lib / "top" / "mid")
+    look = look_for_changes(known_folder_states(cat), 0, budget_s=10)
+    assert look.changed == [str(lib / "top")]  # the nearest folder still there
+    stats = update_inventory(cat, [lib], only={str(lib): look.changed})
+    assert stats.gone_files == 2 and not stats.complete
+    update_inventory(twin, [lib])
+    files, known = state(cat)
+    twin_files, twin_known = state(twin)
+    assert {p for p, s in files.items() if s[0]} == {p for p, s in twin_files.items() if s[0]}
+    assert known == twin_known
+
+
+def test_a_root_added_to_the_settings_gets_a_complete_walk(tmp_path):
+    first, second = make_hard_cases(tmp_path / "first"), tmp_path / "second"
+    (second / "x").mkdir(parents=True)
+    (second / "x" / "a.stl").write_bytes(b"a")
+    data = tmp_path / "data"
+    update_inventory(Catalogue(data), [first])
+    res = {
+        "library": LibraryResource(roots=f"{first}:{second}"),
+        "catalogue": CatalogueResource(data_dir=str(data)),
+    }
+    with dg.build_sensor_context(resources=res) as ctx:
+        result = library_sensor(ctx)
+    [request] = result.run_requests
+    assert request.run_key.startswith("complete-walk-") and not request.run_config

@@ -163,3 +163,24 @@ def test_an_unchanged_run_launches_nothing_and_a_change_only_what_it_needs(corpu
     assert runs()[2:] == [("dedup", None), ("thumbnails_fast_job", "<1MB")]
     forced = dam("run", "--force", "--skip-thumbnails", env=env, cwd=tmp_path)
     assert forced.returncode == 0 and runs()[4:] == [("dedup", None)]
+
+
+def test_an_unchanged_run_skips_with_broken_and_empty_zips_and_a_root_removed(tmp_path):
+    import zipfile
+
+    lib, old, data = tmp_path / "lib", tmp_path / "old", tmp_path / "data"
+    for folder in (lib, old):
+        folder.mkdir()
+        (folder / "a.stl").write_bytes(b"solid a\nendsolid a\n")
+    (lib / "broken.zip").write_bytes(b"PK\x03\x04 not a zip")
+    with zipfile.ZipFile(lib / "empty.zip", "w"):
+        pass
+    with zipfile.ZipFile(lib / "folders only.zip", "w") as z:
+        z.writestr("sub/", "")
+    both = {"DAM_LIBRARY_ROOTS": f"{lib}:{old}", "DAM_DATA_DIR": str(data)}
+    assert dam("run", "--skip-thumbnails", env=both, cwd=tmp_path).returncode == 0
+    one = {**both, "DAM_LIBRARY_ROOTS": str(lib)}  # `old` is no longer a root
+    changed = dam("run", "--skip-thumbnails", env=one, cwd=tmp_path)
+    assert changed.returncode == 0 and "nothing changed" not in changed.stderr
+    again = dam("run", "--skip-thumbnails", env=one, cwd=tmp_path)
+    assert again.returncode == 0 and "nothing changed since the last run" in again.stderr

@@ -52,6 +52,16 @@ def test_materialize_reports_what_a_person_wants_to_see(hard_library, tmp_path):
         os.path.getsize(v[0]) * (len(v) - 1) for v in expected.values()
     )
     assert "big/part" in dup["largest groups"]  # the largest group leads the table
+    # the table has a row per member: the figure beside the row count says so
+    assert dup["dagster/row_count"] == dup["duplicate files"] + dup["duplicate groups"]
+    assert (
+        dup["files in duplicate groups (table rows: originals + duplicate files)"]
+        == dup["dagster/row_count"]
+    )
+    assert dup["review them in the library browser"] == "http://127.0.0.1:3001/duplicates"
+    assert "(http://127.0.0.1:3001/duplicates)" in dup["largest groups"]
+    docs = {c.name: c.description for c in dup["dagster/column_schema"].columns}
+    assert all(docs.values()) and "the original included" in docs["file_id"]
     assert meta(result, "partial_hashes")["files skipped: unique size (tier 0)"] > 0
     assert meta(result, "collision_candidates")["empty files (zero bytes, not grouped)"] == 3
     checks = result.get_asset_check_evaluations()

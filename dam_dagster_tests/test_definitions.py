@@ -37,6 +37,27 @@ def test_sensors_run_by_default():
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
 
+def test_sensor_targets_read_as_words_in_the_ui():
+    sensors = {s.name: s for s in defs.sensors}
+    # the UI shows str(selection): a selection string, not a Python repr
+    assert str(sensors["dam_automation"].asset_selection) == 'group:"dedup" or group:"thumbnails"'
+    graph = defs.resolve_asset_graph()
+    checks = sensors["dam_automation"].asset_selection.resolve_checks(graph)
+    assert {c.name for c in checks} == {c.name for c in graph.asset_check_keys}
+    # a run per partition, not a backfill: an empty bucket (observed, not materialized) would
+    # count as a failed partition of a backfill
+    assert not sensors["dam_automation"].emit_backfills
+    # library_sensor launches a named job, so its runs show a target
+    assert sensors["library_sensor"].job_name == "file_inventory_job"
+
+
+def test_one_vocabulary_of_thumbnail_figures():
+    from dam_dagster.core.vocabulary import thumbnail_summary
+
+    summary = thumbnail_summary({"ok": 3, "failed": 1, "timeout": 1, "unsupported": 2})
+    assert summary == "3 ok, 2 failed (1 timeout), 2 unsupported"
+
+
 def test_catalogue_writers_share_one_pool():
     for key in [
         "file_inventory",

@@ -7,16 +7,19 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
 import requests
+from starlette.testclient import TestClient
 
 from dam_dagster.backfill import failed_partitions
 from dam_dagster.core.store import Catalogue
 from dam_dagster.home import prepare_dagster_home
 
 from .conftest import BIN, brute_force_groups, catalogue_groups
+from .conftest_web import make_app
 
 pytestmark = pytest.mark.slow
 
@@ -105,15 +108,28 @@ def test_sensors_alone_catalogue_dedup_and_render_a_new_library(corpus, tmp_path
 
         def everything_done():
             fast = instance.get_materialized_partitions(dg.AssetKey("thumbnails_fast"))
-            slow = instance.get_materialized_partitions(dg.AssetKey("thumbnails_slow"))
             dup = instance.get_latest_materialization_event(dg.AssetKey("duplicates"))
-            return dup is not None and len(fast) == 3 and len(slow) == 3
+            records = instance.get_run_records()
+            partitions = {
+                r.dagster_run.tags.get("dagster/partition")
+                for r in records
+                if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+            }
+            return dup is not None and fast == {"<1MB"} and len(partitions - {None}) == 6
 
-        wait_for(everything_done, 240, "the sensors to materialize every asset")
-        launched_by = {
-            r.dagster_run.tags.get("dagster/sensor_name") for r in instance.get_run_records()
-        }
+        wait_for(everything_done, 240, "the sensors to run every asset and partition")
+        # every file is under 1 MiB: the five other buckets ran, found nothing, and are not
+        # shown as materialized (green) beside the one that holds the models
+        assert not instance.get_materialized_partitions(dg.AssetKey("thumbnails_slow"))
+        records = instance.get_run_records()
+        launched_by = {r.dagster_run.tags.get("dagster/sensor_name") for r in records}
         assert {"library_sensor", "dam_automation"} <= launched_by  # nobody clicked
+        by_sensor = [
+            r.dagster_run
+            for r in records
+            if r.dagster_run.tags.get("dagster/sensor_name") == "library_sensor"
+        ]
+        assert by_sensor and all(r.job_name == "file_inventory_job" for r in by_sensor)
         cat = Catalogue(instance_env["DAM_DATA_DIR"])
         assert catalogue_groups(cat) == brute_force_groups(lib)
         with cat.connect(write=False) as con:
@@ -158,6 +174,11 @@ def test_backfill_failed_rerenders_exactly_the_failed_files(corpus, tmp_path, in
 
     before = rows()
     assert before["stuck_hang.stl"][0] == "timeout"
+    # the browser offers the retry for it (a timeout may pass)
+    with TestClient(make_app(Path(instance_env["DAM_DATA_DIR"]))) as c:
+        problems = c.get("/api/problems").json()
+        assert problems["transient_files"] == 1
+        assert "Retry the failed partitions" in c.get("/problems").text
 
     # the instance, with its sensors stopped so that only the backfill can mend the partition
     for sensor in ("library_sensor", "dam_automation"):
@@ -201,5 +222,56 @@ def test_backfill_failed_rerenders_exactly_the_failed_files(corpus, tmp_path, in
             timeout=60,
         )
         assert again.returncode == 0 and "No failed thumbnail partitions" in again.stdout
+        # the browser's Retry button asks the same webserver the same question
+        with TestClient(make_app(Path(instance_env["DAM_DATA_DIR"]), dagster_url=dev.url)) as c:
+            retry = c.post("/problems/retry")
+            assert retry.status_code == 200 and "nothing to backfill" in retry.text
+            assert "Retry the failed partitions" not in c.get("/problems").text
     finally:
         dev.stop()
+
+
+def test_dam_dev_starts_the_ui_and_the_browser_and_ctrl_c_stops_both(tmp_path, instance_env):
+    ui, web = free_port(), free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "dam"), "dev", "--port", str(ui), "--browser-port", str(web)],
+        cwd=tmp_path,
+        env={**os.environ, **instance_env, "DAM_LIBRARY_ROOTS": ""},  # the sample library
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        banner = []
+        while not any("Ctrl-C stops both" in line for line in banner):
+            banner.append(proc.stderr.readline())
+        text = "".join(banner)
+        assert f"Dagster UI:      http://127.0.0.1:{ui}" in text
+        assert f"library browser: http://127.0.0.1:{web}" in text
+
+        def both_up():
+            try:
+                return (
+                    requests.get(f"http://127.0.0.1:{ui}/server_info", timeout=2).ok
+                    and requests.get(f"http://127.0.0.1:{web}/healthz", timeout=2).ok
+                )
+            except requests.ConnectionError:
+                return False
+
+        wait_for(both_up, 120, "the Dagster UI and the library browser")
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        proc.wait(timeout=60)
+
+        def both_down():
+            for port in (ui, web):
+                try:
+                    requests.get(f"http://127.0.0.1:{port}/", timeout=1)
+                    return False
+                except requests.ConnectionError:
+                    pass
+            return True
+
+        wait_for(both_down, 30, "both servers to stop")
+    finally:
+        if proc.poll() is None:
+            proc.kill()

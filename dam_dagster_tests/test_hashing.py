@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dam_dagster.core.hashing import HashJob, hash_full, hash_many, hash_partial
+from dam_dagster.core.hashing import HashJob, hash_full, hash_partial
 
 K = 1024
 
@@ -91,21 +91,6 @@ def test_symlink_is_not_followed_unless_asked(tmp_path):
     assert hash_partial(job(link), follow_symlinks=True).ok
 
 
-def test_hash_many_returns_one_outcome_per_job_and_reports_progress(tmp_path):
-    jobs = []
-    for i in range(50):
-        path = tmp_path / f"f{i}"
-        path.write_bytes(bytes([i]) * (i * 100 + 1))
-        jobs.append(job(path, file_id=i))
-    jobs.append(HashJob(999, str(tmp_path / "missing"), 1, 0))
-    seen = []
-    outcomes = hash_many(jobs, hash_partial, threads=4, on_progress=seen.append)
-    assert [o.file_id for o in outcomes] == sorted(j.file_id for j in jobs)
-    assert sum(o.ok for o in outcomes) == 50
-    assert seen and seen[-1].done == 51 and seen[-1].total == 51
-    assert seen[-1].bytes_read == sum(i * 100 + 1 for i in range(50))
-
-
 @pytest.mark.parametrize("processes", [0, 2])
 def test_hash_table_gives_every_file_one_row_in_threads_or_helper_processes(tmp_path, processes):
     """The columnar path the stages use; with helper processes the answers are the same."""
@@ -136,7 +121,9 @@ def test_hash_table_gives_every_file_one_row_in_threads_or_helper_processes(tmp_
         failed.extend(failures)
         read.append(nread)
 
-    hash_table(jobs, "partial", 2, take, processes=processes)
+    seen = []
+    hash_table(jobs, "partial", 2, take, processes=processes, on_progress=seen.append)
+    assert seen[-1].done == seen[-1].total == len(paths)
     assert len(got) == len(paths) and sum(read) == sum(sizes[:-1])
     for i in range(700):
         data = Path(paths[i]).read_bytes()

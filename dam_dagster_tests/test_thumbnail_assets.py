@@ -113,7 +113,14 @@ def test_a_partition_renders_its_models_and_says_what_it_did(model_library, tmp_
     assert got["copies/torus again.STL"][2] == got["torus.STL"][2]
     assert {got["copies/torus again.STL"][1], got["torus.STL"][1]} == {"render", "cache"}
     assert meta["failed"] == 2 and meta["rendered"] >= 4 and meta["files per second"] > 0
-    assert "truncated.stl" in meta["failures"] and "empty.stl" in meta["failures"]
+    # one vocabulary: "failed" never counts the unsupported format, in metadata or the log
+    assert meta["unsupported"] == 1 and meta["status: unsupported"] == 1
+    failures = meta["failures (partition now)"]
+    assert "truncated.stl" in failures and "empty.stl" in failures and "sketch.scad" not in failures
+    assert meta["partition now: failed"] == 2 and meta["partition now: unsupported"] == 1
+    assert meta["in the library browser"] == "http://127.0.0.1:3001/?bucket=%3C1MB&kind=all"
+    docs = {c.name: c.description for c in meta["dagster/column_schema"].columns}
+    assert "unsupported is counted apart" in docs["status"]
     sheet = re.search(r"data:image/(png|jpeg|webp);base64,([A-Za-z0-9+/=]+)", meta["contact sheet"])
     assert sheet and len(base64.b64decode(sheet.group(2))) < 60_000
     # the catalogue's views and figures agree
@@ -134,6 +141,9 @@ def test_second_run_renders_nothing_and_a_changed_file_alone(model_library, tmp_
     again = render(model_library, data)
     [mat] = again.asset_materializations_for_node("thumbnails_fast")
     assert mat.metadata["files to render"].value == 0
+    # a clean run still shows the partition's standing failures: the files have no thumbnail
+    assert mat.metadata["failed"].value == 0 and mat.metadata["partition now: failed"].value == 2
+    assert "truncated.stl" in mat.metadata["failures (partition now)"].value
     assert rows(data) == first  # permanent failures are not retried either
     stl_variant(model_library / "box.STL", model_library / "box.STL", b"edited box")
     inventory(model_library, data)
@@ -185,6 +195,23 @@ def test_a_lost_png_is_rendered_again(model_library, tmp_path):
     png.unlink()
     [mat] = render(model_library, data).asset_materializations_for_node("thumbnails_fast")
     assert mat.metadata["files to render"].value == 1 and png.exists()
+
+
+def test_row_count_is_the_partitions_and_an_empty_bucket_is_not_green(model_library, tmp_path):
+    data = tmp_path / "data"
+    instance = dg.DagsterInstance.get()
+    inventory(model_library, data, instance=instance)
+    assert render(model_library, data, instance=instance).success
+    tray = render(model_library, data, partition="1-5MB", instance=instance)
+    [mat] = tray.asset_materializations_for_node("thumbnails_fast")
+    assert mat.metadata["dagster/row_count"].value == 1  # the tray alone, not the whole table
+    assert mat.metadata["rows in the thumbnails table (both lanes)"].value > 1
+    empty = render(model_library, data, partition="5-30MB", instance=instance)
+    assert empty.success and not empty.asset_materializations_for_node("thumbnails_fast")
+    [observed] = [e for e in empty.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+    assert observed.event_specific_data.asset_observation.metadata["files in the bucket"].value == 0
+    done = instance.get_materialized_partitions(dg.AssetKey("thumbnails_fast"))
+    assert done == {"<1MB", "1-5MB"}  # the empty bucket does not show as materialized
 
 
 def test_buckets_split_the_lanes_by_size(model_library, tmp_path):

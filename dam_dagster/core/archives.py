@@ -55,15 +55,20 @@ def check_zip(data: bytes, max_total_bytes: int | None) -> ArchiveSummary | None
             "before inflating (raise DAM_RENDER_MEMORY_MB if it is a real model)"
         )
     for info in infos:
-        if info.file_size >= RATIO_FLOOR_BYTES and info.file_size > MAX_RATIO * max(
-            1, info.compress_size
-        ):
-            raise ArchiveRefused(
-                f"member {info.filename!r} declares {info.file_size / MIB:,.0f} MB packed into "
-                f"{info.compress_size / MIB:,.2f} MB (over {MAX_RATIO}:1): a zip bomb, refused "
-                "before inflating"
-            )
+        check_ratio(info)
     return ArchiveSummary(len(infos), compressed, declared)
+
+
+def check_ratio(info: zipfile.ZipInfo) -> None:
+    """Refuse a member of RATIO_FLOOR_BYTES or more that inflates over MAX_RATIO times."""
+    if info.file_size >= RATIO_FLOOR_BYTES and info.file_size > MAX_RATIO * max(
+        1, info.compress_size
+    ):
+        raise ArchiveRefused(
+            f"member {info.filename!r} declares {info.file_size / MIB:,.0f} MB packed into "
+            f"{info.compress_size / MIB:,.2f} MB (over {MAX_RATIO}:1): a zip bomb, refused "
+            "before inflating"
+        )
 
 
 # --- the members of a zip file, as files of the catalogue -----------------------------------
@@ -75,6 +80,8 @@ MEMBER_MARK = "\0"
 
 class MemberUnreadable(Exception):
     """A member that cannot be read: encrypted, a method zipfile lacks, a broken archive."""
+
+    error_class = "MemberUnreadable"
 
 
 @dataclass(frozen=True)
@@ -91,11 +98,14 @@ def list_members(fs_path: str, keep=None) -> list[Member]:
     to the member's own name and path). Raises OSError or zipfile.BadZipFile."""
     with zipfile.ZipFile(fs_path) as z:
         infos = z.infolist()
-    members = []
+    members, seen = [], set()
     for info in infos:
         if info.is_dir() or not info.filename.strip("/"):
             continue
         name = info.filename.lstrip("/")
+        if name in seen:  # 'a.stl' twice, or 'a.stl' and '/a.stl': the first is the member
+            continue
+        seen.add(name)
         if keep is not None and not all(
             keep(part, "/".join(name.split("/")[: i + 1])) for i, part in enumerate(name.split("/"))
         ):
@@ -106,7 +116,7 @@ def list_members(fs_path: str, keep=None) -> list[Member]:
     return members
 
 
-def _member_info(z: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
+def member_info(z: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
     for candidate in (name, "/" + name):
         try:
             return z.getinfo(candidate)
@@ -117,17 +127,10 @@ def _member_info(z: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
 
 def open_member(z: zipfile.ZipFile, name: str):
     """A stream of a member's uncompressed bytes, after the checks a member must pass."""
-    info = _member_info(z, name)
+    info = member_info(z, name)
     if info.flag_bits & 1:
         raise MemberUnreadable("the member is encrypted: it cannot be read without its password")
-    if info.file_size >= RATIO_FLOOR_BYTES and info.file_size > MAX_RATIO * max(
-        1, info.compress_size
-    ):
-        raise ArchiveRefused(
-            f"member {name!r} declares {info.file_size / MIB:,.0f} MB packed into "
-            f"{info.compress_size / MIB:,.2f} MB (over {MAX_RATIO}:1): a zip bomb, refused "
-            "before inflating"
-        )
+    check_ratio(info)
     try:
         return z.open(info)
     except NotImplementedError as exc:  # a compression method zipfile does not know

@@ -36,6 +36,7 @@ class Look:
     checked: int  # of them, looked at this time
     position: int  # where the next look starts
     changed: list[str] = field(default_factory=list)  # folders to list again
+    mtimes: list[int | None] = field(default_factory=list)  # theirs now (None: gone)
     seconds: float = 0.0
 
 
@@ -55,6 +56,17 @@ def _state(path: str) -> int | None:
         return None  # gone (or unreadable): its parent is what to list
 
 
+def _nearest_existing(path: str, known: set[str]) -> str:
+    """The nearest folder above a gone one that still exists and that the walks listed (the
+    whole vanished tree is then under a folder an inventory lists: its files are gone)."""
+    parent = os.path.dirname(path)
+    while parent != path:
+        if parent in known and _state(parent) is not None:
+            return parent
+        path, parent = parent, os.path.dirname(parent)
+    return path
+
+
 def look_for_changes(
     folders: list[tuple[str, str, int]],
     position: int,
@@ -69,7 +81,7 @@ def look_for_changes(
     look = Look(folders=total, checked=0, position=position % total if total else 0)
     if not total:
         return look
-    changed: set[str] = set()
+    changed: dict[str, int | None] = {}
     known = {path for path, _, _ in folders}
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="dam-look") as pool:
         # at least one chunk a look, so that even a tiny budget goes round in time
@@ -80,13 +92,13 @@ def look_for_changes(
                 if now == mtime:
                     continue
                 target = path
-                if now is None:  # gone: the folder above it lost a name
-                    parent = os.path.dirname(path)
-                    target = parent if parent in known and parent != path else path
-                changed.add(target)
+                if now is None:  # gone: the nearest folder above it still there lost a name
+                    target = _nearest_existing(path, known)
+                changed[target] = now if now is not None else _state(target)
             look.checked += n
             look.position = (look.position + n) % total
     look.changed = sorted(changed)
+    look.mtimes = [changed[f] for f in look.changed]
     look.seconds = time.monotonic() - started
     return look
 
@@ -95,11 +107,13 @@ def folders_by_root(folders: list[str], roots) -> dict[str, list[str]]:
     """The folders to list, under the root each lies in (`update_inventory(only=...)`);
     folders outside every root (a root removed from the settings since) are dropped."""
     out: dict[str, list[str]] = {}
-    for root in sorted((str(r) for r in roots), key=len, reverse=True):
+    placed: set[str] = set()
+    for root in sorted((str(r) for r in roots), key=len, reverse=True):  # innermost first
+        prefix = root.rstrip("/") + "/"
         for folder in folders:
-            if folder == root or folder.startswith(root.rstrip("/") + "/"):
-                if not any(folder in v for v in out.values()):
-                    out.setdefault(root, []).append(folder)
+            if folder not in placed and (folder == root or folder.startswith(prefix)):
+                out.setdefault(root, []).append(folder)
+                placed.add(folder)
     return out
 
 

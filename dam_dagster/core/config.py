@@ -59,6 +59,19 @@ SETTINGS: tuple[EnvSetting, ...] = (
     EnvSetting(
         "DAM_PREFER_EMBEDDED", "1", "1 to use a 3MF's embedded preview instead of rendering."
     ),
+    # The library browser (`dam serve`, started by `make dev` beside the Dagster UI).
+    EnvSetting("DAM_BROWSER_HOST", "127.0.0.1", "Address the library browser listens on."),
+    EnvSetting("DAM_BROWSER_PORT", "3001", "Port of the library browser."),
+    EnvSetting(
+        "DAM_BROWSER_URL",
+        "http://127.0.0.1:3001",
+        "The browser's address as people open it: the Dagster UI's links point here.",
+    ),
+    EnvSetting(
+        "DAM_DAGSTER_URL",
+        "http://127.0.0.1:3000",
+        "The Dagster UI: the browser links to it and launches backfills through it.",
+    ),
 )
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
 DEFAULTS = {s.name: s.default for s in SETTINGS}

@@ -164,32 +164,50 @@ STAGES = ("partial_hashes", "collision_candidates", "full_hashes", "duplicates")
 
 
 def _latest_scan(con):
-    return con.execute("SELECT max(started_at) FROM inventory_scans").fetchall()[0][0]
+    """The last inventory scan committed (scans commit one at a time, under the lock)."""
+    return con.execute("SELECT max(finished_at) FROM inventory_scans").fetchall()[0][0]
 
 
-def _mark(con, stage: str, scan) -> None:
+def _mark(con, stage: str, scan, options: str = "") -> None:
     if scan is not None:
-        con.execute("INSERT OR REPLACE INTO stage_marks VALUES (?, ?, ?)", [stage, scan, _now()])
+        con.execute(
+            "INSERT OR REPLACE INTO stage_marks VALUES (?, ?, ?, ?)", [stage, scan, _now(), options]
+        )
 
 
-def _mark_done(catalogue: Catalogue, stage: str, scan) -> None:
+def _mark_done(catalogue: Catalogue, stage: str, scan, options: str = "") -> None:
     with catalogue.connect() as con:
-        _mark(con, stage, scan)
+        _mark(con, stage, scan, options)
 
 
-def chain_is_current(catalogue: Catalogue) -> bool:
-    """Whether every dedup stage has seen the latest inventory scan and nothing is left to
-    retry (no transient hashing error): running the chain again would change nothing."""
+def _options(hash_all_sizes: bool) -> str:
+    return "all sizes" if hash_all_sizes else "shared sizes"
+
+
+def chain_is_current(catalogue: Catalogue, hash_all_sizes: bool = False) -> bool:
+    """Whether every dedup stage has seen the latest inventory scan, with these options, and
+    nothing is left to retry (no transient error on a file a stage would read): running
+    the chain again would change nothing."""
     with catalogue.connect(write=False) as con:
         scan = _latest_scan(con)
         if scan is None:
             return False
-        marks = dict(con.execute("SELECT stage, scan_started FROM stage_marks").fetchall())
+        marks = {
+            stage: (seen, options)
+            for stage, seen, options in con.execute(
+                "SELECT stage, scan, options FROM stage_marks"
+            ).fetchall()
+        }
+        con.execute(_ELIGIBLE, {"all": hash_all_sizes}).fetchall()
         retries = con.execute(
-            "SELECT (SELECT count(*) FROM current_partial_hashes WHERE transient)"
-            " + (SELECT count(*) FROM current_full_hashes WHERE transient)"
+            "SELECT (SELECT count(*) FROM current_partial_hashes WHERE transient"
+            "        AND file_id IN (SELECT file_id FROM eligible))"
+            " + (SELECT count(*) FROM current_full_hashes WHERE transient"
+            "        AND file_id IN (SELECT file_id FROM collision_candidates))"
         ).fetchall()[0][0]
-    return all(marks.get(s) == scan for s in STAGES) and not retries
+    if marks.get("partial_hashes", (None, None))[1] != _options(hash_all_sizes):
+        return False
+    return all(marks.get(s, (None,))[0] == scan for s in STAGES) and not retries
 
 
 # A hashing error about the file itself (core/failures.py): kept until the file changes.
@@ -304,7 +322,7 @@ def update_partial_hashes(
         pc.is_in(partial_jobs["file_id"], value_set=prefix_jobs["file_id"].combine_chunks())
     ).as_py()
     stats.reused = stats.eligible - prefix_jobs.num_rows - partial_jobs.num_rows + (read_twice or 0)
-    _mark_done(catalogue, "partial_hashes", scan)
+    _mark_done(catalogue, "partial_hashes", scan, _options(hash_all_sizes))
     stats.seconds = (datetime.now() - t0).total_seconds()
     return stats
 
@@ -395,7 +413,12 @@ def update_full_hashes(
     return stats
 
 
-# --- stage 4 ------------------------------------------------------------------------------
+# --- stage 4 -----------------------------------------------------------------------------
+# Which member of a group of identical files is the original: a file of its own before a
+# member of a zip (the archive is the copy), then the lowest file_id (the first seen).
+ORIGINAL_FIRST = "(f.archive_id IS NOT NULL), h.file_id"
+
+
 @dataclass
 class DuplicateGroup:
     full_hash: str
@@ -420,15 +443,17 @@ def update_duplicates(catalogue: Catalogue, largest: int = 10) -> DuplicateStats
     with catalogue.connect() as con:
         _mark(con, "duplicates", _latest_scan(con))
         con.execute("DELETE FROM duplicates")
-        con.execute("""
+        con.execute(f"""
             INSERT INTO duplicates
             SELECT file_id, full_hash, size_bytes, original_id,
                    CASE WHEN file_id = original_id THEN NULL ELSE original_id END,
                    group_size
             FROM (
                 SELECT h.file_id, h.full_hash, h.size_bytes,
-                       min(h.file_id) OVER g AS original_id, count(*) OVER g AS group_size
+                       first_value(h.file_id) OVER (g ORDER BY {ORIGINAL_FIRST}) AS original_id,
+                       count(*) OVER g AS group_size
                 FROM collision_candidates c JOIN current_full_hashes h USING (file_id)
+                JOIN file_inventory f USING (file_id)
                 WHERE h.full_hash IS NOT NULL
                 WINDOW g AS (PARTITION BY h.size_bytes, h.full_hash)
             )
@@ -450,8 +475,8 @@ def _groups(con, limit: int | None = None) -> list[DuplicateGroup]:
     """Groups by reclaimable bytes, largest first; paths are absolute."""
     rows = con.execute(f"""
         SELECT d.full_hash, d.size_bytes,
-               arg_min(f.path, d.file_id) AS original,
-               list(f.path ORDER BY d.file_id) AS members
+               arg_min(f.path, d.file_id <> d.original_id) AS original,
+               list(f.path ORDER BY d.file_id <> d.original_id, d.file_id) AS members
         FROM duplicates d JOIN file_inventory f USING (file_id)
         GROUP BY d.original_id, d.full_hash, d.size_bytes
         ORDER BY d.size_bytes * (count(*) - 1) DESC, original
@@ -469,7 +494,7 @@ def duplicate_groups(catalogue: Catalogue) -> list[DuplicateGroup]:
 def inconsistent_duplicates(catalogue: Catalogue) -> list[tuple[int, str]]:
     """Copies that do not match their original (file_id, why). Empty means consistent."""
     with catalogue.connect(write=False) as con:
-        rows = con.execute("""
+        rows = con.execute(f"""
             SELECT d.file_id,
                 CASE
                     WHEN fo.file_id IS NULL THEN 'original is not present'
@@ -477,9 +502,12 @@ def inconsistent_duplicates(catalogue: Catalogue) -> list[tuple[int, str]]:
                     WHEN hd.full_hash IS NULL OR ho.full_hash IS NULL THEN 'hash no longer current'
                     WHEN hd.full_hash <> ho.full_hash THEN 'full hash differs from the original'
                     WHEN hd.size_bytes <> ho.size_bytes THEN 'size differs from the original'
-                    WHEN d.duplicate_of_id <> (SELECT min(x.file_id) FROM duplicates x
-                                               WHERE x.original_id = d.original_id)
-                        THEN 'original is not the lowest id'
+                    WHEN d.duplicate_of_id <> (
+                        SELECT x.file_id FROM duplicates x JOIN file_inventory k USING (file_id)
+                        WHERE x.original_id = d.original_id
+                        ORDER BY {ORIGINAL_FIRST.replace("f.", "k.").replace("h.", "x.")}
+                        LIMIT 1)
+                        THEN 'original is not the first of its group'
                 END AS why
             FROM duplicates d
             LEFT JOIN present_files fo ON fo.file_id = d.duplicate_of_id

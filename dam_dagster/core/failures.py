@@ -38,15 +38,18 @@ MEMORY_KILLS_PERMANENT = 2
 
 
 def os_error_is_transient(exc: OSError) -> bool:
-    return exc.errno not in PERMANENT_ERRNOS
+    """An OSError with an errno of the storage (EIO, ETIMEDOUT...) may pass; one about the file,
+    or with no errno at all (a decoder's "Invalid data stream"), is the file's own."""
+    return exc.errno is not None and exc.errno not in PERMANENT_ERRNOS
 
 
-def parser_error_is_transient(exc: OSError) -> bool:
-    """An OSError raised while a model already in memory is parsed. Without an errno it is a
-    parser's complaint about the content (PIL's UnidentifiedImageError in a texture, trimesh
-    naming a glTF buffer it did not find beside the file): permanent. A system error reading
-    a side file follows the errno rule above (EIO may pass; ENOENT, EACCES do not)."""
-    return exc.errno is not None and os_error_is_transient(exc)
+class PermanentFailure(Exception):
+    """A failure about the file, recorded under the class that names it (ArchiveBomb,
+    MemberUnreadable, LZMAError...)."""
+
+    def __init__(self, error_class: str, message: str):
+        super().__init__(message)
+        self.error_class = error_class
 
 
 # What a person is told when the data folder's disk refuses a write (the catalogue, the run

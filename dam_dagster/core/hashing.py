@@ -28,11 +28,12 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from .failures import describe_os_error, os_error_is_transient
+from .failures import PermanentFailure, describe_os_error, os_error_is_transient
+from .reading import open_readonly
 
 PREFIX_BYTES = 4 * 1024
 HEAD_BYTES = 64 * 1024
@@ -77,19 +78,8 @@ class NotARegularFile(Exception):
     """The path no longer names a regular file (a FIFO, a folder...)."""
 
 
-_NOATIME = getattr(os, "O_NOATIME", 0)
-
-
 def _open(path: str, follow_symlinks: bool) -> int:
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
-    if not follow_symlinks:
-        flags |= os.O_NOFOLLOW
-    if _NOATIME:
-        try:
-            return os.open(path, flags | _NOATIME)
-        except PermissionError:
-            pass  # O_NOATIME needs ownership of the file (EPERM): open without it
-    return os.open(path, flags)
+    return open_readonly(path, follow_symlinks)
 
 
 def _pread_exact(fd: int, length: int, offset: int) -> bytes:
@@ -241,48 +231,83 @@ def _member_hashes(kind: str, stream, size: int) -> tuple:
     return _md5(head[:PREFIX_BYTES]), partial, digest.hexdigest(), read
 
 
-def hash_member_row(kind: str, file_id: int, archive: str, member: str, state: tuple,
-                    follow_symlinks: bool = False) -> Row:  # fmt: skip
-    """Hash a member of a zip (`archive`: the zip's filesystem path) from its uncompressed
-    bytes, inflated in memory as they stream (nothing is written anywhere). The state read
-    is (the member's size, the archive's mtime and ctime)."""
+class _OpenArchive:
+    """A zip opened once for the members of it that follow each other in a batch (jobs come
+    in path order, so an archive's members are together): its central directory is parsed
+    once, not once per member."""
+
+    def __init__(self, path: str, follow_symlinks: bool):
+        import zipfile
+
+        self.path = path
+        self.fd = _open(path, follow_symlinks)
+        try:
+            self.stat = _checked_stat(self.fd)
+            self.file = os.fdopen(os.dup(self.fd), "rb")
+            self.zip = zipfile.ZipFile(self.file)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        for closing in (self.zip.close, self.file.close):
+            try:
+                closing()
+            except Exception:  # noqa: BLE001 - closing a read-only file
+                pass
+        os.close(self.fd)
+
+
+# What reading a member may raise that says something about the archive, not the storage.
+def _member_errors() -> tuple:
+    import lzma
     import zipfile
     import zlib
 
-    from .archives import ArchiveRefused, MemberUnreadable, open_member
+    from .archives import ArchiveRefused, MemberUnreadable
+
+    return (
+        zipfile.BadZipFile,
+        zlib.error,
+        lzma.LZMAError,
+        EOFError,
+        ValueError,
+        NotImplementedError,
+        RuntimeError,
+        KeyError,
+        MemberUnreadable,
+        ArchiveRefused,
+    )
+
+
+def hash_member_row(kind: str, file_id: int, archive: _OpenArchive, member: str,
+                    state: tuple) -> Row:  # fmt: skip
+    """Hash a member of an open zip from its uncompressed bytes, inflated in memory as they
+    stream (nothing is written anywhere). The state read is (the member's size, the
+    archive's mtime and ctime)."""
+    from .archives import open_member
 
     try:
-        fd = _open(archive, follow_symlinks)
-    except OSError as exc:
-        return _failure_row(file_id, state, exc)
-    try:
-        st = _checked_stat(fd)
-        with os.fdopen(os.dup(fd), "rb") as f, zipfile.ZipFile(f) as z:
-            with open_member(z, member) as stream:
-                prefix, partial, full, read = _member_hashes(kind, stream, state[0])
-        if not _same_state(st, os.fstat(fd)):
+        with open_member(archive.zip, member) as stream:
+            prefix, partial, full, read = _member_hashes(kind, stream, state[0])
+        if not _same_state(archive.stat, os.fstat(archive.fd)):
             raise ChangedDuringRead("the archive changed while it was read")
+        st = archive.stat
         return (file_id, state[0], st.st_mtime_ns, st.st_ctime_ns, prefix, partial, full, read,
                 None, None, False)  # fmt: skip
-    except (OSError, ChangedDuringRead, NotARegularFile) as exc:
+    except (ChangedDuringRead, NotARegularFile) as exc:
         return _failure_row(file_id, state, exc)
-    except (zipfile.BadZipFile, zlib.error, EOFError, MemberUnreadable, ArchiveRefused) as exc:
+    except OSError as exc:
+        if exc.errno is None:  # a decoder's complaint (bz2's "Invalid data stream")
+            return _failure_row(file_id, state, PermanentFailure(type(exc).__name__, str(exc)))
+        return _failure_row(file_id, state, exc)
+    except _member_errors() as exc:
         cls = getattr(exc, "error_class", type(exc).__name__)
-        return _failure_row(file_id, state, _Permanent(cls, str(exc)))
-    finally:
-        os.close(fd)
-
-
-class _Permanent(Exception):
-    """A failure about the file (its archive): recorded under the original error's class."""
-
-    def __init__(self, cls: str, message: str):
-        super().__init__(message)
-        self.cls = cls
+        return _failure_row(file_id, state, PermanentFailure(cls, str(exc)))
 
 
 def _failure_row(file_id: int, state: tuple, exc: BaseException) -> Row:
-    cls = exc.cls if isinstance(exc, _Permanent) else type(exc).__name__
+    cls = exc.error_class if isinstance(exc, PermanentFailure) else type(exc).__name__
     if isinstance(exc, OSError):
         transient = os_error_is_transient(exc)
         message = describe_os_error(exc)
@@ -338,61 +363,40 @@ class Progress:
         )
 
 
-def hash_many(
-    jobs: Sequence[HashJob],
-    fn: Callable[[HashJob], HashOutcome],
-    threads: int,
-    on_progress: Callable[[Progress], None] | None = None,
-    progress_every_s: float = 5.0,
-    stage: str = "",
-) -> list[HashOutcome]:
-    """Run `fn` over the jobs with a bounded pool of threads (shares are latency-bound).
-
-    Jobs go to the threads in small batches: one future per file costs more in lock traffic
-    than reading a 4 KiB prefix does.
-    """
-    outcomes: list[HashOutcome] = []
-    if not jobs:
-        return outcomes
-    threads = max(1, threads)
-    batch = max(1, min(64, len(jobs) // (threads * 4)))
-    batches = [jobs[i : i + batch] for i in range(0, len(jobs), batch)]
-    started = last = time.monotonic()
-    read = 0
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dam-io") as pool:
-        futures = [pool.submit(lambda b: [fn(job) for job in b], b) for b in batches]
-        for future in as_completed(futures):
-            for outcome in future.result():
-                outcomes.append(outcome)
-                read += outcome.bytes_read
-            now = time.monotonic()
-            if on_progress is not None and now - last >= progress_every_s:
-                on_progress(Progress(len(outcomes), len(jobs), read, now - started, stage))
-                last = now
-    if on_progress is not None:
-        on_progress(Progress(len(outcomes), len(jobs), read, time.monotonic() - started, stage))
-    outcomes.sort(key=lambda o: o.file_id)
-    return outcomes
-
-
 def hash_batch(kind: str, follow_symlinks: bool, columns: tuple) -> tuple[list, list, int]:
     """Hash one batch: columns are lists (file_id, path, raw_path, size, mtime, ctime,
     archive_path, archive_raw, member); a row with a member is a member of that archive.
-    Returns the rows, the failures among them (path, error class, message, transient), and
-    the bytes read."""
+    Every job gets a row, whatever happens (an error nobody foresaw is recorded as the
+    file's own). Returns the rows, the failures among them (path, error class, message,
+    transient), and the bytes read."""
     out, failures, read = [], [], 0
-    for fid, path, raw, size, mtime, ctime, archive, archive_raw, member in zip(*columns):
-        if member is not None:
-            fs_archive = os.fsdecode(archive_raw) if archive_raw is not None else archive
-            row = hash_member_row(kind, fid, fs_archive, member, (size, mtime, ctime),
-                                  follow_symlinks)  # fmt: skip
-        else:
-            fs_path = os.fsdecode(raw) if raw is not None else path
-            row = hash_row(kind, fid, fs_path, (size, mtime, ctime), follow_symlinks)
-        out.append(row)
-        read += row[7]
-        if row[8] is not None:
-            failures.append((path, row[8], row[9], row[10]))
+    archive: _OpenArchive | None = None
+    try:
+        for fid, path, raw, size, mtime, ctime, zpath, zraw, member in zip(*columns):
+            state = (size, mtime, ctime)
+            try:
+                if member is not None:
+                    fs_zip = os.fsdecode(zraw) if zraw is not None else zpath
+                    if archive is None or archive.path != fs_zip:
+                        if archive is not None:
+                            archive.close()
+                            archive = None
+                        archive = _OpenArchive(fs_zip, follow_symlinks)
+                    row = hash_member_row(kind, fid, archive, member, state)
+                else:
+                    fs_path = os.fsdecode(raw) if raw is not None else path
+                    row = hash_row(kind, fid, fs_path, state, follow_symlinks)
+            except OSError as exc:  # the archive could not be opened
+                row = _failure_row(fid, state, exc)
+            except Exception as exc:  # noqa: BLE001 - one file's surprise is its own outcome
+                row = _failure_row(fid, state, PermanentFailure(type(exc).__name__, str(exc)))
+            out.append(row)
+            read += row[7]
+            if row[8] is not None:
+                failures.append((path, row[8], row[9], row[10]))
+    finally:
+        if archive is not None:
+            archive.close()
     return out, failures, read
 
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .archives import MEMBER_SEPARATOR, list_members
+from .failures import os_error_is_transient
 from .store import STATE_TABLES, Catalogue
 from .walk import (
     PathFilter,
@@ -89,18 +90,26 @@ def _int64(values) -> pa.Array:
     return pa.array(np.frombuffer(values, dtype=np.int64) if len(values) else [], pa.int64())
 
 
-# rel_path and extension of each walked file: lower case with the dot ('.stl' for
-# '/a/b/Model.STL'), '' for no extension or a name such as '.hidden'.
-WALKED_COLUMNS = """
+def extension_sql(column: str) -> str:
+    """A file's extension from its path or name: lower case with the dot ('.stl' for
+    '/a/b/Model.STL'), '' for no extension or a name such as '.hidden'."""
+    return f"lower(regexp_extract({column}, '[^/](\\.[^./]*)$', 1))"
+
+
+# rel_path and extension of each walked file
+WALKED_COLUMNS = f"""
     path, raw_path, root::VARCHAR AS root, substr(path, length(root::VARCHAR) + 2) AS rel_path,
-    lower(regexp_extract(path, '[^/](\\.[^./]*)$', 1)) AS extension,
-    size_bytes, mtime_ns, ctime_ns
+    {extension_sql("path")} AS extension, size_bytes, mtime_ns, ctime_ns
 """
 
 
 # One file, in the catalogue (f) and in the walk (w): the exact path bytes. `path` alone is the
 # form shown to people, which two names can share (a raw 0xFF byte, and a backslash + "xff").
-SAME_FILE = "f.path = w.path AND f.raw_path IS NOT DISTINCT FROM w.raw_path"
+SAME_FILE = (
+    "f.path = w.path AND f.raw_path IS NOT DISTINCT FROM w.raw_path AND f.archive_id IS NULL"
+)
+# One member of a zip, in the catalogue (f) and in this listing (w): its archive and its name.
+SAME_MEMBER = "f.archive_id = w.archive_id AND f.member = w.member"
 
 
 def _adopt_ctimes(con) -> None:
@@ -136,14 +145,18 @@ _PREPARED: dict[tuple[str, ...], tuple[float, WalkResult]] = {}
 PREPARED_MAX_AGE_S = 120.0
 
 
-def prepare_walk(roots: Iterable[Path], walk: WalkResult) -> None:
+def _walk_key(roots: Iterable[Path], path_filter: PathFilter | None, follow: bool) -> tuple:
+    return (tuple(str(r) for r in roots), path_filter.key if path_filter else (), follow)
+
+
+def prepare_walk(roots, walk: WalkResult, path_filter=None, follow_symlinks=False) -> None:
     _PREPARED.clear()
-    _PREPARED[tuple(str(r) for r in roots)] = (time.monotonic(), walk)
+    _PREPARED[_walk_key(roots, path_filter, follow_symlinks)] = (time.monotonic(), walk)
 
 
-def take_prepared_walk(roots: Iterable[Path]) -> WalkResult | None:
-    """The walk `prepare_walk` left for these roots, if fresh; taken once."""
-    made = _PREPARED.pop(tuple(str(r) for r in roots), None)
+def take_prepared_walk(roots, path_filter=None, follow_symlinks=False) -> WalkResult | None:
+    """The walk `prepare_walk` left for these roots and settings, if fresh; taken once."""
+    made = _PREPARED.pop(_walk_key(roots, path_filter, follow_symlinks), None)
     if made is None or time.monotonic() - made[0] > PREPARED_MAX_AGE_S:
         return None
     return made[1]
@@ -151,19 +164,14 @@ def take_prepared_walk(roots: Iterable[Path]) -> WalkResult | None:
 
 def walk_differs(catalogue: Catalogue, walk: WalkResult) -> bool:
     """Whether a complete walk sees anything the catalogue does not know: a file new,
-    changed, gone or back, another set of walk issues, a folder at another mtime, a zip
-    whose members were never listed (read only: nothing is written)."""
-    issues = pa.table(
-        {
-            "path": pa.array([x.path for x in walk.issues], pa.string()),
-            "kind": pa.array([x.kind for x in walk.issues], pa.string()),
-        }
-    )
+    changed, gone or back, another set of walk issues, a folder at another mtime, a zip not
+    listed in its present state (read only: nothing is written)."""
+    tables = _tables(walk)
     with catalogue.connect(write=False) as con:
-        con.register("walked", _walk_table(walk))
-        con.register("listed", _folders_table(walk))
-        con.register("issues_now", issues)
-        con.register("unlisted", pa.table({"prefix": pa.array(walk.unlisted_dirs, pa.string())}))
+        con.register("walked", tables["walked"])
+        con.register("listed", tables["listed"])
+        con.register("issues_now", tables["issues"])
+        con.register("unlisted", tables["unlisted"])
         differs = con.execute(
             f"""
             WITH w AS (SELECT {WALKED_COLUMNS} FROM walked)
@@ -177,19 +185,20 @@ def walk_differs(catalogue: Catalogue, walk: WalkResult) -> bool:
                        WHERE f.path = u.prefix OR starts_with(f.path, u.prefix || '/')))
               + (SELECT count(*) FROM (SELECT path, kind FROM issues_now
                                        EXCEPT SELECT path, kind FROM walk_issues))
+              -- a broken archive's issue comes from listing it, which only a change redoes
               + (SELECT count(*) FROM (SELECT path, kind FROM walk_issues
+                                       WHERE kind <> 'broken_archive'
                                        EXCEPT SELECT path, kind FROM issues_now))
               + (SELECT count(*) FROM (SELECT path, mtime_ns FROM listed
                                        EXCEPT SELECT path, mtime_ns FROM folders))
               + (SELECT count(*) FROM (SELECT path, mtime_ns FROM folders
                                        EXCEPT SELECT path, mtime_ns FROM listed))
-              -- zips whose members were never listed (catalogued before archives were)
-              + (SELECT count(*) FROM present_files z
+              -- zips not listed in the state they are in (catalogued before archives were)
+              + (SELECT count(*) FROM present_files z LEFT JOIN archives a USING (file_id)
                  WHERE z.extension = '.zip' AND z.archive_id IS NULL
-                   AND z.file_id NOT IN (SELECT archive_id FROM file_inventory
-                                         WHERE archive_id IS NOT NULL)
-                   AND z.path NOT IN (SELECT path FROM walk_issues
-                                      WHERE kind = 'broken_archive'))
+                   AND (a.file_id IS NULL OR a.size_bytes <> z.size_bytes
+                        OR a.mtime_ns <> z.mtime_ns
+                        OR a.ctime_ns IS DISTINCT FROM z.ctime_ns))
             """
         ).fetchall()[0][0]
     return bool(differs)
@@ -220,8 +229,8 @@ def _folders_table(walk: WalkResult) -> pa.Table:
 
 
 def _zips_to_list(catalogue: Catalogue, walked: pa.Table) -> pa.Table:
-    """The zips of this walk whose members must be listed: new ones, changed ones, and those
-    whose members were never listed (catalogued before archives were). Read-only."""
+    """The zips of this walk whose members must be listed: those not listed yet in the state
+    they are in now (new, changed, or catalogued before archives were). Read-only."""
     zips = walked.filter(pc.ends_with(pc.utf8_lower(walked["path"]), ".zip"))
     if not zips.num_rows or not catalogue.exists():
         return zips
@@ -230,33 +239,62 @@ def _zips_to_list(catalogue: Catalogue, walked: pa.Table) -> pa.Table:
         return con.sql(
             f"""
             SELECT w.* FROM zips w
-            LEFT JOIN file_inventory f ON {SAME_FILE} AND f.archive_id IS NULL
-            WHERE f.file_id IS NULL OR f.size_bytes <> w.size_bytes OR f.mtime_ns <> w.mtime_ns
-               OR f.ctime_ns IS DISTINCT FROM w.ctime_ns
-               OR NOT EXISTS (SELECT 1 FROM file_inventory m WHERE m.archive_id = f.file_id)
+            LEFT JOIN file_inventory f ON {SAME_FILE}
+            LEFT JOIN archives z ON z.file_id = f.file_id
+            WHERE z.file_id IS NULL OR z.size_bytes <> w.size_bytes
+               OR z.mtime_ns <> w.mtime_ns OR z.ctime_ns IS DISTINCT FROM w.ctime_ns
             """
         ).to_arrow_table()
 
 
-def _list_zips(zips: pa.Table, roots: list[str], path_filter: PathFilter | None):
+_MEMBER_COLUMNS = {
+    "path": pa.string(), "raw_path": pa.binary(), "root": pa.string(),
+    "size_bytes": pa.int64(), "mtime_ns": pa.int64(), "ctime_ns": pa.int64(),
+    "member": pa.string(), "archive_path": pa.string(), "archive_raw": pa.binary(),
+}  # fmt: skip
+_LISTED_COLUMNS = {
+    "path": pa.string(), "raw_path": pa.binary(), "size_bytes": pa.int64(),
+    "mtime_ns": pa.int64(), "ctime_ns": pa.int64(), "members": pa.int32(),
+    "error_class": pa.string(), "error_message": pa.string(),
+}  # fmt: skip
+
+
+def _list_zips(zips: pa.Table, path_filter: PathFilter | None):
     """Every member of these zips, from their central directories (nothing inflated), as rows
-    like the walk's plus the archive they are in; and the issues of broken archives."""
+    like the walk's plus the archive they are in; the zips listed (with what was found, or
+    why their directory cannot be read); and walk issues. A zip that could not be read for a
+    reason that may pass (an I/O error on a share) is not among those listed: its members
+    stay as they were, and the next walk tries again."""
     path_filter = path_filter or PathFilter()
     keep = lambda name, rel: not path_filter.excluded(name, rel)  # noqa: E731
-    cols = {k: [] for k in ("path", "raw_path", "root", "size_bytes", "mtime_ns", "ctime_ns",
-                            "member", "archive_path", "archive_raw")}  # fmt: skip
+    cols = {k: [] for k in _MEMBER_COLUMNS}
+    listed = {k: [] for k in _LISTED_COLUMNS}
     issues: list[WalkIssue] = []
     for row in zips.to_pylist():
         fs_path = os.fsdecode(row["raw_path"]) if row["raw_path"] is not None else row["path"]
+        error = None
         try:
             members = list_members(fs_path, keep)
-        except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError) as exc:
-            issues.append(WalkIssue(row["path"], "broken_archive", type(exc).__name__,
-                                    f"its members cannot be listed: {exc}"))  # fmt: skip
-            continue
+        except OSError as exc:
+            if os_error_is_transient(exc):
+                issues.append(WalkIssue(row["path"], "error", type(exc).__name__,
+                                        f"its members cannot be listed now: {exc}"))  # fmt: skip
+                continue
+            members, error = [], exc
+        except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError) as exc:
+            members, error = [], exc
+        if error is not None:
+            issues.append(WalkIssue(row["path"], "broken_archive", type(error).__name__,
+                                    f"its members cannot be listed: {error}"))  # fmt: skip
+        for name, value in (("path", row["path"]), ("raw_path", row["raw_path"]),
+                            ("size_bytes", row["size_bytes"]), ("mtime_ns", row["mtime_ns"]),
+                            ("ctime_ns", row["ctime_ns"]), ("members", len(members)),
+                            ("error_class", type(error).__name__ if error else None),
+                            ("error_message", str(error) if error else None)):  # fmt: skip
+            listed[name].append(value)
+        raw = row["raw_path"]
         for m in members:
             cols["path"].append(f"{row['path']}{MEMBER_SEPARATOR}{m.name}")
-            raw = row["raw_path"]
             cols["raw_path"].append(
                 raw + MEMBER_SEPARATOR.encode() + m.name.encode() if raw else None
             )
@@ -267,31 +305,24 @@ def _list_zips(zips: pa.Table, roots: list[str], path_filter: PathFilter | None)
             cols["member"].append(m.name)
             cols["archive_path"].append(row["path"])
             cols["archive_raw"].append(raw)
-    table = pa.table({
-        "path": pa.array(cols["path"], pa.string()),
-        "raw_path": pa.array(cols["raw_path"], pa.binary()),
-        "root": pa.array(cols["root"], pa.string()),
-        "size_bytes": pa.array(cols["size_bytes"], pa.int64()),
-        "mtime_ns": pa.array(cols["mtime_ns"], pa.int64()),
-        "ctime_ns": pa.array(cols["ctime_ns"], pa.int64()),
-        "member": pa.array(cols["member"], pa.string()),
-        "archive_path": pa.array(cols["archive_path"], pa.string()),
-        "archive_raw": pa.array(cols["archive_raw"], pa.binary()),
-    })  # fmt: skip
-    return table, issues
+    members_table = pa.table({k: pa.array(v, _MEMBER_COLUMNS[k]) for k, v in cols.items()})
+    listed_table = pa.table({k: pa.array(v, _LISTED_COLUMNS[k]) for k, v in listed.items()})
+    return members_table, listed_table, issues
 
 
-def _reconcile_members(con, members: pa.Table, relisted: pa.Table, now) -> tuple[int, int, int]:
-    """Write the members of the zips listed this time (new, back, changed); returns counts.
-    Leaves temp tables `wm` (the members) and `relisted_ids` (their archives) for the gone
-    step."""
+def _reconcile_members(con, members: pa.Table, listed: pa.Table, now) -> tuple[int, int, int]:
+    """Write the members of the zips listed this time (new, back, changed) and what each
+    listing found (`archives`). Returns counts; leaves temp tables `wm` (the members) and
+    `relisted_ids` (their archives) for the gone step."""
     con.register("members_now", members)
-    con.register("relisted_now", relisted.select(["path", "raw_path"]))
+    con.register("relisted_now", listed)
+
     con.execute(
-        """
+        f"""
         CREATE TEMP TABLE wm AS
-        SELECT m.path, m.raw_path, m.root, a.rel_path || '!/' || m.member AS rel_path,
-               lower(regexp_extract(m.member, '[^/](\\.[^./]*)$', 1)) AS extension,
+        SELECT m.path, m.raw_path, m.root,
+               a.rel_path || '{MEMBER_SEPARATOR}' || m.member AS rel_path,
+               {extension_sql("m.member")} AS extension,
                m.size_bytes, m.mtime_ns, m.ctime_ns, m.member, a.file_id AS archive_id
         FROM members_now m JOIN file_inventory a
           ON a.path = m.archive_path AND a.raw_path IS NOT DISTINCT FROM m.archive_raw
@@ -301,10 +332,20 @@ def _reconcile_members(con, members: pa.Table, relisted: pa.Table, now) -> tuple
     con.execute(
         """
         CREATE TEMP TABLE relisted_ids AS
-        SELECT a.file_id FROM relisted_now r JOIN file_inventory a
+        SELECT a.file_id, r.size_bytes, r.mtime_ns, r.ctime_ns, r.members, r.error_class,
+               r.error_message
+        FROM relisted_now r JOIN file_inventory a
           ON a.path = r.path AND a.raw_path IS NOT DISTINCT FROM r.raw_path
              AND a.archive_id IS NULL
         """
+    )
+    con.execute(
+        """
+        INSERT OR REPLACE INTO archives
+        SELECT file_id, size_bytes, mtime_ns, ctime_ns, members, error_class, error_message,
+               $now FROM relisted_ids
+        """,
+        {"now": now},
     )
     new = con.execute(
         f"""
@@ -314,14 +355,14 @@ def _reconcile_members(con, members: pa.Table, relisted: pa.Table, now) -> tuple
                w.path, w.raw_path, w.root, w.rel_path, w.extension, w.size_bytes, w.mtime_ns,
                w.ctime_ns, true AS present, $now AS first_seen_at, $now AS changed_at,
                NULL AS gone_at, w.archive_id, w.member
-        FROM wm w ANTI JOIN file_inventory f ON {SAME_FILE}
+        FROM wm w ANTI JOIN file_inventory f ON {SAME_MEMBER}
         """,
         {"now": now},
     ).fetchone()[0]
     back = con.execute(
         f"""
         UPDATE file_inventory f SET present = true, gone_at = NULL, archive_id = w.archive_id
-        FROM wm w WHERE {SAME_FILE} AND NOT f.present
+        FROM wm w WHERE {SAME_MEMBER} AND NOT f.present
         """
     ).fetchone()[0]
     changed = con.execute(
@@ -330,12 +371,29 @@ def _reconcile_members(con, members: pa.Table, relisted: pa.Table, now) -> tuple
         SET size_bytes = w.size_bytes, mtime_ns = w.mtime_ns, ctime_ns = w.ctime_ns,
             present = true, changed_at = $now, gone_at = NULL, archive_id = w.archive_id
         FROM wm w
-        WHERE {SAME_FILE} AND (f.size_bytes <> w.size_bytes OR f.mtime_ns <> w.mtime_ns
+        WHERE {SAME_MEMBER} AND (f.size_bytes <> w.size_bytes OR f.mtime_ns <> w.mtime_ns
                                OR f.ctime_ns IS DISTINCT FROM w.ctime_ns)
         """,
         {"now": now},
     ).fetchone()[0]
     return int(new), int(back), int(changed)
+
+
+def _tables(walk: WalkResult, walked: pa.Table | None = None) -> dict[str, pa.Table]:
+    """What a walk saw, as the Arrow tables the SQL of this module reads."""
+    return {
+        "walked": walked if walked is not None else _walk_table(walk),
+        "listed": _folders_table(walk),
+        "unlisted": pa.table({"prefix": pa.array(walk.unlisted_dirs, pa.string())}),
+        "issues": pa.table(
+            {
+                "path": pa.array([i.path for i in walk.issues], pa.string()),
+                "kind": pa.array([i.kind for i in walk.issues], pa.string()),
+                "error_class": pa.array([i.error_class for i in walk.issues], pa.string()),
+                "message": pa.array([i.message for i in walk.issues], pa.string()),
+            }
+        ),
+    }
 
 
 def _parent(column: str) -> str:
@@ -383,19 +441,10 @@ def update_inventory(
 
     walked = _walk_table(walk)
     # the members of new and changed zips: listed now, with no connection open
-    relisted = _zips_to_list(catalogue, walked)
-    members, archive_issues = _list_zips(relisted, walk.roots, path_filter)
+    members, listed_zips, archive_issues = _list_zips(_zips_to_list(catalogue, walked), path_filter)
     walk.issues.extend(archive_issues)
-    listed = _folders_table(walk)
-    unlisted = pa.table({"prefix": pa.array(walk.unlisted_dirs, pa.string())})
-    issues = pa.table(
-        {
-            "path": pa.array([i.path for i in walk.issues], pa.string()),
-            "kind": pa.array([i.kind for i in walk.issues], pa.string()),
-            "error_class": pa.array([i.error_class for i in walk.issues], pa.string()),
-            "message": pa.array([i.message for i in walk.issues], pa.string()),
-        }
-    )
+    tables = _tables(walk, walked)
+    listed, unlisted, issues = tables["listed"], tables["unlisted"], tables["issues"]
     now = _now()
     with catalogue.connect() as con:
         con.register("walked", walked)
@@ -440,13 +489,29 @@ def update_inventory(
             {"now": now},
         ).fetchone()[0]
         _adopt_ctimes(con)
-        returned_files = con.execute(
-            f"""
+        # a zip back as it was listed (a share mounted again) brings back the members that
+        # went with it
+        members_back = con.execute(
+            """
+            UPDATE file_inventory m SET present = true, gone_at = NULL
+            FROM file_inventory a, archives z, w
+            WHERE m.archive_id = a.file_id AND z.file_id = a.file_id
+              AND NOT m.present AND NOT a.present AND m.gone_at = a.gone_at
+              AND a.path = w.path AND a.raw_path IS NOT DISTINCT FROM w.raw_path
+              AND a.archive_id IS NULL AND w.size_bytes = z.size_bytes
+              AND w.mtime_ns = z.mtime_ns AND w.ctime_ns IS NOT DISTINCT FROM z.ctime_ns
+            """
+        ).fetchone()[0]
+        returned_files = (
+            members_back
+            + con.execute(
+                f"""
             UPDATE file_inventory f
             SET present = true, gone_at = NULL, root = w.root, rel_path = w.rel_path
             FROM w WHERE {SAME_FILE} AND NOT f.present
             """
-        ).fetchone()[0]
+            ).fetchone()[0]
+        )
         changed_files = con.execute(
             f"""
             UPDATE file_inventory f
@@ -459,7 +524,7 @@ def update_inventory(
             """,
             {"now": now},
         ).fetchone()[0]
-        member_counts = _reconcile_members(con, members, relisted, now)
+        member_counts = _reconcile_members(con, members, listed_zips, now)
         new_files += member_counts[0]
         returned_files += member_counts[1]
         changed_files += member_counts[2]
@@ -476,21 +541,18 @@ def update_inventory(
         ).fetchone()[0]
         # members follow their archive: gone with it, or gone from its new listing
         gone_files += con.execute(
-            """
+            f"""
             UPDATE file_inventory f SET present = false, gone_at = $now
             WHERE f.present AND f.archive_id IS NOT NULL AND (
                 f.archive_id NOT IN (SELECT file_id FROM file_inventory WHERE present)
                 OR (f.archive_id IN (SELECT file_id FROM relisted_ids)
-                    AND NOT EXISTS (SELECT 1 FROM wm w WHERE w.path = f.path
-                                    AND w.raw_path IS NOT DISTINCT FROM f.raw_path)))
+                    AND NOT EXISTS (SELECT 1 FROM wm w WHERE {SAME_MEMBER})))
             """,
             {"now": now},
         ).fetchone()[0]
         if complete:
             con.execute("DELETE FROM walk_issues")
-            roots_shown = [display_path(str(r)) for r in roots]
-            con.execute("DELETE FROM folders WHERE list_contains($roots, root)",
-                        {"roots": roots_shown})  # fmt: skip
+            con.execute("DELETE FROM folders")  # roots no longer configured included
         else:
             con.execute(
                 f"""DELETE FROM walk_issues WHERE path IN (SELECT path FROM listed)

@@ -35,7 +35,7 @@ DB_NAME = "dam.duckdb"
 # bounded buffer pool, so that a million-file inventory spills its joins to
 # `dam.duckdb.tmp/` beside the file rather than growing the process past a NAS's memory.
 DUCKDB_CONFIG = {"threads": 2, "memory_limit": "512MB", "preserve_insertion_order": False}
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class CatalogueError(RuntimeError):
@@ -218,8 +218,9 @@ MIGRATIONS: dict[int, str] = {
     -- current when every stage has seen the latest scan (and nothing is left to retry).
     CREATE TABLE stage_marks (
         stage         VARCHAR PRIMARY KEY,
-        scan_started  TIMESTAMP NOT NULL,       -- inventory_scans.started_at it followed
-        finished_at   TIMESTAMP NOT NULL
+        scan          TIMESTAMP NOT NULL,       -- inventory_scans.finished_at of the scan
+        finished_at   TIMESTAMP NOT NULL,
+        options       VARCHAR                   -- what the stage was asked (hash all sizes)
     );
     ALTER TABLE inventory_scans ADD COLUMN complete BOOLEAN;  -- a complete walk, or some folders
     """,
@@ -230,6 +231,34 @@ MIGRATIONS: dict[int, str] = {
     -- archive makes every member's rows stale (core/archives.py, docs/HASHING.md).
     ALTER TABLE file_inventory ADD COLUMN archive_id BIGINT;
     ALTER TABLE file_inventory ADD COLUMN member VARCHAR;
+
+    -- Each zip as it was when its members were last listed: listed again only when it
+    -- changes (an empty zip, or a broken one, is not reopened on every walk).
+    CREATE TABLE archives (
+        file_id       BIGINT PRIMARY KEY,       -- the zip's
+        size_bytes    BIGINT NOT NULL,          -- its state when listed
+        mtime_ns      BIGINT NOT NULL,
+        ctime_ns      BIGINT,
+        members       INTEGER NOT NULL,
+        error_class   VARCHAR,                  -- why its directory could not be read
+        error_message VARCHAR,
+        listed_at     TIMESTAMP NOT NULL
+    );
+    """,
+    6: """
+    -- The library browser's duplicate review: which copy of a group a person keeps. A group is
+    -- its content (size_bytes, full_hash); the choice is recorded here, never acted on in the
+    -- library (the exported plan is for the person to read and run).
+    CREATE TABLE duplicate_reviews (
+        full_hash     VARCHAR NOT NULL,
+        size_bytes    BIGINT NOT NULL,
+        keep_file_id  BIGINT NOT NULL,
+        rule          VARCHAR NOT NULL,         -- lowest_id, shortest_path, oldest, newest,
+                                                -- prefer_root (rule_arg: the root), manual
+        rule_arg      VARCHAR,
+        reviewed_at   TIMESTAMP NOT NULL,
+        PRIMARY KEY (size_bytes, full_hash)
+    );
     """,
 }
 
@@ -489,6 +518,46 @@ class Catalogue:
                 con.close()
         finally:
             lock.release()
+
+    def copy_to(self, dest: str | os.PathLike, timeout_s: float = 0.0) -> bool:
+        """Copy the catalogue file to `dest` under the lock (a consistent snapshot for readers
+        such as the library browser). Waits at most `timeout_s` for the lock; returns False,
+        copying nothing, when another process holds it. The lock is held only for the copy."""
+        import shutil
+
+        if not self.path.exists():
+            raise CatalogueError(f"there is no catalogue at {self.path} yet: run `dam run` first")
+        lock = _FileLock(self.lock_path)
+        try:
+            lock.acquire(timeout_s, _Waiting(None), f"{self.who} (copying a snapshot)")
+        except CatalogueBusy:
+            return False
+        try:
+            dest = Path(dest)
+            shutil.copyfile(self.path, dest)
+            wal = self.path.with_name(self.path.name + ".wal")
+            if wal.exists():  # a writer that died before its checkpoint: DuckDB replays it
+                shutil.copyfile(wal, dest.with_name(dest.name + ".wal"))
+        finally:
+            lock.release()
+        return True
+
+    def busy(self) -> str | None:
+        """Who holds the catalogue lock right now (a sentence), or None when it is free."""
+        if not self.lock_path.exists():
+            return None
+        fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return _FileLock(self.lock_path).holder()
+            raise
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
     def _open(self, write: bool, waiting: _Waiting) -> duckdb.DuckDBPyConnection:
         """A connection with the schema and views of this release (migrated if need be)."""

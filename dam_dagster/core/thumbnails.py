@@ -26,13 +26,13 @@ from .failures import MEMORY_KILLS_PERMANENT
 from .render.api import IMAGE_EXTENSIONS, MODEL_EXTENSIONS, RenderOutcome, RenderTask
 from .store import MODEL_EXTENSIONS as CATALOGUE_MODEL_EXTENSIONS
 from .store import Catalogue
+from .vocabulary import FAILED_STATUSES
 
 MIB = 1024 * 1024
 FAST, SLOW = "fast", "slow"
 # Files that go through a lane: every model format the catalogue knows, and images.
 THUMBNAIL_EXTENSIONS = frozenset(CATALOGUE_MODEL_EXTENSIONS) | IMAGE_EXTENSIONS
 RENDERABLE_EXTENSIONS = MODEL_EXTENSIONS | IMAGE_EXTENSIONS
-FAILED_STATUSES = ("failed", "timeout", "memory")
 
 
 @dataclass(frozen=True)
@@ -302,3 +302,46 @@ def lane_counts(catalogue: Catalogue, lane: str) -> dict[str, int]:
             "SELECT status, count(*) FROM current_thumbnails WHERE lane = ? GROUP BY status", [lane]
         ).fetchall()
     return {status: int(n) for status, n in rows}
+
+
+@dataclass
+class BucketState:
+    """A partition as it is now (not only what its last run did): files by thumbnail status,
+    with the failures of every run so far that still stand."""
+
+    files: int  # thumbnail-able present files of the bucket
+    by_status: dict[str, int]  # current rows by status
+    not_rendered: int  # no current row yet
+    rows: int  # current rows of the bucket in the thumbnails table
+    failures: list[tuple[str, str, str, str]]  # (path, status, class, message), first `limit`
+    failures_total: int
+
+
+def bucket_state(catalogue: Catalogue, bucket: SizeBucket, limit: int = 25) -> BucketState:
+    exts = ", ".join(f"'{e}'" for e in sorted(THUMBNAIL_EXTENSIONS))
+    failed = ", ".join(f"'{s}'" for s in FAILED_STATUSES)
+    where = f"""f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
+                AND f.extension IN ({exts})"""
+    args = {"low": bucket.low, "high": bucket.high}
+    with catalogue.connect(write=False) as con:
+        counts = con.execute(
+            f"""SELECT t.status, count(*) FROM present_files f
+                LEFT JOIN current_thumbnails t USING (file_id) WHERE {where} GROUP BY t.status""",
+            args,
+        ).fetchall()
+        failures = con.execute(
+            f"""SELECT f.path, t.status, t.error_class, t.error_message
+                FROM present_files f JOIN current_thumbnails t USING (file_id)
+                WHERE {where} AND t.status IN ({failed}) ORDER BY f.path LIMIT {int(limit)}""",
+            args,
+        ).fetchall()
+    by_status = {s: int(n) for s, n in counts if s is not None}
+    not_rendered = sum(int(n) for s, n in counts if s is None)
+    return BucketState(
+        files=sum(by_status.values()) + not_rendered,
+        by_status=by_status,
+        not_rendered=not_rendered,
+        rows=sum(by_status.values()),
+        failures=[(p, s, c or "", m or "") for p, s, c, m in failures],
+        failures_total=sum(by_status.get(s, 0) for s in FAILED_STATUSES),
+    )

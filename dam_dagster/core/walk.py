@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import fnmatch
-import hashlib
 import os
 import queue
 import re
@@ -163,6 +162,7 @@ class PathFilter:
     ):
         excl = list(DEFAULT_EXCLUDES if default_excludes else ()) + list(exclude)
         include = list(include)
+        self.key = (tuple(excl), tuple(include))  # what the filter is, for comparing two
         self._exclude_name, self._exclude_rel = self._compile(excl)
         self._include_name, self._include_rel = self._compile(include)
         self.has_include = bool(include)
@@ -522,14 +522,3 @@ def _symlink(out: _Listing, path, root, rel, name, path_filter, follow_symlinks,
             out.file(path, target, odd or has_undecodable(path))
     else:
         out.issue(path, "special_file", None, "link to a FIFO, socket or device: not opened")
-
-
-def library_fingerprint(walk: WalkResult) -> str:
-    """A digest of every (exact path bytes, size, mtime, ctime): it changes when any file is
-    added, removed or modified. Cheap to keep (a sensor cursor), costs one walk to compute."""
-    digest = hashlib.md5(usedforsecurity=False)
-    paths = walk.path_array().to_pylist()
-    for i in sorted(range(len(paths)), key=paths.__getitem__):
-        digest.update(walk.raw.get(i) or paths[i].encode())
-        digest.update(f"\0{walk.sizes[i]}\0{walk.mtimes[i]}\0{walk.ctimes[i]}\n".encode())
-    return digest.hexdigest()

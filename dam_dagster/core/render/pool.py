@@ -37,6 +37,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from ..archives import MEMBER_MARK
+from ..processes import pid_alive
 from .api import (
     IMAGE_EXTENSIONS,
     MODEL_EXTENSIONS,
@@ -593,34 +594,28 @@ class _Pool:
             self.zygote.close()
 
 
-def remove_stale_temp_files(thumbs_dir: Path, max_age_s: float = 600.0) -> int:
+def remove_stale_temp_files(
+    thumbs_dir: Path, grace_s: float = 60.0, max_age_s: float = 600.0
+) -> int:
     """Remove the temporary PNGs (`ab/.<md5>.<random>.<pid>.tmp`) that killed workers left:
-    those whose writer process is gone, and any older than `max_age_s` (a PNG is written in
-    milliseconds; another machine's live writer is never that old). Returns how many."""
+    those older than `grace_s` whose writer process is not running here, and any older than
+    `max_age_s`. A PNG is written in milliseconds, so a live writer's file, here or on
+    another machine sharing the folder, is never that old. Returns how many."""
     removed = 0
     now = time.time()
     pattern = os.path.join(glob.escape(str(thumbs_dir)), "??", ".*.tmp")
     for path in glob.glob(pattern):
         pid = os.path.basename(path).rsplit(".", 2)[-2]
         try:
-            alive = pid.isdigit() and _pid_alive(int(pid))
-            if alive and now - os.stat(path).st_mtime < max_age_s:
+            age = now - os.stat(path).st_mtime
+            gone = not (pid.isdigit() and pid_alive(int(pid)))
+            if age < grace_s or (age < max_age_s and not gone):
                 continue
             os.unlink(path)
             removed += 1
         except OSError:
             continue
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def render_files(

@@ -41,13 +41,11 @@ from ..archives import (  # noqa: E402
     ArchiveRefused,
     MemberUnreadable,
     check_zip,
+    member_info,
     open_member,
 )
-from ..failures import (  # noqa: E402
-    describe_os_error,
-    os_error_is_transient,
-    parser_error_is_transient,
-)
+from ..failures import PermanentFailure, describe_os_error, os_error_is_transient  # noqa: E402
+from ..reading import open_readonly  # noqa: E402
 from .api import (  # noqa: E402
     IMAGE_EXTENSIONS,
     MODEL_EXTENSIONS,
@@ -56,7 +54,6 @@ from .api import (  # noqa: E402
     thumbnail_relpath,
 )
 
-_NOATIME = getattr(os, "O_NOATIME", 0)
 _MESSAGE_MAX = 500
 
 
@@ -76,36 +73,10 @@ def _result(
     }
 
 
-class MemberProblem(Exception):
-    """A zip member that cannot be drawn for a reason about the archive (permanent)."""
-
-    def __init__(self, error_class: str, message: str):
-        super().__init__(message)
-        self.error_class = error_class
-
-
-def archive_file(path: str):
-    """A zip opened read-only without touching its access time (a file object)."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
-    try:
-        fd = os.open(path, flags | _NOATIME)
-    except PermissionError:
-        if not _NOATIME:
-            raise
-        fd = os.open(path, flags)
-    return open(fd, "rb")
-
-
 def read_file(path: str) -> bytes:
-    """The whole file, opened read-only without touching its access time; a FIFO or folder put
-    where a file was cannot block the worker."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
-    try:
-        fd = os.open(path, flags | _NOATIME)
-    except PermissionError:
-        if not _NOATIME:
-            raise
-        fd = os.open(path, flags)  # O_NOATIME needs ownership of the file
+    """The whole file (core/reading.py opens it); a FIFO or folder put where a file was
+    cannot block the worker."""
+    fd = open_readonly(path)
     with open(fd, "rb", buffering=0) as f:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
@@ -165,15 +136,16 @@ class Worker:
     def _member(self, task_path: str) -> bytes:
         """The inflated bytes of a zip member (task path '<archive>\\0<member>'), in memory,
         after the archive's declared sizes passed the checks (core/archives.py)."""
+        import lzma
         import zipfile
         import zlib
 
         archive, member = task_path.split(MEMBER_MARK, 1)
         try:
-            with zipfile.ZipFile(archive_file(archive)) as z:
-                info = z.getinfo(member)
+            with open(open_readonly(archive), "rb") as f, zipfile.ZipFile(f) as z:
+                info = member_info(z, member)
                 if info.file_size > self.memory_mb << 20:
-                    raise MemberProblem(
+                    raise PermanentFailure(
                         "ArchiveBomb",
                         f"the member declares {info.file_size >> 20:,} MB, over the "
                         f"{self.memory_mb} MB a render process may use: refused before inflating",
@@ -181,9 +153,9 @@ class Worker:
                 with open_member(z, member) as stream:
                     return stream.read()
         except (ArchiveRefused, MemberUnreadable) as exc:
-            raise MemberProblem(getattr(exc, "error_class", type(exc).__name__), str(exc)) from exc
-        except (zipfile.BadZipFile, zlib.error, EOFError, KeyError) as exc:
-            raise MemberProblem(type(exc).__name__, f"cannot read the member: {exc}") from exc
+            raise PermanentFailure(exc.error_class, str(exc)) from exc
+        except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, RuntimeError) as exc:
+            raise PermanentFailure(type(exc).__name__, f"cannot read the member: {exc}") from exc
 
     def process(self, path: str, size_bytes: int) -> dict:
         ext = extension_of(path.split(MEMBER_MARK, 1)[-1])
@@ -200,7 +172,7 @@ class Worker:
             )
         try:
             data = read_file(path) if MEMBER_MARK not in path else self._member(path)
-        except MemberProblem as exc:  # encrypted, a bomb, a broken archive: about the file
+        except PermanentFailure as exc:  # encrypted, a bomb, a broken archive: about the file
             return _result("failed", error_class=exc.error_class, message=str(exc))
         except OSError as exc:  # vanished, permission denied: about the file; EIO: may pass
             return _result(
@@ -247,8 +219,15 @@ class Worker:
                 transient=True,
             )
         except OSError as exc:
+            # Writing the PNG into the data folder (the loader's own OSErrors are the model's,
+            # in _render): a full disk or a folder made unwritable is not the model's fault
+            # and may pass, so it is tried again, whatever the errno.
             return _result(
-                "failed", md5=md5, error_class=type(exc).__name__, message=str(exc), transient=True
+                "failed",
+                md5=md5,
+                error_class=type(exc).__name__,
+                message=f"cannot write the thumbnail: {exc}",
+                transient=True,
             )
 
     def _image(self, data: bytes, md5: str) -> dict:
@@ -305,7 +284,7 @@ class Worker:
                 error_class=type(exc).__name__,
                 message=f"cannot read the model or a file it refers to: "
                 f"{describe_os_error(exc)}{side}",
-                transient=parser_error_is_transient(exc),
+                transient=os_error_is_transient(exc),
             )
         except Exception as exc:
             return _result(
