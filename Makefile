@@ -13,8 +13,14 @@ PORT   ?= 3000
 SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libglvnd0
 # A real browser for the library browser's tests and screenshots (driven by Selenium).
 BROWSER_PACKAGES := chromium chromium-driver
+# FUSE for the test share that behaves like a NAS (dam_dagster_tests/slowshare.py).
+TEST_PACKAGES := fuse3
 
+<<<<<<< HEAD
 .PHONY: install dev serve test lint system-deps sample bench-dedup bench-render bench-scale bench-browse bench-faults screenshots clean
+=======
+.PHONY: install dev serve test lint system-deps test-deps sample bench-dedup bench-render bench-scale bench-browse bench-share bench-sensor screenshots clean
+>>>>>>> main
 
 install: system-deps $(STAMP)
 
@@ -47,6 +53,18 @@ system-deps:
 	    echo "    sudo apt-get install -y $(BROWSER_PACKAGES)"; \
 	fi
 
+# libfuse3 and fusermount3 for the slow-share tests and benchmark; without them those skip.
+test-deps:
+	@if ldconfig -p 2>/dev/null | grep -q 'libfuse3.so.3' && command -v fusermount3 >/dev/null; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages for the test share: $(TEST_PACKAGES)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(TEST_PACKAGES) >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(TEST_PACKAGES) >/dev/null; }; \
+	else \
+	    echo "NOTE: FUSE 3 is missing, so the slow-share tests skip. Install it with:"; \
+	    echo "    sudo apt-get install -y $(TEST_PACKAGES)"; \
+	fi
+
 dev: install
 	$(BIN)/dam dev --host $(HOST) --port $(PORT)
 
@@ -54,7 +72,7 @@ dev: install
 serve: install
 	$(BIN)/dam serve
 
-test: install lint
+test: install test-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # ruff (configured in pyproject.toml): lint and the format check, on the whole tree.
@@ -84,10 +102,19 @@ bench-browse: install
 screenshots: install
 	$(BIN)/python docs/screenshots.py
 
+<<<<<<< HEAD
 # Fault injection (not part of `make test`: ~25 min): kills, concurrent runs, a full disk (a
 # tmpfs, as root), bad inputs; every answer checked by brute force. BENCH_ARGS="--seed N" etc.
 bench-faults: install
 	$(BIN)/python bench/fault_injection.py $(BENCH_ARGS)
+=======
+# dedup on a library behind the test share (FUSE, 1 ms per request, 110 MB/s) against jdupes.
+bench-sensor: install test-deps
+	$(BIN)/python bench/sensor_bench.py $(BENCH_ARGS)
+
+bench-share: install test-deps
+	$(BIN)/python bench/share_bench.py $(BENCH_ARGS)
+>>>>>>> main
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -54,7 +54,7 @@ class LibraryResource(dg.ConfigurableResource):
     include: str = ""
     exclude: str = ""
     follow_symlinks: bool = False
-    io_threads: int = 8
+    io_threads: int = 16  # DAM_IO_THREADS: its default is core/config.py's
     hash_all_sizes: bool = False
 
     ENV: ClassVar[dict[str, tuple[str, type]]] = {

@@ -209,3 +209,26 @@ def run_unprivileged(code: str, env: dict | None = None) -> subprocess.Completed
         timeout=120,
         **kwargs,
     )
+
+
+# --- a library on a slow share (dam_dagster_tests/slowshare.py) ---------------------------
+@pytest.fixture
+def slow_share(tmp_path):
+    """Mount folders as slow shares: `slow_share(source, latency_ms=1, read_mb_s=110)` returns
+    a mounted `SlowShare` (its `.path`; `.stats` once unmounted). Every share is unmounted at
+    the end, whatever the test did. Skips, saying why, where FUSE cannot mount."""
+    from .slowshare import ShareUnavailable, SlowShare
+
+    shares = []
+
+    def mount(source, **options):
+        share = SlowShare(source, tmp_path / f"share-{len(shares)}", **options)
+        shares.append(share)
+        try:
+            return share.mount()
+        except ShareUnavailable as exc:
+            pytest.skip(f"FUSE cannot mount a test share here: {exc}")
+
+    yield mount
+    for share in shares:
+        share.close()

@@ -28,7 +28,7 @@ SETTINGS: tuple[EnvSetting, ...] = (
     EnvSetting("DAM_INCLUDE", "", "Comma-separated glob patterns; only matching files are kept."),
     EnvSetting("DAM_EXCLUDE", "", "Comma-separated glob patterns excluded on top of the defaults."),
     EnvSetting("DAM_FOLLOW_SYMLINKS", "0", "1 to follow symbolic links (loops are detected)."),
-    EnvSetting("DAM_IO_THREADS", "8", "Threads reading library files at once."),
+    EnvSetting("DAM_IO_THREADS", "16", "Threads reading library files at once."),
     EnvSetting("DAM_HASH_ALL_SIZES", "0", "1 to hash every file, even those of a unique size."),
     EnvSetting("DAM_LOCK_TIMEOUT_S", "300", "Seconds to wait for the catalogue lock."),
     EnvSetting("DAM_SENSOR_INTERVAL_S", "120", "Seconds between two looks of the library sensor."),

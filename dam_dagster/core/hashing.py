@@ -40,6 +40,9 @@ HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 64 * 1024
 SMALL_FILE_MAX = HEAD_BYTES + TAIL_BYTES
 CHUNK_BYTES = 1024 * 1024
+# The prefix and head/tail reads are small and scattered: advise the kernel not to read ahead
+# around them (on a share the readahead would fetch 4x the 4 KiB asked for, docs/BENCHMARKS.md).
+SMALL_READ_ADVICE = True
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,11 @@ class NotARegularFile(Exception):
 
 def _open(path: str, follow_symlinks: bool) -> int:
     return open_readonly(path, follow_symlinks)
+
+
+def _advise_small_reads(fd: int) -> None:
+    if SMALL_READ_ADVICE and hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
 
 
 def _pread_exact(fd: int, length: int, offset: int) -> bytes:
@@ -182,6 +190,8 @@ def hash_row(
         return _failure_row(file_id, state, exc)
     try:
         st = _checked_stat(fd)
+        if kind != "full":
+            _advise_small_reads(fd)
         prefix, partial, full, read = KINDS[kind](fd, st)
         if not _same_state(st, os.fstat(fd)):
             raise ChangedDuringRead("the file changed while it was read")

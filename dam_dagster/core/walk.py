@@ -259,6 +259,7 @@ NETWORK_FILESYSTEMS = frozenset(
         "gpfs",
         "beegfs",
         "fuse.juicefs",
+        "fuse.slowshare",  # the test share of dam_dagster_tests/slowshare.py: a NAS model
     }
 )
 
