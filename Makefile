@@ -71,10 +71,14 @@ serve: install
 test: install test-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# ruff (configured in pyproject.toml): lint and the format check, on the whole tree.
+# ruff (configured in pyproject.toml): lint and the format check, on the whole tree; and no
+# merge conflict markers left in any tracked file (ruff sees only the Python ones).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@if git rev-parse --git-dir >/dev/null 2>&1 && \
+	    git grep -nE '^(<<<<<<< |>>>>>>> )' -- . ':!*.png' ':!*.jpg'; then \
+	    echo "merge conflict markers left in the files above"; exit 1; fi
 
 # A small library of real meshes, made with trimesh, under the data folder.
 sample: install
