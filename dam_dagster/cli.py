@@ -790,6 +790,45 @@ def serve(host: str | None, port: int | None) -> None:
 
 
 @main.command()
+@click.option(
+    "--queues",
+    "-q",
+    multiple=True,
+    default=("io",),
+    show_default=True,
+    help="Queues to take steps from: io (the dedup chain), render_cpu, render_gpu; "
+    "several as -q io,render_cpu.",
+)
+@click.option("--name", "-n", default=None, help="Worker name (default: dam-<queues>@host).")
+def worker(queues: tuple[str, ...], name: str | None) -> None:
+    """A machine of a cluster: a dagster-celery worker taking one step at a time from the
+    given queues, with the broker and acknowledgement settings of the head (docs/CLUSTER.md).
+    Needs the same package version, .env and mount paths as the head."""
+    from .core.cluster import celery_worker_yaml
+    from .home import prepare_dagster_home
+
+    # dagster-celery's `-q a -q b` listens on b only: one comma-separated list
+    wanted = [q.strip() for part in queues for q in part.split(",") if q.strip()]
+    try:
+        text = celery_worker_yaml()
+        home = prepare_dagster_home()
+    except ConfigError as exc:
+        _fail(str(exc))
+    exe = shutil.which("dagster-celery") or str(Path(sys.executable).with_name("dagster-celery"))
+    if not Path(exe).exists():
+        _fail("dagster-celery is not installed: pip install 'dam-dagster[cluster]'")
+    worker_yaml = home / "celery-worker.yaml"
+    worker_yaml.write_text(text)
+    name = name or "dam-" + "-".join(wanted)
+    click.echo(f"dam worker {name}: queues {','.join(wanted)}, one step at a time", err=True)
+    command = [exe, "worker", "start", "-A", "dagster_celery.app", "-y", str(worker_yaml)]
+    command += ["-q", ",".join(wanted), "-n", name]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(exe, command)  # the worker in this process: a signal to it reaches the worker
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="The Dagster UI's address.")
 @click.option("--port", default=3000, show_default=True, help="The Dagster UI's port.")
 @click.option("--browser-port", default=None, type=int, help="[DAM_BROWSER_PORT: 3001]")

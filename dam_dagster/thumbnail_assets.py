@@ -41,6 +41,7 @@ from .core.thumbnails import (
 )
 from .core.vocabulary import FAILED_STATUSES, thumbnail_summary
 from .dedup_assets import browser_link, file_inventory, table_metadata
+from .executors import IO_TAGS, render_tags
 from .resources import CatalogueResource, RenderResource
 
 GROUP = "thumbnails"
@@ -48,6 +49,7 @@ EAGER = dg.AutomationCondition.eager()
 # The partitions depend on DAM_SIZE_THRESHOLD_MB: reload the code location after changing it.
 BUCKETS = {b.key: b for b in size_buckets(int(env("DAM_SIZE_THRESHOLD_MB")))}
 fast_partitions = dg.StaticPartitionsDefinition([k for k, b in BUCKETS.items() if b.lane == FAST])
+RENDER_TAGS = render_tags()  # the Celery queue of both lanes (DAM_RENDER_QUEUE)
 slow_partitions = dg.StaticPartitionsDefinition([k for k, b in BUCKETS.items() if b.lane == SLOW])
 
 
@@ -229,6 +231,7 @@ def render_partition(
     automation_condition=EAGER,
     pool="thumbnails_fast",
     output_required=False,
+    op_tags=RENDER_TAGS,
     description="Thumbnails of the models under the size threshold: many workers, short timeout. "
     "Every model parsed is measured in the same pass (model_facts).",
 )
@@ -252,6 +255,7 @@ def thumbnails_fast(
     automation_condition=EAGER,
     pool="thumbnails_slow",
     output_required=False,
+    op_tags=RENDER_TAGS,
     description="Thumbnails of the models at or over the size threshold: few workers, long "
     "timeout, so huge files never hold up the small ones. Every model parsed is measured in "
     "the same pass (model_facts).",
@@ -287,6 +291,7 @@ def _failure_rate(lane: str, catalogue: CatalogueResource) -> dg.AssetCheckResul
 
 @dg.asset_check(
     asset=thumbnails_fast,
+    op_tags=IO_TAGS,  # reads the catalogue only
     automation_condition=EAGER,
     description="Share of the fast lane's files without a thumbnail because "
     "rendering failed (warns above 5 %).",
@@ -297,6 +302,7 @@ def fast_lane_failure_rate(catalogue: CatalogueResource) -> dg.AssetCheckResult:
 
 @dg.asset_check(
     asset=thumbnails_slow,
+    op_tags=IO_TAGS,  # reads the catalogue only
     automation_condition=EAGER,
     description="Share of the slow lane's files without a thumbnail because "
     "rendering failed (warns above 5 %).",
