@@ -823,6 +823,8 @@ def worker(queues: tuple[str, ...], name: str | None) -> None:
     click.echo(f"dam worker {name}: queues {','.join(wanted)}, one step at a time", err=True)
     command = [exe, "worker", "start", "-A", "dagster_celery.app", "-y", str(worker_yaml)]
     command += ["-q", ",".join(wanted), "-n", name]
+    # dagster-celery starts `celery` from PATH: the one installed beside it, venv or not
+    os.environ["PATH"] = str(Path(exe).parent) + os.pathsep + os.environ.get("PATH", "")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(exe, command)  # the worker in this process: a signal to it reaches the worker
