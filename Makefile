@@ -17,7 +17,7 @@ BROWSER_PACKAGES := chromium chromium-driver
 # and Redis for the distributed test (dam_dagster_tests/test_distributed.py, docs/CLUSTER.md).
 TEST_PACKAGES := fuse3 postgresql redis-server
 
-.PHONY: install dev serve test lint system-deps test-deps sample bench-dedup bench-render bench-scale bench-browse bench-faults bench-share bench-sensor screenshots clean
+.PHONY: install dev serve test lint system-deps test-deps sample bench-dedup bench-render bench-scale bench-browse bench-faults bench-share bench-sensor bench-cluster screenshots clean
 
 install: system-deps $(STAMP)
 
@@ -115,6 +115,11 @@ bench-faults: install
 # complete walk (BENCH_ARGS="--library DIR --latency-ms 1").
 bench-sensor: install test-deps
 	$(BIN)/python bench/sensor_bench.py $(BENCH_ARGS)
+
+# The celery executor against the in-process one: real PostgreSQL, Redis, two workers
+# (docs/BENCHMARKS.md, "Several machines").
+bench-cluster: install test-deps
+	$(BIN)/python bench/cluster_bench.py $(BENCH_ARGS)
 
 # dedup on a library behind the test share (FUSE, 1 ms per request, 110 MB/s) against jdupes.
 bench-share: install test-deps
