@@ -78,6 +78,29 @@ def ns_date(ns) -> str:
     return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def number(value, digits: int = 1) -> str:
+    """A measured figure as the Model page shows it: thousands separated, `digits` decimals
+    below 1,000 (a tenth of a millimetre is a print's resolution), none above."""
+    if value is None:
+        return ""
+    value = float(value)
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.{digits}f}"
+
+
+def duration(seconds) -> str:
+    """A slicer's print-time estimate: '1 h 2 min', '12 min 5 s'."""
+    if seconds is None:
+        return ""
+    s = int(round(float(seconds)))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    parts = [f"{d} d"] * bool(d) + [f"{h} h"] * bool(h) + [f"{m} min"] * bool(m)
+    if not d and not h:
+        parts.append(f"{s} s")
+    return " ".join(parts)
+
+
 def when(value) -> str:
     if value is None:
         return ""
@@ -95,7 +118,9 @@ def make_templates(settings: Settings) -> Jinja2Templates:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(bytes=human_bytes, ns_date=ns_date, when=when, urlq=quote)
+    env.filters.update(
+        bytes=human_bytes, ns_date=ns_date, when=when, urlq=quote, num=number, duration=duration
+    )
     env.globals.update(
         STATUS_LABELS=STATUS_LABELS,
         RUN_QUEUE_LABELS=RUN_QUEUE_LABELS,
