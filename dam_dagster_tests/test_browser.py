@@ -93,7 +93,7 @@ def test_library_search_model_keep_and_plan(server, browser, tmp_path):
     assert "Identical files (2)" in browser.page_source
     # its geometry, and the same mesh in the other STL and in the OBJ
     geometry = browser.find_element(By.CSS_SELECTOR, "dl.geometry")
-    assert geometry.is_displayed() and "7.3 × 4.5 × 3.8 mm" in geometry.text
+    assert geometry.is_displayed() and "7.25 × 4.5 × 3.75 mm" in geometry.text
     similar = browser.find_element(By.ID, "similar")
     assert "Same model, different file (2 others)" in similar.text
     assert "box.obj" in similar.text and "same bytes as this file" in similar.text

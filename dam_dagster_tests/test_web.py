@@ -228,6 +228,8 @@ def test_facts_sorts_page_with_unmeasured_models_last(client, site):
 def test_model_page_shows_geometry_and_the_same_model_in_other_files(client, site, corpus):
     import trimesh
 
+    from dam_dagster.web.app import number
+
     ids = {
         i["name"]: i["id"] for i in client.get("/api/models", params={"q": "box"}).json()["items"]
     }
@@ -241,7 +243,8 @@ def test_model_page_shows_geometry_and_the_same_model_in_other_files(client, sit
     page = client.get(f"/models/{first}").text
     assert '<h2 id="geometry">Geometry</h2>' in page
     assert f"<dt>triangles</dt><dd>{detail['triangles']:,}</dd>" in page
-    size = " × ".join(f"{v:,.1f}" for v in got) + " mm"
+    size = " × ".join(number(v) for v in got) + " mm"
+    assert size == "7.25 × 4.5 × 3.75 mm"
     assert re.search(r'data-fact="size">' + re.escape(size), page)
     assert '<dd data-fact="watertight">yes</dd>' in page and 'data-fact="inches"' in page
     assert ">Prusa MINI</a>" in page  # fits_printers, linked to the library filter

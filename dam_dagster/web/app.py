@@ -10,6 +10,7 @@ model by its catalogue id, and nothing writes anywhere but the review table.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -78,13 +79,24 @@ def ns_date(ns) -> str:
     return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def number(value, digits: int = 1) -> str:
-    """A measured figure as the Model page shows it: thousands separated, `digits` decimals
-    below 1,000 (a tenth of a millimetre is a print's resolution), none above."""
+def number(value, digits: int | None = None) -> str:
+    """A measured figure as the Model page shows it: thousands separated and no decimals from
+    1,000, one decimal from 10, three significant digits below (a scan in metres is 0.155 mm
+    across); `digits` fixes the decimals."""
     if value is None:
         return ""
     value = float(value)
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.{digits}f}"
+    if digits is not None:
+        return f"{value:,.{digits}f}"
+    size = abs(value)
+    if size >= 1000:
+        return f"{value:,.0f}"
+    if size >= 10:
+        return f"{value:,.1f}"
+    if size == 0:
+        return "0"
+    places = min(9, 2 - math.floor(math.log10(size)))
+    return f"{value:.{places}f}".rstrip("0").rstrip(".")
 
 
 def duration(seconds) -> str:
