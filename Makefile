@@ -16,7 +16,7 @@ BROWSER_PACKAGES := chromium chromium-driver
 # FUSE for the test share that behaves like a NAS (dam_dagster_tests/slowshare.py).
 TEST_PACKAGES := fuse3
 
-.PHONY: install dev serve test lint system-deps test-deps sample bench-dedup bench-render bench-scale bench-browse bench-share bench-sensor screenshots clean
+.PHONY: install dev serve test lint system-deps test-deps sample bench-dedup bench-render bench-scale bench-browse bench-faults bench-share bench-sensor screenshots clean
 
 install: system-deps $(STAMP)
 
@@ -71,10 +71,14 @@ serve: install
 test: install test-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# ruff (configured in pyproject.toml): lint and the format check, on the whole tree.
+# ruff (configured in pyproject.toml): lint and the format check, on the whole tree; and no
+# merge conflict markers left in any tracked file (ruff sees only the Python ones).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@if git rev-parse --git-dir >/dev/null 2>&1 && \
+	    git grep -nE '^(<<<<<<< |>>>>>>> )' -- . ':!*.png' ':!*.jpg'; then \
+	    echo "merge conflict markers left in the files above"; exit 1; fi
 
 # A small library of real meshes, made with trimesh, under the data folder.
 sample: install
@@ -98,10 +102,17 @@ bench-browse: install
 screenshots: install
 	$(BIN)/python docs/screenshots.py
 
-# dedup on a library behind the test share (FUSE, 1 ms per request, 110 MB/s) against jdupes.
+# Fault injection (not part of `make test`: ~25 min): kills, concurrent runs, a full disk (a
+# tmpfs, as root), bad inputs; every answer checked by brute force. BENCH_ARGS="--seed N" etc.
+bench-faults: install
+	$(BIN)/python bench/fault_injection.py $(BENCH_ARGS)
+
+# Change detection behind the test share: sensor ticks, a new file, a changed file, the
+# complete walk (BENCH_ARGS="--library DIR --latency-ms 1").
 bench-sensor: install test-deps
 	$(BIN)/python bench/sensor_bench.py $(BENCH_ARGS)
 
+# dedup on a library behind the test share (FUSE, 1 ms per request, 110 MB/s) against jdupes.
 bench-share: install test-deps
 	$(BIN)/python bench/share_bench.py $(BENCH_ARGS)
 

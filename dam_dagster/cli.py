@@ -94,6 +94,25 @@ def run(sample: bool, skip_thumbnails: bool, force: bool) -> None:
     chain, then the thumbnail partitions, each recorded as a run of the Dagster instance.
     What has nothing to do is not run: an unchanged library costs one walk."""
     roots = _roots(sample)
+    import sqlite3
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        _run(roots, skip_thumbnails, force)
+    except (OSError, sqlite3.Error, SQLAlchemyError) as exc:
+        # Outside any step: the Dagster home could not be written or read (a full disk, say).
+        # A run left in progress by this is marked failed by the next `dam run`.
+        from .core.failures import storage_cause
+
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        cause = storage_cause(f"{type(exc).__name__}: {message}", config.data_dir())
+        _fail(
+            f"{cause}: `dam run` stopped outside any step (Dagster home {config.dagster_home()})", 1
+        )
+
+
+def _run(roots, skip_thumbnails: bool, force: bool) -> None:
     cat = _catalogue(quick=True)
     dedup_needed = force or _dedup_needed(cat, roots)
     buckets = [] if skip_thumbnails else _thumbnail_buckets()
@@ -119,8 +138,9 @@ def run(sample: bool, skip_thumbnails: bool, force: bool) -> None:
 
     instance = dg.DagsterInstance.get()
     for gone in mark_dead_runs_failed(instance):
+        left = "unstarted" if gone.status == dg.DagsterRunStatus.NOT_STARTED else "in progress"
         click.echo(
-            f"dam: run {gone.run_id[:8]} ({gone.job_name}) was left in progress by a process "
+            f"dam: run {gone.run_id[:8]} ({gone.job_name}) was left {left} by a process "
             "that is gone: marked failed",
             err=True,
         )
@@ -249,13 +269,17 @@ def _similar_has_candidates(cat: Catalogue) -> bool:
 
 
 def _dead_runs_left() -> bool:
-    """Whether runs of this machine were left in progress by a process that is gone (read
-    from the run storage without Dagster; a sweep then marks them failed)."""
-    from .runs import queue_state_from_sqlite
+    """Whether runs of this machine were left in progress, or created and never begun, by a
+    process that is gone (read from the run storage without Dagster; a sweep then marks them
+    failed)."""
+    from .runs import RunStorageUnreadable, queue_state_from_sqlite
 
     home = config.dagster_home()
-    state = queue_state_from_sqlite(home) if (home / "dagster.yaml").is_file() else None
-    return bool(state and state.dead)
+    try:
+        state = queue_state_from_sqlite(home) if (home / "dagster.yaml").is_file() else None
+    except RunStorageUnreadable:
+        return True  # let the run try, and say in one line what is wrong
+    return bool(state and (state.dead or state.dead_unstarted))
 
 
 def _status() -> dict:
@@ -308,13 +332,22 @@ def status(as_json: bool) -> None:
 
 def _queue():
     """The run queue of the Dagster home, when there is one (never created by reading)."""
-    from .runs import configured_storage, queue_state, queue_state_from_sqlite
+    from .runs import (
+        RunStorageUnreadable,
+        configured_storage,
+        queue_state,
+        queue_state_from_sqlite,
+    )
 
     home = config.dagster_home()
     if not (home / "dagster.yaml").is_file():
         return None
     if not configured_storage(home):  # the default SQLite storage: read it, or nothing yet
-        return queue_state_from_sqlite(home)
+        try:
+            return queue_state_from_sqlite(home)
+        except RunStorageUnreadable as exc:
+            click.echo(f"dam: {exc}; the run queue is left out", err=True)
+            return None
     import dagster as dg  # another run storage (PostgreSQL): Dagster reads it
 
     os.environ["DAGSTER_HOME"] = str(home)

@@ -90,8 +90,12 @@ def _prepared_version(marker: Path) -> str | None:
 
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: leave nothing half-written behind
+        raise
 
 
 def _create_storages(upgrade: bool) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .core.failures import storage_cause
 from .core.processes import pid_alive, start_time
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 HOST_TAG, PID_TAG, START_TAG = "dam/host", "dam/pid", "dam/process_start"
 CLAIM_TAG = "dam/claimed_by_run"
 IN_PROGRESS_NAMES = ("STARTING", "STARTED", "CANCELING")  # what the run queue counts
+# What the sweep marks failed when its process is gone: runs in progress, and runs created but
+# never begun (a `dam run` killed between creating a run and storing its first event).
+SWEPT_NAMES = ("NOT_STARTED", *IN_PROGRESS_NAMES)
 
 
 def _in_progress():
@@ -84,20 +88,20 @@ def _is_dead(run_id: str, tags, host: str) -> bool:
 
 
 def dead_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
-    """In-progress runs of this host whose process is gone."""
+    """Runs of this host, in progress or not yet begun, whose process is gone."""
     import dagster as dg
 
     host = host_id()
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(statuses=_in_progress(), tags={HOST_TAG: host})
-    )
+    swept = [dg.DagsterRunStatus[name] for name in SWEPT_NAMES]
+    records = instance.get_run_records(filters=dg.RunsFilter(statuses=swept, tags={HOST_TAG: host}))
     return [
         r.dagster_run for r in records if _is_dead(r.dagster_run.run_id, r.dagster_run.tags, host)
     ]
 
 
 def mark_dead_runs_failed(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
-    """Mark failed every in-progress run of this host whose process is gone; returns them."""
+    """Mark failed every run of this host, in progress or not yet begun, whose process is gone;
+    returns them."""
     marked = []
     for run in dead_runs(instance):
         instance.report_run_failed(
@@ -116,6 +120,8 @@ class QueueState:
     queued: int
     limit: int | None  # max_concurrent_runs, when the instance queues runs
     dead: list[str] = field(default_factory=list)  # run ids whose process is gone
+    # runs created, never begun, by a process now gone (not in the queue; swept all the same)
+    dead_unstarted: list[str] = field(default_factory=list)
 
     @property
     def full(self) -> bool:
@@ -141,43 +147,60 @@ def queue_state(instance: dg.DagsterInstance) -> QueueState:
     if hasattr(coordinator, "get_run_queue_config"):  # a queued run coordinator (dagster.yaml)
         limit = coordinator.get_run_queue_config().max_concurrent_runs
         limit = None if limit is None or limit < 0 else limit
-    return QueueState(in_progress, queued, limit, [r.run_id for r in dead_runs(instance)])
+    dead = [r.run_id for r in dead_runs(instance) if r.status.name in IN_PROGRESS_NAMES]
+    return QueueState(in_progress, queued, limit, dead)  # "of them": runs in progress
+
+
+class RunStorageUnreadable(RuntimeError):
+    """The SQLite run storage exists but cannot be read now (a full disk, say)."""
 
 
 def queue_state_from_sqlite(home: Path) -> QueueState | None:
     """The queue of an instance with Dagster's default SQLite run storage, read directly (no
     Dagster import, nothing written). None when there is no such storage (a Dagster home
-    never prepared, or one configured for PostgreSQL: ask `queue_state` then)."""
+    never prepared, or one configured for PostgreSQL: ask `queue_state` then). Raises
+    RunStorageUnreadable when it is there but cannot be read: a run that failed on a full
+    disk can leave its WAL index too short for any reader until space is freed."""
     db = home / "history" / "runs.db"
     if not db.is_file() or configured_storage(home):
         return None
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
-        return None
-    marks = ",".join("?" * len(IN_PROGRESS_NAMES))
+    except sqlite3.Error as exc:
+        raise _unreadable(db, exc) from exc
+    marks = ",".join("?" * len(SWEPT_NAMES))
     try:
         with con:
             counts = dict(con.execute("SELECT status, count(*) FROM runs GROUP BY status"))
             rows = con.execute(
-                f"""SELECT t.run_id, t.key, t.value FROM run_tags t JOIN runs r USING (run_id)
+                f"""SELECT t.run_id, r.status, t.key, t.value
+                    FROM run_tags t JOIN runs r USING (run_id)
                     WHERE r.status IN ({marks}) AND t.key IN (?, ?, ?, ?)""",
-                [*IN_PROGRESS_NAMES, HOST_TAG, PID_TAG, START_TAG, CLAIM_TAG],
+                [*SWEPT_NAMES, HOST_TAG, PID_TAG, START_TAG, CLAIM_TAG],
             ).fetchall()
-    except sqlite3.Error:
-        return None
+    except sqlite3.Error as exc:
+        raise _unreadable(db, exc) from exc
     finally:
         con.close()
     tags: dict[str, dict[str, str]] = {}
-    for run_id, key, value in rows:
+    statuses: dict[str, str] = {}
+    for run_id, status, key, value in rows:
         tags.setdefault(run_id, {})[key] = value
+        statuses[run_id] = status
     host = host_id()
+    dead = sorted(r for r, t in tags.items() if _is_dead(r, t, host))
     return QueueState(
         in_progress=sum(counts.get(s, 0) for s in IN_PROGRESS_NAMES),
         queued=counts.get("QUEUED", 0),
         limit=_configured_limit(home),
-        dead=sorted(r for r, t in tags.items() if _is_dead(r, t, host)),
+        dead=[r for r in dead if statuses[r] in IN_PROGRESS_NAMES],
+        dead_unstarted=[r for r in dead if statuses[r] not in IN_PROGRESS_NAMES],
     )
+
+
+def _unreadable(db: Path, exc: sqlite3.Error) -> RunStorageUnreadable:
+    cause = storage_cause(f"{type(exc).__name__}: {exc}", db.parent)
+    return RunStorageUnreadable(f"{cause}: the run history {db} cannot be read")
 
 
 def _dagster_yaml(home: Path) -> dict:

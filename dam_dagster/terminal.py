@@ -9,17 +9,14 @@ Runs started from the UI or the daemon keep Dagster's own logger and run log.
 
 from __future__ import annotations
 
-import errno
 import logging
 import sys
 
 import dagster as dg
 
-_HINTS = {
-    errno.ENOSPC: "the disk holding the data folder (DAM_DATA_DIR) is full",
-    errno.EDQUOT: "the disk quota of the data folder (DAM_DATA_DIR) is used up",
-    errno.EROFS: "the data folder (DAM_DATA_DIR) is on a read-only filesystem",
-}
+from .core.config import data_dir
+from .core.failures import storage_cause
+
 _SKIPPED = "Dependencies for step "  # Dagster's note on each step after a failed one
 _WRAPPERS = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError")
 
@@ -76,7 +73,4 @@ def failure_cause(data) -> str:
         message = f"{name}: {rest}"
     elif not message.startswith(name):
         message = f"{name}: {message}"
-    for code, hint in _HINTS.items():
-        if f"[Errno {code}]" in message:
-            message = f"{hint} ({message})"
-    return message
+    return storage_cause(message, data_dir())

@@ -2,6 +2,7 @@
 Each test reproduces one way it used to stop, as a person meets it: `dam` commands in
 subprocesses, real runs, a real killed process, a real full filesystem."""
 
+import contextlib
 import io
 import json
 import os
@@ -188,18 +189,29 @@ def test_dam_run_sweeps_runs_left_by_a_dead_process(tmp_path, monkeypatch):
     instance = dg.DagsterInstance.get()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    tags = {"dam/host": host_id(), "dam/pid": dead, "dam/process_start": "1"}
     run = instance.add_run(
-        dg.DagsterRun(
-            job_name="left_behind",
-            status=dg.DagsterRunStatus.STARTED,
-            tags={"dam/host": host_id(), "dam/pid": dead, "dam/process_start": "1"},
-        )
+        dg.DagsterRun(job_name="left_behind", status=dg.DagsterRunStatus.STARTED, tags=tags)
+    )
+    # killed between creating its run and storing its first event (found by
+    # bench/fault_injection.py): NOT_STARTED for ever, its event database never stamped
+    unborn = instance.add_run(
+        dg.DagsterRun(job_name="never_began", status=dg.DagsterRunStatus.NOT_STARTED, tags=tags)
     )
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
     proc = dam("run", "--skip-thumbnails", env=run_env(lib, data), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"run {run.run_id[:8]} (left_behind) was left in progress" in proc.stderr
+    assert f"run {unborn.run_id[:8]} (never_began) was left" in proc.stderr
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(unborn.run_id).status == dg.DagsterRunStatus.FAILURE
+    # with nothing else to do, `dam run` still sweeps such a run
+    again = instance.add_run(
+        dg.DagsterRun(job_name="never_began", status=dg.DagsterRunStatus.NOT_STARTED, tags=tags)
+    )
+    proc = dam("run", "--skip-thumbnails", env=run_env(lib, data), cwd=tmp_path)
+    assert proc.returncode == 0 and f"run {again.run_id[:8]} (never_began)" in proc.stderr
+    assert instance.get_run_by_id(again.run_id).status == dg.DagsterRunStatus.FAILURE
 
 
 # --- 4. reading commands --------------------------------------------------------------------
@@ -264,6 +276,63 @@ def test_reading_works_on_a_full_disk_and_a_full_disk_fails_one_clear_line(tmp_p
             "Traceback" not in full.stderr and "Error occurred while executing" not in full.stderr
         )
         assert dam("status", env=env, cwd=tmp_path).returncode == 0  # still readable
+        os.unlink(mount / "filler")
+        mended = dam("run", "--skip-thumbnails", env=env, cwd=tmp_path)
+        assert mended.returncode == 0, mended.stderr[-2000:]
+        assert catalogue_groups(Catalogue(data)) == brute_force_groups(lib)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for block in (b"\0" * (1 << 20), b"\0" * 4096, b"\0"):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, block)
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_under_the_run_history_is_one_line_and_status_still_reads(
+    tmp_path, monkeypatch
+):
+    """Found by bench/fault_injection.py: when the disk is full, writing the Dagster home (its
+    dagster.yaml on an empty data folder, a new run in runs.db) raised out of `dam run` with a
+    stack trace, and a run that failed there left runs.db's WAL index unreadable, so `dam
+    status` died with one too until space was freed."""
+    monkeypatch.delenv("DAGSTER_HOME")  # its default: in the data folder, on the small disk
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip()}): needs root")
+    try:
+        lib, data = tmp_path / "lib", mount / "data"
+        lib.mkdir()
+        for i in range(3):
+            (lib / f"copy{i}.stl").write_bytes(box_stl(b"same"))
+        env = run_env(lib, data)
+
+        def one_clear_line(proc):
+            assert proc.returncode == 1, proc.stderr[-3000:]
+            assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+            full = [x for x in proc.stderr.splitlines() if x.startswith("dam: the disk holding")]
+            assert full and "(DAM_DATA_DIR) is full" in full[0], proc.stderr[-3000:]
+
+        _fill(mount / "filler")  # full before the first run: nothing of the data folder yet
+        one_clear_line(dam("run", "--skip-thumbnails", env=env, cwd=tmp_path))
+        os.unlink(mount / "filler")
+        assert dam("run", "--skip-thumbnails", env=env, cwd=tmp_path).returncode == 0
+        _fill(mount / "filler")  # full between two runs, with work to do
+        for i in range(40):
+            (lib / f"new{i}.stl").write_bytes(box_stl(b"new%d" % (i % 4)))
+        one_clear_line(dam("run", "--skip-thumbnails", env=env, cwd=tmp_path))
+        status = dam("status", env=env, cwd=tmp_path)
+        assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr[-3000:]
+        assert "duplicate files" in status.stdout
         os.unlink(mount / "filler")
         mended = dam("run", "--skip-thumbnails", env=env, cwd=tmp_path)
         assert mended.returncode == 0, mended.stderr[-2000:]
@@ -372,6 +441,37 @@ def test_a_memory_cap_kill_of_the_same_unchanged_file_twice_is_permanent(tmp_pat
     assert (status, transient, kills) == ("memory", False, 2) and "2 times" in message
     [mat] = render().asset_materializations_for_node("thumbnails_slow")
     assert mat.metadata["files to render"].value == 0  # and it is not tried again
+
+
+def test_a_model_whose_side_file_is_missing_fails_permanently(corpus, tmp_path):
+    """Found by bench/fault_injection.py: a glTF whose .bin buffer is not beside it was a
+    transient failure (an OSError from the loader), so every `dam run` failed for ever; a
+    parser's OSError is about the model, while a failed PNG write stays transient."""
+    import shutil
+
+    shutil.copyfile(corpus / "Mesh_PrimitiveMode_04.gltf", tmp_path / "alone.gltf")
+    (tmp_path / "cube.stl").write_bytes(box_stl(b"side"))
+    gltf = RenderTask(1, str(tmp_path / "alone.gltf"), (tmp_path / "alone.gltf").stat().st_size)
+    thumbs = tmp_path / "thumbs"
+    [missing] = render_files([gltf], thumbs, RenderConfig(workers=1))
+    assert (missing.status, missing.transient) == ("failed", False), missing
+    assert "Mesh_PrimitiveMode_04.bin" in missing.error_message
+    assert "refers to" in missing.error_message
+    thumbs.mkdir(exist_ok=True)
+    os.chmod(thumbs, 0o500)  # the data folder cannot be written: that may pass
+    try:
+        code = f"""
+from dam_dagster.core.render import RenderConfig, RenderTask, render_files
+[o] = render_files([RenderTask(2, {str(tmp_path / "cube.stl")!r}, {BOX})], {str(thumbs)!r},
+                   RenderConfig(workers=1))
+print(o.status, o.transient, o.error_class)
+"""
+        from .conftest import run_unprivileged
+
+        proc = run_unprivileged(code)
+    finally:
+        os.chmod(thumbs, 0o755)
+    assert proc.stdout.split() == ["failed", "True", "PermissionError"], proc.stderr[-2000:]
 
 
 # --- 6. leftovers ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ here. Standard library only: the render workers import it too.
 from __future__ import annotations
 
 import errno
+import os
 
 # OSErrors that say something about the file, not about the storage.
 PERMANENT_ERRNOS = frozenset(
@@ -49,6 +50,42 @@ class PermanentFailure(Exception):
     def __init__(self, error_class: str, message: str):
         super().__init__(message)
         self.error_class = error_class
+
+
+# What a person is told when the data folder's disk refuses a write (the catalogue, the run
+# history, a PNG), the cause first: DuckDB and SQLite word it their own way, and SQLite says
+# only "disk I/O error" when its WAL index cannot grow on a full disk.
+_DISK_HINTS = {
+    errno.ENOSPC: "the disk holding the data folder (DAM_DATA_DIR) is full",
+    errno.EDQUOT: "the disk quota of the data folder (DAM_DATA_DIR) is used up",
+    errno.EROFS: "the data folder (DAM_DATA_DIR) is on a read-only filesystem",
+}
+
+
+def disk_is_full(path: str | os.PathLike) -> bool:
+    """Whether the filesystem holding `path` (or its nearest existing parent) has less than
+    1 MiB left for this user."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
+def storage_cause(message: str, data_dir: str | os.PathLike | None = None) -> str:
+    """`message` with its cause first when it is the disk: "the disk holding the data folder
+    (DAM_DATA_DIR) is full (IOException: ... No space left on device)"."""
+    for code, hint in _DISK_HINTS.items():
+        if f"[Errno {code}]" in message or os.strerror(code) in message:
+            return f"{hint} ({message})"
+    if "database or disk is full" in message or (
+        "disk I/O error" in message and data_dir is not None and disk_is_full(data_dir)
+    ):
+        return f"{_DISK_HINTS[errno.ENOSPC]} ({message})"
+    return message
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import duckdb
 
+from .failures import storage_cause
 from .render.api import MODEL_EXTENSIONS as RENDERED_MODEL_EXTENSIONS
 from .render.capabilities import FACTS_VERSION
 
@@ -695,7 +696,10 @@ class Catalogue:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only, config=DUCKDB_CONFIG)
             except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                if "lock" not in str(exc).lower():  # a full disk, say: its cause, first
+                    cause = storage_cause(f"IOException: {exc}", self.data_dir)
+                    raise CatalogueError(f"cannot open the catalogue {self.path}: {cause}") from exc
+                if time.monotonic() >= deadline:
                     raise CatalogueError(
                         f"cannot open the catalogue {self.path}: {exc}. Close any other "
                         "program that has it open (a SQL client), then try again."

@@ -245,13 +245,16 @@ class Worker:
                 message="out of memory (allocation refused)",
                 transient=True,
             )
-        except OSError as exc:  # the same rule as for reading (core/failures.py)
+        except OSError as exc:
+            # Writing the PNG into the data folder (the loader's own OSErrors are the model's,
+            # in _render): a full disk or a folder made unwritable is not the model's fault
+            # and may pass, so it is tried again, whatever the errno.
             return _result(
                 "failed",
                 md5=md5,
                 error_class=type(exc).__name__,
-                message=str(exc),
-                transient=os_error_is_transient(exc),
+                message=f"cannot write the thumbnail: {exc}",
+                transient=True,
             )
 
     # -- what the same parse tells about the model ------------------------------------
@@ -373,8 +376,18 @@ class Worker:
                 message=str(exc),
                 transient=exc.status == "memory",
             )
-        except (MemoryError, OSError):
+        except MemoryError:
             raise
+        except OSError as exc:  # a side file (glTF buffer, texture) missing or unreadable
+            side = f": {os.path.basename(str(exc.filename))}" if exc.filename else ""
+            return _result(
+                "failed",
+                md5=md5,
+                error_class=type(exc).__name__,
+                message=f"cannot read the model or a file it refers to: "
+                f"{describe_os_error(exc)}{side}",
+                transient=os_error_is_transient(exc),
+            )
         except Exception as exc:
             return _result(
                 "failed",
