@@ -79,20 +79,24 @@ def busy_cpus(seconds: float = 1.0) -> float:
 # ---------------------------------------------------------------------------------------
 
 
-def run_ours(paths: list[Path], thumbs: Path, workers: int, size: int, timeout: float) -> dict:
+def run_ours(
+    paths: list[Path], thumbs: Path, workers: int, size: int, timeout: float, facts: bool = True
+) -> dict:
     shutil.rmtree(thumbs, ignore_errors=True)
     tasks = [RenderTask(i, str(p), p.stat().st_size) for i, p in enumerate(paths)]
     stats: dict = {}
     cpu0 = cpu_seconds()
     started = time.perf_counter()
-    outcomes = render_files(
-        tasks, thumbs, RenderConfig(size=size, workers=workers, timeout_s=timeout), stats=stats
-    )
+    config = RenderConfig(size=size, workers=workers, timeout_s=timeout, facts=facts)
+    outcomes = render_files(tasks, thumbs, config, stats=stats)
     wall = time.perf_counter() - started
     cpu = cpu_seconds() - cpu0
     ok = sum(o.status == "ok" and o.source == "render" for o in outcomes)
+    measured = sum(o.facts is not None and o.facts.get("fingerprint") is not None for o in outcomes)
+    if facts and measured != ok:
+        print(f"warning: {ok - measured} renders came back without facts", file=sys.stderr)
     return {
-        "tool": "ours",
+        "tool": "ours" if facts else "ours, no facts",
         "files": len(paths),
         "ok": ok,
         "workers": workers,
@@ -232,6 +236,13 @@ def main(argv=None) -> int:
     parser.add_argument("--slow-workers", type=int, default=LANES["slow"][2])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--no-f3d", action="store_true")
+    parser.add_argument(
+        "--facts-rounds",
+        type=int,
+        default=1,
+        help="Times ours runs with and without the geometry facts, alternating (the cost of "
+        "the facts is the difference; 0 skips the runs without facts).",
+    )
     parser.add_argument("--sheet", type=Path, default=PROJECT / "docs" / "render_ours_vs_f3d.png")
     args = parser.parse_args(argv)
 
@@ -279,6 +290,11 @@ def main(argv=None) -> int:
         lane_results = [
             run_ours(paths, args.out / f"{lane}_thumbs_ours", workers, args.size, timeout)
         ]
+        for round_ in range(args.facts_rounds):
+            thumbs = args.out / f"{lane}_thumbs_ours"
+            if round_:
+                lane_results.append(run_ours(paths, thumbs, workers, args.size, timeout))
+            lane_results.append(run_ours(paths, thumbs, workers, args.size, timeout, facts=False))
         if f3d_ok:
             lane_results.append(run_f3d(paths, args.out / f"{lane}_thumbs_f3d", workers, args.size))
         for r in lane_results:
@@ -296,18 +312,33 @@ def main(argv=None) -> int:
             "cpus_busy_before": round(load, 2),
             "results": [{k: v for k, v in r.items() if k != "pngs"} for r in lane_results],
         }
+        with_facts = [r for r in lane_results if r["tool"] == "ours"]
+        without = [r for r in lane_results if r["tool"] == "ours, no facts"]
+        if with_facts and without:
+            cpu_with = sorted(r["cpu_s_per_render"] for r in with_facts)[len(with_facts) // 2]
+            cpu_without = sorted(r["cpu_s_per_render"] for r in without)[len(without) // 2]
+            rate_with = sorted(r["renders_per_s"] for r in with_facts)[len(with_facts) // 2]
+            rate_without = sorted(r["renders_per_s"] for r in without)[len(without) // 2]
+            cost = {
+                "cpu_ms_per_file_added": round((cpu_with - cpu_without) * 1000, 2),
+                "cpu_added_percent": round(100 * (cpu_with / cpu_without - 1), 1),
+                "time_added_percent": round(100 * (rate_without / rate_with - 1), 1),
+            }
+            results["lanes"][lane]["facts_cost"] = cost
+            print(
+                f"[{lane}] the facts add {cost['cpu_ms_per_file_added']:.2f} ms CPU per file "
+                f"({cost['cpu_added_percent']:+.1f} % CPU, {cost['time_added_percent']:+.1f} % "
+                "wall time per render; medians)"
+            )
         if lane == "fast" and f3d_ok:
+            theirs = next(r for r in lane_results if r["tool"] == "f3d")
             seen = set()
             for p in paths:
                 stem = p.stem.split("_", 2)[2]
                 if stem not in seen:
                     seen.add(stem)
                     sheet_pairs.append(
-                        (
-                            stem,
-                            lane_results[0]["pngs"].get(str(p)),
-                            lane_results[1]["pngs"].get(str(p)),
-                        )
+                        (stem, lane_results[0]["pngs"].get(str(p)), theirs["pngs"].get(str(p)))
                     )
     if sheet_pairs:
         contact_sheet(sheet_pairs[:16], args.sheet)

@@ -3,9 +3,12 @@
     .venv/bin/python bench/render_profile.py        # after render_bench.py built the fast lane
 
 One process, no pool, LP_NUM_THREADS=0 (as each of two workers on two CPUs runs):
-1. per-file time of the worker's whole job (read, MD5, parse, cull test, framing, GL, PNG),
-   with a cProfile breakdown by stage;
-2. the GL frame alone, for the variants that were measured while building the renderer:
+1. per-file time of the worker's whole job (read, MD5, parse, geometry facts, cull test,
+   framing, GL, PNG), with the facts and without them (alternating rounds, CPU time of this
+   process), and a cProfile breakdown by stage;
+2. a 3MF with a slicer's preview (corpus counterX.3MF, counterXP.3MF): its preview is the
+   thumbnail, and its mesh is parsed for the facts; per file with the facts and without;
+3. the GL frame alone, for the variants that were measured while building the renderer:
    stock pyrender (its PBR shaders, 4x MSAA, colour + depth read-back), our shaders with
    pyrender's 4x MSAA, our shaders with 2x2 supersampling, then with back faces culled.
 """
@@ -28,7 +31,7 @@ sys.path.insert(0, str(PROJECT))
 
 from dam_dagster.core.render import framing, gl  # noqa: E402
 from dam_dagster.core.render import worker as worker_module  # noqa: E402  (sets EGL first)
-from dam_dagster.core.render.loaders import load_model  # noqa: E402
+from dam_dagster.core.render.loaders import load_model, prepare_for_drawing  # noqa: E402
 
 STAGES = {
     "GL frame (pyrender forward pass, llvmpipe)": ("renderer.py", "render"),
@@ -36,7 +39,8 @@ STAGES = {
     "MD5 of the bytes": ("~", "<built-in method _hashlib.openssl_md5>"),
     "2x2 box filter (Pillow reduce)": ("Image.py", "reduce"),
     "parse (binary STL as numpy)": ("loaders.py", "load_binary_stl"),
-    "closed-surface test for culling": ("loaders.py", "orient_for_culling"),
+    "geometry facts and fingerprint (facts.measure)": ("facts.py", "measure"),
+    "closed-surface test for culling (from the facts' sums)": ("model.py", "orient_for_culling"),
     "framing (projected bounds)": ("framing.py", "frame"),
     "read the file": ("worker.py", "read_file"),
 }
@@ -51,27 +55,41 @@ def files(n: int) -> list[str]:
     return paths[:n]
 
 
-def whole_job(paths: list[str]) -> None:
+def whole_job(paths: list[str], rounds: int = 3) -> None:
     thumbs = Path(tempfile.mkdtemp(prefix="dam_profile_"))
-    try:
-        w = worker_module.Worker(
+
+    def worker(facts: bool):
+        return worker_module.Worker(
             {
                 "thumbs_dir": str(thumbs),
                 "size": 256,
                 "background": "transparent",
                 "prefer_embedded": True,
                 "memory_mb": 4096,
+                "facts": facts,
+                "overwrite": True,
             }
         )
-        w.process(paths[0], 0)  # context and shaders
-        t = time.perf_counter()
-        for p in paths[1:]:
-            w.process(p, 0)
-        per_file = (time.perf_counter() - t) / (len(paths) - 1) * 1000
-        print(f"whole job, one process: {per_file:.2f} ms per file\n")
+
+    try:
+        workers = {True: worker(True), False: worker(False)}
+        for w in workers.values():
+            w.process(paths[0], 0)  # context and shaders
+        per_file = {True: [], False: []}
+        for _ in range(rounds):
+            for facts, w in workers.items():
+                t = time.process_time()
+                for p in paths[1:]:
+                    w.process(p, 0)
+                per_file[facts].append((time.process_time() - t) / (len(paths) - 1) * 1000)
+        med = {k: sorted(v)[len(v) // 2] for k, v in per_file.items()}
+        print(
+            f"whole job, one process, CPU ms per file (median of {rounds}): "
+            f"{med[True]:.2f} with the facts, {med[False]:.2f} without "
+            f"(+{med[True] - med[False]:.2f} ms, {100 * (med[True] / med[False] - 1):+.1f} %)\n"
+        )
+        w = workers[True]
         profile = cProfile.Profile()
-        shutil.rmtree(thumbs)
-        thumbs.mkdir()
         profile.enable()
         for p in paths[1:]:
             w.process(p, 0)
@@ -85,7 +103,8 @@ def whole_job(paths: list[str]) -> None:
                 if name == func and (filename == "~" or f.endswith(filename))
             )
             print(f"| {label} | {cum / (len(paths) - 1) * 1000:.2f} |")
-        w.close()
+        for w in workers.values():
+            w.close()
     finally:
         shutil.rmtree(thumbs, ignore_errors=True)
 
@@ -96,7 +115,7 @@ def gl_variants(paths: list[str]) -> None:
     from OpenGL import GL
     from pyrender import renderer as pr
 
-    models = [load_model(Path(p).read_bytes(), ".stl", p) for p in paths[:60]]
+    models = [prepare_for_drawing(load_model(Path(p).read_bytes(), ".stl", p)) for p in paths[:60]]
 
     def timed(render_one) -> float:
         render_one(models[0])
@@ -175,7 +194,40 @@ def gl_variants(paths: list[str]) -> None:
         print(f"| {label} | {ms:.2f} |")
 
 
+def embedded_previews(corpus: Path, repeats: int = 5) -> None:
+    thumbs = Path(tempfile.mkdtemp(prefix="dam_profile_"))
+    print("\n| 3MF with a preview (one process) | CPU ms with the facts | without |")
+    print("|---|---|---|")
+    try:
+        rows = {}
+        for facts in (True, False):
+            w = worker_module.Worker(
+                {
+                    "thumbs_dir": str(thumbs),
+                    "size": 256,
+                    "background": "transparent",
+                    "prefer_embedded": True,
+                    "memory_mb": 4096,
+                    "facts": facts,
+                    "overwrite": True,
+                }
+            )
+            for name in ("counterX.3MF", "counterXP.3MF"):
+                path = str(corpus / name)
+                assert w.process(path, 0)["source"] == "embedded"
+                t = time.process_time()
+                for _ in range(repeats):
+                    w.process(path, 0)
+                rows.setdefault(name, {})[facts] = (time.process_time() - t) / repeats * 1000
+            w.close()
+        for name, ms in rows.items():
+            print(f"| {name} | {ms[True]:.1f} | {ms[False]:.1f} |")
+    finally:
+        shutil.rmtree(thumbs, ignore_errors=True)
+
+
 if __name__ == "__main__":
     paths = files(int(os.environ.get("FILES", "301")))
     whole_job(paths)
+    embedded_previews(PROJECT.parent / "shared" / "corpus" / "trimesh-models")
     gl_variants(paths)

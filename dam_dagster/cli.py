@@ -172,6 +172,11 @@ def _run(roots, skip_thumbnails: bool, force: bool) -> None:
             result = execute(f"thumbnails_{bucket.lane}_job", bucket.key)
             if not result.success:
                 failed.append((f"thumbnails_{bucket.lane}_job", bucket.key, result))
+        if todo or _similar_needed(cat):  # the lanes measured models: group the same mesh
+            ran += 1
+            result = execute("similar_models_job", None)
+            if not result.success:
+                failed.append(("similar_models_job", None, result))
     click.echo("")
     from .core.status import catalogue_status
 
@@ -238,6 +243,29 @@ def _bucket_has_work(cat: Catalogue, bucket) -> bool:
     except CatalogueError:
         return True
     return bool(plan.tasks or plan.unsupported)
+
+
+def _similar_needed(cat: Catalogue) -> bool:
+    """Whether `similar_models` is older than the facts it groups (never materialized, or
+    facts measured since)."""
+    try:
+        with cat.connect(write=False) as con:
+            facts = con.execute("SELECT max(measured_at) FROM model_facts").fetchone()[0]
+            grouped = con.execute("SELECT count(*) FROM similar_models").fetchone()[0]
+    except CatalogueError:
+        return False
+    return facts is not None and not grouped and _similar_has_candidates(cat)
+
+
+def _similar_has_candidates(cat: Catalogue) -> bool:
+    with cat.connect(write=False) as con:
+        return bool(
+            con.execute(
+                "SELECT count(*) FROM (SELECT fingerprint FROM current_model_facts "
+                "WHERE fingerprint IS NOT NULL GROUP BY fingerprint "
+                "HAVING count(DISTINCT content_md5) > 1)"
+            ).fetchone()[0]
+        )
 
 
 def _dead_runs_left() -> bool:
@@ -467,6 +495,263 @@ def backfill_failed(url: str) -> None:
                 )
     except BackfillError as exc:
         _fail(str(exc))
+
+
+@main.command()
+@click.option(
+    "--status",
+    "scope",
+    type=click.Choice(["unsupported", "failed", "all"]),
+    default="all",
+    show_default=True,
+    help="Which files: 'unsupported' (no loader then), 'failed' (failed, timeout, memory).",
+)
+@click.option("--bucket", help="Only this size bucket (a partition key, e.g. '1-5MB').")
+@click.option(
+    "--no-run",
+    is_flag=True,
+    help="Only mark the files; the next run of their partitions (UI, sensors) renders them.",
+)
+def retry(scope: str, bucket: str | None, no_run: bool) -> None:
+    """Render again the files whose thumbnail said 'unsupported' or failed for good, e.g.
+    after installing a loader or fixing a file in place (rows made by older loaders are
+    retried without asking)."""
+    from .core.thumbnails import request_retries, size_buckets
+
+    buckets = {b.key: b for b in size_buckets(int(config.env("DAM_SIZE_THRESHOLD_MB")))}
+    if bucket is not None and bucket not in buckets:
+        _fail(f"no size bucket {bucket!r}; the buckets are {', '.join(buckets)}")
+    chosen = [buckets[bucket]] if bucket else list(buckets.values())
+    marked: dict[str, int] = {}
+    try:
+        for b in chosen:
+            for status, n in request_retries(_catalogue(), scope, b).items():
+                marked[status] = marked.get(status, 0) + n
+    except CatalogueError as exc:
+        _fail(str(exc))
+    total = sum(marked.values())
+    detail = ", ".join(f"{n} {s}" for s, n in sorted(marked.items())) or "none"
+    click.echo(f"{total} file(s) asked for again ({detail})")
+    if no_run or not total:
+        return
+    _roots(use_sample=False)
+    from .home import prepare_dagster_home
+
+    prepare_dagster_home()
+    import dagster as dg
+
+    from .definitions import defs
+    from .runs import process_tags
+    from .terminal import failure_cause
+
+    instance = dg.DagsterInstance.get()
+    jobs = [(f"thumbnails_{b.lane}_job", b.key) for b in chosen if _bucket_has_retries(b)]
+    jobs.append(("similar_models_job", None))
+    failed = []
+    for job_name, partition in jobs:
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"dam_terminal": {}}},
+            partition_key=partition,
+            tags=process_tags(),
+        )
+        if not result.success:
+            failed.append((job_name, partition, result))
+    with _catalogue().connect(write=False) as con:
+        waiting = con.execute(
+            "SELECT count(*) FROM current_thumbnails WHERE retry_requested"
+        ).fetchone()[0]
+        now = dict(
+            con.execute(
+                "SELECT thumbnail_status, count(*) FROM library_files "
+                "WHERE thumbnail_status IS NOT NULL GROUP BY thumbnail_status"
+            ).fetchall()
+        )
+    click.echo(
+        "thumbnails now: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(now.items()))
+        + (f"; {waiting} still waiting" if waiting else "")
+    )
+    for _job, partition, result in failed:
+        for event in (e for e in result.all_events if e.is_step_failure):
+            why = failure_cause(event.step_failure_data)
+            click.echo(f"dam: {event.step_key} [{partition}] failed: {why}", err=True)
+    if failed:
+        _fail(f"{len(failed)} of {len(jobs)} runs failed (details in the Dagster UI)", 1)
+
+
+def _bucket_has_retries(bucket) -> bool:
+    with _catalogue().connect(write=False) as con:
+        return bool(
+            con.execute(
+                "SELECT count(*) FROM current_thumbnails t JOIN file_inventory f USING (file_id) "
+                "WHERE t.retry_requested AND f.size_bytes >= $low "
+                "AND ($high IS NULL OR f.size_bytes < $high)",
+                {"low": bucket.low, "high": bucket.high},
+            ).fetchone()[0]
+        )
+
+
+_FIND_COLUMNS = (
+    "path",
+    "triangles",
+    "size_x_mm",
+    "size_y_mm",
+    "size_z_mm",
+    "volume_mm3",
+    "watertight",
+    "probably_inches",
+    "fits_printers",
+)
+
+
+@main.command()
+@click.option("--max-x", type=float, help="Largest size along X, mm (likewise -y, -z).")
+@click.option("--max-y", type=float)
+@click.option("--max-z", type=float)
+@click.option("--min-x", type=float, help="Smallest size along X, mm (likewise -y, -z).")
+@click.option("--min-y", type=float)
+@click.option("--min-z", type=float)
+@click.option("--watertight/--not-watertight", default=None, help="Closed meshes, or open ones.")
+@click.option("--probably-inches", is_flag=True, help="Unit-less files sized as if in inches.")
+@click.option("--fits", "fits", help="Fits this printer of DAM_PRINTERS (its name).")
+@click.option("--max-triangles", type=int)
+@click.option("--name", "pattern", help="Path glob, e.g. '*dragon*' (case-insensitive).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--limit", type=int, default=0, help="At most this many (0: all).")
+def find(fmt: str, limit: int, pattern: str | None, fits: str | None, **bounds) -> None:
+    """Models by their geometry facts, e.g. `dam find --max-x 180 --watertight`. Reads the
+    catalogue only; which printers a model fits follows DAM_PRINTERS as it is now."""
+    from .core.printers import parse_printers
+
+    try:
+        printers = parse_printers()
+    except ConfigError as exc:
+        _fail(str(exc))
+    by_name = {p.name: p for p in printers}
+    if fits is not None and fits not in by_name:
+        _fail(f"no printer {fits!r} in DAM_PRINTERS: {', '.join(by_name)}")
+    where, params = ["triangles IS NOT NULL"], {}
+    for axis in "xyz":
+        for kind, op in (("max", "<="), ("min", ">=")):
+            value = bounds.get(f"{kind}_{axis}")
+            if value is not None:
+                where.append(f"size_{axis}_mm {op} ${kind}_{axis}")
+                params[f"{kind}_{axis}"] = value
+    if bounds.get("watertight") is not None:
+        where.append("watertight = $watertight")
+        params["watertight"] = bounds["watertight"]
+    if bounds.get("probably_inches"):
+        where.append("probably_inches")
+    if bounds.get("max_triangles") is not None:
+        where.append("triangles <= $max_triangles")
+        params["max_triangles"] = bounds["max_triangles"]
+    if fits is not None:  # the rule of core/printers.py, in SQL
+        p = by_name[fits]
+        where.append(
+            "size_z_mm <= $pz AND ((size_x_mm <= $px AND size_y_mm <= $py) "
+            "OR (size_y_mm <= $px AND size_x_mm <= $py))"
+        )
+        params.update(px=p.x_mm, py=p.y_mm, pz=p.z_mm)
+    if pattern:
+        where.append("path ILIKE $pattern ESCAPE '\\'")
+        params["pattern"] = (
+            pattern.replace("\\", "\\\\")
+            .replace("%", "\\%")
+            .replace("_", "\\_")
+            .replace("*", "%")
+            .replace("?", "_")
+        )
+    columns = [c for c in _FIND_COLUMNS if c != "fits_printers"]
+    sql = f"SELECT {', '.join(columns)} FROM models WHERE {' AND '.join(where)} ORDER BY path"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    try:
+        with _catalogue().connect(write=False) as con:
+            rows = con.execute(sql, params).fetchall()
+    except CatalogueError as exc:
+        _fail(str(exc))
+    records = []
+    for row in rows:
+        r = dict(zip(columns, row))
+        size = (r["size_x_mm"], r["size_y_mm"], r["size_z_mm"])
+        r["fits_printers"] = sorted(p.name for p in printers if p.fits(*size))
+        records.append(r)
+    if fmt == "json":
+        click.echo(json.dumps(records, indent=2))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(_FIND_COLUMNS)
+        for r in records:
+            writer.writerow(
+                [";".join(r[c]) if isinstance(r[c], list) else r[c] for c in _FIND_COLUMNS]
+            )
+    else:
+        for r in records:
+            size = " x ".join(f"{r[f'size_{a}_mm']:.1f}" for a in "xyz")
+            flags = ["watertight" if r["watertight"] else "open"]
+            if r["probably_inches"]:
+                flags.append("inches?")
+            click.echo(
+                f"{size:>24} mm  {r['triangles']:>9,} tri  {', '.join(flags):<20} {r['path']}"
+            )
+        click.echo(f"{len(records)} model(s)", err=True)
+
+
+@main.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+)
+def similar(fmt: str) -> None:
+    """Same model, different file: groups of files holding the same mesh in other bytes
+    (other format, ASCII or binary, another header, moved, re-saved), as of the last
+    `similar_models` (dam run, or the UI)."""
+    from .core.similar import similar_groups
+
+    try:
+        groups = similar_groups(_catalogue())
+    except CatalogueError as exc:
+        _fail(str(exc))
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "fingerprint": g.fingerprint,
+                        "members": g.members,
+                        "exact_duplicates": g.exact_duplicates,
+                        "triangles": g.triangles,
+                        "size_mm": list(g.size_mm) if g.size_mm else None,
+                    }
+                    for g in groups
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not groups:
+        click.echo("No model is held by two different files.")
+    for g in groups:
+        size = " x ".join(f"{v:g}" for v in g.size_mm) + " mm" if g.size_mm else ""
+        click.echo(
+            f"{g.fingerprint}  {len(g.members)} files  {g.triangles or 0:,} triangles  {size}"
+        )
+        copies = {p for group in g.exact_duplicates for p in group[1:]}
+        for path in g.members:
+            click.echo(f"  {'copy of above' if path in copies else 'file':<14} {path}")
+    if groups:
+        click.echo(f"{len(groups)} group(s), {sum(len(g.members) for g in groups)} files")
 
 
 @main.command()

@@ -5,21 +5,27 @@
 
 A huge file never blocks small ones: the lanes have their own pools of render processes and
 their own concurrency pools, so both run at once. Within a partition only files without a
-current thumbnail are rendered (core/thumbnails.py says exactly which). Permanent failures are
-recorded and kept; failures that may pass (timeout, memory cap, crashed worker) make the
-partition's run fail at its end, so the UI shows the partition as failed and a backfill of
-failed partitions renders exactly those files again. Thumbnails follow the inventory by
-themselves (eager automation).
+current thumbnail are rendered (core/thumbnails.py says exactly which); every model parsed is
+measured in the same pass (geometry facts, fingerprint, print facts: `model_facts`).
+Permanent failures are recorded and kept until the file or its loader changes; failures that
+may pass (timeout, memory cap, crashed worker) make the partition's run fail at its end, so
+the UI shows the partition as failed and a backfill of failed partitions renders exactly those
+files again. Thumbnails follow the inventory by themselves (eager automation); `retry` in the
+run config (Launchpad) or the run tag `dam/retry` asks for unsupported or failed files again.
 """
 
-import dataclasses
 import time
+from enum import Enum
 from urllib.parse import quote
 
 import dagster as dg
+from pydantic import Field
 
 from .core.config import env
+from .core.printers import parse_printers, sync_printers
 from .core.render import make_contact_sheet_data_uri, render_files
+from .core.render.capabilities import capabilities_digest
+from .core.store import CatalogueError
 from .core.thumbnails import (
     FAST,
     SLOW,
@@ -28,7 +34,9 @@ from .core.thumbnails import (
     bucket_state,
     lane_counts,
     lane_stats,
+    loader_changes,
     plan_bucket,
+    request_retries,
     size_buckets,
 )
 from .core.vocabulary import FAILED_STATUSES, thumbnail_summary
@@ -41,6 +49,28 @@ EAGER = dg.AutomationCondition.eager()
 BUCKETS = {b.key: b for b in size_buckets(int(env("DAM_SIZE_THRESHOLD_MB")))}
 fast_partitions = dg.StaticPartitionsDefinition([k for k, b in BUCKETS.items() if b.lane == FAST])
 slow_partitions = dg.StaticPartitionsDefinition([k for k, b in BUCKETS.items() if b.lane == SLOW])
+
+
+class Retry(Enum):
+    none = "none"
+    failed = "failed"
+    unsupported = "unsupported"
+    all = "all"
+
+
+class LaneConfig(dg.Config):
+    """Set in the Launchpad (Materialize > Open launchpad), e.g. `retry: unsupported`."""
+
+    retry: Retry = Field(
+        default=Retry.none,
+        description="Render again the partition's files whose last attempt said 'unsupported' "
+        "(after installing a loader), 'failed' (failed, timeout or memory), or 'all' of "
+        "those; 'none' renders only what is due. A backfill can ask the same with the run tag "
+        "dam/retry=<scope>.",
+    )
+
+
+RETRY_TAG = "dam/retry"
 
 
 class _Progress:
@@ -77,15 +107,32 @@ def _failures_md(state: BucketState, bucket: str) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
+def _retry_scope(context: dg.AssetExecutionContext, config: LaneConfig) -> str:
+    scope = config.retry.value
+    tag = (context.run.tags.get(RETRY_TAG) or "").strip().lower()
+    if scope == "none" and tag:
+        if tag not in {r.value for r in Retry}:
+            raise dg.Failure(f"run tag {RETRY_TAG}={tag!r}: use failed, unsupported or all")
+        scope = tag
+    return scope
+
+
 def render_partition(
     context: dg.AssetExecutionContext,
     lane: str,
     renderer: RenderResource,
     catalogue: CatalogueResource,
-):
+    lane_config: LaneConfig,
+) -> dg.MaterializeResult | None:
     bucket = BUCKETS[context.partition_key]
     config = renderer.config(lane)
     cat = catalogue.catalogue(context.log)
+    with cat.connect() as con:  # fits_printers in the views follows DAM_PRINTERS
+        sync_printers(con, parse_printers())
+    scope = _retry_scope(context, lane_config)
+    if scope != "none":
+        marked = request_retries(cat, scope, bucket)
+        context.log.info(f"retry {scope}: {sum(marked.values())} file(s) asked for again")
     plan = plan_bucket(cat, bucket, config.size, config.background)
     if plan.in_bucket == 0:
         # Nothing in this size bucket: an observation, not a materialization, so the partition
@@ -99,12 +146,13 @@ def render_partition(
             )
         )
         return
-    if plan.settings_changed:  # PNGs are keyed by content: redo those made with old settings
-        config = dataclasses.replace(config, overwrite=True)
     context.log.info(
-        f"{plan.in_bucket:,} files in the bucket, {len(plan.tasks):,} to render "
-        f"({plan.retries} retries, {plan.missing_png} lost PNGs), {plan.up_to_date:,} up to "
-        f"date; {config.workers} workers, {config.timeout_s:.0f} s timeout"
+        f"{plan.in_bucket:,} files in the bucket, {len(plan.tasks):,} to render or measure "
+        f"({plan.retries} retries, {plan.missing_png} lost PNGs, {plan.renderer_changed} made "
+        f"by older code, {plan.capability_changed} whose loader changed, "
+        f"{plan.retry_requested} asked for, {plan.facts_missing} to measure only), "
+        f"{plan.up_to_date:,} up to date; {config.workers} workers, "
+        f"{config.timeout_s:.0f} s timeout"
     )
     writer = OutcomeWriter(cat, bucket, plan, config.size, config.background)
     writer.add_unsupported()
@@ -135,6 +183,11 @@ def render_partition(
         "files in the bucket": plan.in_bucket,
         "files to render": len(plan.tasks),
         "up to date (not rendered)": plan.up_to_date,
+        "retried: made by older code for the format": plan.renderer_changed,
+        "retried: the format's loader changed": plan.capability_changed,
+        "retried: asked for": plan.retry_requested,
+        "measured only (thumbnail current)": plan.facts_missing,
+        "models measured (model_facts rows)": writer.measured,
         "rendered": stats.by_source.get("render", 0),
         "reused (same content already rendered)": stats.by_source.get("cache", 0),
         "embedded previews": stats.by_source.get("embedded", 0),
@@ -176,13 +229,17 @@ def render_partition(
     automation_condition=EAGER,
     pool="thumbnails_fast",
     output_required=False,
-    description="Thumbnails of the models under the size threshold: many workers, short timeout.",
+    description="Thumbnails of the models under the size threshold: many workers, short timeout. "
+    "Every model parsed is measured in the same pass (model_facts).",
 )
 def thumbnails_fast(
-    context: dg.AssetExecutionContext, renderer: RenderResource, catalogue: CatalogueResource
+    context: dg.AssetExecutionContext,
+    config: LaneConfig,
+    renderer: RenderResource,
+    catalogue: CatalogueResource,
 ):
     # A generator, so that an empty bucket can yield nothing (output_required=False).
-    result = render_partition(context, FAST, renderer, catalogue)
+    result = render_partition(context, FAST, renderer, catalogue, config)
     if result is not None:
         yield result
 
@@ -196,13 +253,17 @@ def thumbnails_fast(
     pool="thumbnails_slow",
     output_required=False,
     description="Thumbnails of the models at or over the size threshold: few workers, long "
-    "timeout, so huge files never hold up the small ones.",
+    "timeout, so huge files never hold up the small ones. Every model parsed is measured in "
+    "the same pass (model_facts).",
 )
 def thumbnails_slow(
-    context: dg.AssetExecutionContext, renderer: RenderResource, catalogue: CatalogueResource
+    context: dg.AssetExecutionContext,
+    config: LaneConfig,
+    renderer: RenderResource,
+    catalogue: CatalogueResource,
 ):
     # A generator, so that an empty bucket can yield nothing (output_required=False).
-    result = render_partition(context, SLOW, renderer, catalogue)
+    result = render_partition(context, SLOW, renderer, catalogue, config)
     if result is not None:
         yield result
 
@@ -252,3 +313,42 @@ fast_job = dg.define_asset_job(
 slow_job = dg.define_asset_job(
     "thumbnails_slow_job", selection=[thumbnails_slow], partitions_def=slow_partitions
 )
+
+
+@dg.sensor(
+    name="dam_loaders",
+    jobs=[fast_job, slow_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=int(env("DAM_SENSOR_INTERVAL_S")),
+    description="When the renderer's loaders change (a library such as cascadio installed or "
+    "upgraded, or a new version of our code for a format), asks for the thumbnail partitions "
+    "holding files made by other loaders; each renders exactly those files (the rest is up to "
+    "date and costs a plan).",
+)
+def loaders_sensor(context: dg.SensorEvaluationContext, catalogue: CatalogueResource):
+    digest = capabilities_digest()
+    if digest == context.cursor:
+        return dg.SkipReason("the loaders are the ones the thumbnails were made with")
+    cat = catalogue.catalogue(who="dam_loaders")
+    cat.lock_timeout_s = min(cat.lock_timeout_s, 5)
+    try:
+        changed = loader_changes(cat, BUCKETS.values())
+    except CatalogueError:  # missing (nothing rendered yet) or busy: decide next tick
+        return dg.SkipReason("no catalogue to look at yet")
+    if not changed:  # the rows say so, the first look included: nothing to ask for
+        return dg.SensorResult(skip_reason="no file was made by other loaders", cursor=digest)
+    context.log.info(
+        f"the loaders changed ({context.cursor or 'first look'} -> {digest}): "
+        + ", ".join(f"{key} {n:,} file(s)" for key, n in changed.items())
+    )
+    requests = [
+        dg.RunRequest(  # no run key: the same loaders may come back after an uninstall
+            job_name=(fast_job if BUCKETS[key].lane == FAST else slow_job).name,
+            partition_key=key,
+        )
+        for key in changed
+    ]
+    return dg.SensorResult(run_requests=requests, cursor=digest)
+
+
+SENSORS = [loaders_sensor]

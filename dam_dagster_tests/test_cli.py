@@ -133,6 +133,69 @@ def test_sample_library_run(tmp_path):
     assert status["models"] >= 8
 
 
+def test_find_similar_and_retry(corpus, tmp_path):
+    """The model commands on one real run: `dam find` by geometry facts, `dam similar` for
+    the same mesh in other files, `dam retry` for files that failed for good."""
+    import shutil
+
+    import trimesh
+
+    from . import slicer_files as sf
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("box.STL", "torus.STL", "busted.STL", "pyramids.3mf", "featuretype.STEP"):
+        shutil.copy(corpus / name, lib / name)
+    trimesh.load(corpus / "box.STL").export(lib / "box.obj")
+    (lib / "box copy.STL").write_bytes((corpus / "box.STL").read_bytes())
+    (lib / "slicer.gcode").write_bytes(sf.cura_gcode())  # no preview: 'unsupported'
+    env = {
+        "DAM_LIBRARY_ROOTS": str(lib),
+        "DAM_DATA_DIR": str(tmp_path / "data"),
+        "DAM_PRINTERS": "Mini=180x180x180, Plate=300x200x100",
+    }
+    run = dam("run", env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    status = json.loads(dam("status", "--json", env=env, cwd=tmp_path).stdout)
+    assert status["models_measured"] == 8 and status["similar_groups"] == 1  # every file
+
+    found = json.loads(
+        dam("find", "--max-x", "180", "--watertight", "--format", "json", env=env).stdout
+    )
+    names = sorted(os.path.basename(r["path"]) for r in found)
+    # pyramids.3mf is 347 mm long; the STEP part is 127 mm; the rest are small
+    assert names == sorted(
+        ["box.STL", "box copy.STL", "box.obj", "torus.STL", "busted.STL", "featuretype.STEP"]
+    )
+    assert all(r["size_x_mm"] <= 180 and r["watertight"] for r in found)
+    plate = json.loads(dam("find", "--fits", "Plate", "--format", "json", env=env).stdout)
+    assert "pyramids.3mf" not in {os.path.basename(r["path"]) for r in plate}  # 347 x 163 mm
+    inches = dam("find", "--probably-inches", "--format", "csv", env=env).stdout
+    assert "box.STL" in inches and "featuretype.STEP" not in inches
+    bad = dam("find", "--fits", "Nope", env=env)
+    assert bad.returncode == 2 and "no printer 'Nope'" in bad.stderr
+
+    similar = json.loads(dam("similar", "--format", "json", env=env).stdout)
+    assert [sorted(os.path.basename(p) for p in g["members"]) for g in similar] == [
+        ["box copy.STL", "box.STL", "box.obj"]
+    ]
+    assert all(os.path.isabs(p) for p in similar[0]["members"])
+    assert sorted(os.path.basename(p) for p in similar[0]["exact_duplicates"][0]) == [
+        "box copy.STL",
+        "box.STL",
+    ]
+    assert "copy of above" in dam("similar", env=env).stdout
+
+    retried = dam("retry", "--status", "unsupported", "--bucket", "<1MB", env=env, cwd=tmp_path)
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    assert "1 file(s) asked for again (1 unsupported)" in retried.stdout
+    assert "unsupported" in retried.stdout.splitlines()[-1]  # still no preview in it
+    none = dam("retry", "--status", "failed", env=env, cwd=tmp_path)
+    assert none.returncode == 0 and "0 file(s) asked for again" in none.stdout
+    wrong = dam("retry", "--bucket", "huge", env=env, cwd=tmp_path)
+    assert wrong.returncode == 2 and "no size bucket 'huge'" in wrong.stderr
+
+
 def test_an_unchanged_run_launches_nothing_and_a_change_only_what_it_needs(corpus, tmp_path):
     import shutil
     import sqlite3
@@ -151,18 +214,19 @@ def test_an_unchanged_run_launches_nothing_and_a_change_only_what_it_needs(corpu
 
     first = dam("run", env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
-    # the chain and the one partition with models; the empty ones are not run
-    assert runs() == [("dedup", None), ("thumbnails_fast_job", "<1MB")]
+    # the chain, the one partition with models (the empty ones are not run), the grouping
+    lanes = [("dedup", None), ("thumbnails_fast_job", "<1MB"), ("similar_models_job", None)]
+    assert runs() == lanes
     assert "up to date, not run: 1-5MB, 5-30MB, 30-100MB" in first.stderr
     again = dam("run", env=env, cwd=tmp_path)
     assert again.returncode == 0 and "nothing changed since the last run" in again.stderr
-    assert len(runs()) == 2 and "duplicate groups" in again.stdout  # the figures all the same
+    assert len(runs()) == 3 and "duplicate groups" in again.stdout  # the figures all the same
     shutil.copy(corpus / "box.STL", lib / "box copy.STL")
     third = dam("run", env=env, cwd=tmp_path)
     assert third.returncode == 0, third.stderr[-2000:]
-    assert runs()[2:] == [("dedup", None), ("thumbnails_fast_job", "<1MB")]
+    assert runs()[3:] == lanes
     forced = dam("run", "--force", "--skip-thumbnails", env=env, cwd=tmp_path)
-    assert forced.returncode == 0 and runs()[4:] == [("dedup", None)]
+    assert forced.returncode == 0 and runs()[6:] == [("dedup", None)]
 
 
 def test_an_unchanged_run_skips_with_broken_and_empty_zips_and_a_root_removed(tmp_path):

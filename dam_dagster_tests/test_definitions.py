@@ -32,7 +32,7 @@ def test_definitions_load():
 
 def test_sensors_run_by_default():
     sensors = {s.name: s for s in defs.sensors}
-    assert set(sensors) == {"library_sensor", "dam_automation", "dam_dead_runs"}
+    assert set(sensors) == {"library_sensor", "dam_automation", "dam_dead_runs", "dam_loaders"}
     for sensor in sensors.values():
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 

@@ -30,6 +30,7 @@ from dam_dagster.core.render import (
     render_files,
     thumbnail_relpath,
 )
+from dam_dagster.core.render.loaders import Y_UP_TO_Z_UP
 
 from .conftest import snapshot
 from .conftest_render import (
@@ -247,20 +248,107 @@ def test_broken_empty_and_unknown_files_fail_permanently(corpus, tmp_path):
     assert _pngs(tmp_path / "thumbs") == []
 
 
-def test_step_needs_cascadio(corpus, tmp_path):
-    copy_into(tmp_path / "lib", corpus, ["featuretype.STEP"])
-    [o] = render_files(
-        _tasks([tmp_path / "lib" / "featuretype.STEP"]),
-        tmp_path / "thumbs",
-        RenderConfig(workers=1),
+def test_step_renders_out_of_the_box(corpus, tmp_path):
+    """cascadio is a main dependency: a STEP file from the corpus renders, Z up as in the CAD,
+    and is measured in millimetres (cascadio reads STEP in metres)."""
+    copy_into(tmp_path / "lib", corpus, ["featuretype.STEP", "featuretype.STL"])
+    paths = [tmp_path / "lib" / "featuretype.STEP", tmp_path / "lib" / "featuretype.STL"]
+    step, stl = render_files(_tasks(paths), tmp_path / "thumbs", RenderConfig(workers=1))
+    assert (step.status, step.source) == ("ok", "render"), step
+    assert (step.facts["size_x_mm"], step.facts["size_y_mm"]) == pytest.approx((127.0, 63.5))
+    assert step.facts["watertight"] and step.facts["volume_mm3"] > 0
+    # the same part drawn from the STL (in inches, without a unit): the same silhouette
+    a = rgba(tmp_path / "thumbs" / step.thumbnail_relpath)[..., 3] > 0
+    b = rgba(tmp_path / "thumbs" / stl.thumbnail_relpath)[..., 3] > 0
+    assert (a & b).sum() / (a | b).sum() > 0.9
+
+
+def _height_over_width(png: Path) -> float:
+    x0, y0, x1, y1 = alpha_bbox(rgba(png))
+    return (y1 - y0 + 1) / (x1 - x0 + 1)
+
+
+def test_y_up_obj_stands_up_and_z_up_obj_is_not_tipped_over(corpus, tmp_path):
+    """Real Y-up exports of the corpus stand up (a Blender bust, a Wings 3D rabbit); a Z-up
+    bottle stays standing; and the rabbit written once Y up and once Z up, without any
+    exporter comment, gives the same standing picture both times."""
+    import trimesh
+
+    lib = tmp_path / "lib"
+    copy_into(lib, corpus, ["target.obj", "rabbit.obj", "rabbit.mtl"])
+    copy_into(lib, corpus, ["fuze.obj", "fuze.obj.mtl", "fuze uv.jpg"])
+    rabbit = trimesh.load(corpus / "rabbit.obj", force="mesh")  # as in the file: Y up
+    (lib / "rabbit_y_up.obj").write_text(trimesh.exchange.obj.export_obj(rabbit))
+    rabbit.apply_transform(Y_UP_TO_Z_UP)
+    (lib / "rabbit_z_up.obj").write_text(trimesh.exchange.obj.export_obj(rabbit))
+    names = ["target.obj", "rabbit.obj", "fuze.obj", "rabbit_y_up.obj", "rabbit_z_up.obj"]
+    outcomes = dict(
+        zip(
+            names,
+            render_files(_tasks([lib / n for n in names]), tmp_path / "thumbs", RenderConfig()),
+        )
     )
-    try:
-        import cascadio  # noqa: F401
-    except ImportError:
-        assert (o.status, o.error_class, o.transient) == ("unsupported", "MissingDependency", False)
-        assert "cascadio" in o.error_message
-    else:
-        assert (o.status, o.source) == ("ok", "render"), o
+    thumbs = tmp_path / "thumbs"
+    ratio = {n: _height_over_width(thumbs / o.thumbnail_relpath) for n, o in outcomes.items()}
+    up = {n: o.facts["up_axis"] for n, o in outcomes.items()}
+    assert up == {
+        "target.obj": "Y",  # no flat base: Blender's comment decides
+        "rabbit.obj": "Y",  # its feet are its flat base
+        "fuze.obj": "Z",
+        "rabbit_y_up.obj": "Y",
+        "rabbit_z_up.obj": "Z",
+    }, up
+    assert min(ratio.values()) > 1.0, ratio  # every one of them stands: taller than wide
+    a = rgba(thumbs / outcomes["rabbit_y_up.obj"].thumbnail_relpath)[..., 3] > 0
+    b = rgba(thumbs / outcomes["rabbit_z_up.obj"].thumbnail_relpath)[..., 3] > 0
+    assert (a & b).sum() / (a | b).sum() > 0.95  # the same picture
+
+
+def test_vertex_colours_are_shaded(tmp_path):
+    """A PLY with vertex colours (under trimesh's names, and MeshLab's diffuse_* ones) is
+    drawn in its colours and lit: faces of one colour differ in brightness."""
+    import trimesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=10.0)
+    right = sphere.vertices[:, 0] > 0  # red on the right, blue on the left
+    colours = np.zeros((len(sphere.vertices), 4), dtype=np.uint8)
+    colours[right] = (220, 40, 40, 255)
+    colours[~right] = (40, 40, 220, 255)
+    sphere.visual = trimesh.visual.ColorVisuals(sphere, vertex_colors=colours)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "colours.ply").write_bytes(trimesh.exchange.ply.export_ply(sphere))
+    header = (
+        f"ply\nformat ascii 1.0\nelement vertex {len(sphere.vertices)}\nproperty float x\n"
+        "property float y\nproperty float z\nproperty uchar diffuse_red\n"
+        "property uchar diffuse_green\nproperty uchar diffuse_blue\n"
+        f"element face {len(sphere.faces)}\nproperty list uchar int vertex_indices\nend_header\n"
+    )
+    body = "".join(
+        f"{x} {y} {z} {r} {g} {b}\n" for (x, y, z), (r, g, b, _) in zip(sphere.vertices, colours)
+    ) + "".join(f"3 {a} {b} {c}\n" for a, b, c in sphere.faces)
+    (lib / "meshlab.ply").write_text(header + body)
+    names = ["colours.ply", "meshlab.ply"]
+    outcomes = render_files(_tasks([lib / n for n in names]), tmp_path / "t", RenderConfig())
+    for name, o in zip(names, outcomes):
+        px = rgba(tmp_path / "t" / o.thumbnail_relpath).astype(int)
+        opaque = px[px[..., 3] == 255][:, :3]
+        red = opaque[(opaque[:, 0] > opaque[:, 2] + 60)]
+        blue = opaque[(opaque[:, 2] > opaque[:, 0] + 60)]
+        assert len(red) > 0.1 * len(opaque) and len(blue) > 0.1 * len(opaque), name
+        # lit, not flat: the red faces span a range of brightness
+        assert red[:, 0].std() > 12, name
+
+
+def test_coloured_point_clouds_keep_their_colours(corpus, tmp_path):
+    copy_into(tmp_path / "lib", corpus, ["points_agisoft.xyz"])
+    [o] = render_files(
+        _tasks([tmp_path / "lib" / "points_agisoft.xyz"]), tmp_path / "t", RenderConfig()
+    )
+    px = rgba(tmp_path / "t" / o.thumbnail_relpath)
+    drawn = px[px[..., 3] > 0][:, :3].astype(int)
+    blue = np.array([0.23, 0.36, 0.55]) * 255  # the colour of points without colours
+    assert np.abs(drawn - blue).sum(axis=1).mean() > 40  # the file's colours, not ours
 
 
 def test_a_hung_render_is_killed_at_the_timeout_and_the_batch_completes(

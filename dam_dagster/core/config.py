@@ -59,6 +59,14 @@ SETTINGS: tuple[EnvSetting, ...] = (
     EnvSetting(
         "DAM_PREFER_EMBEDDED", "1", "1 to use a 3MF's embedded preview instead of rendering."
     ),
+    EnvSetting(
+        "DAM_PRINTERS",
+        # build volumes from the makers' specifications, mm
+        "Prusa MINI=180x180x180, Prusa MK4=250x210x220, Prusa XL=360x360x360, "
+        "Bambu Lab A1 mini=180x180x180, Bambu Lab X1/P1/A1=256x256x256, "
+        "Creality Ender-3=220x220x250",
+        "Printers models are checked against: Name=XxYxZ (mm), separated by commas.",
+    ),
     # The library browser (`dam serve`, started by `make dev` beside the Dagster UI).
     EnvSetting("DAM_BROWSER_HOST", "127.0.0.1", "Address the library browser listens on."),
     EnvSetting("DAM_BROWSER_PORT", "3001", "Port of the library browser."),

@@ -65,6 +65,10 @@ def status_figures(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
         "thumbnails_failed": per_file["thumbnails_failed"],
         "thumbnails_unsupported": per_file["thumbnails_unsupported"],
         "models_without_thumbnail": per_file["models_without_thumbnail"],
+        "models_measured": one(
+            "SELECT count(*) FROM current_model_facts WHERE error_class IS NULL"
+        ),
+        "similar_groups": one("SELECT count(DISTINCT group_id) FROM similar_models"),
         "walk_issues": one("SELECT count(*) FROM walk_issues"),
     }
     return {k: int(v or 0) for k, v in status.items()}

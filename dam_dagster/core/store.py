@@ -29,13 +29,14 @@ import duckdb
 
 from .failures import storage_cause
 from .render.api import MODEL_EXTENSIONS as RENDERED_MODEL_EXTENSIONS
+from .render.capabilities import FACTS_VERSION
 
 DB_NAME = "dam.duckdb"
 # Every connection: two threads (the catalogue is one of several things a run does), and a
 # bounded buffer pool, so that a million-file inventory spills its joins to
 # `dam.duckdb.tmp/` beside the file rather than growing the process past a NAS's memory.
 DUCKDB_CONFIG = {"threads": 2, "memory_limit": "512MB", "preserve_insertion_order": False}
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class CatalogueError(RuntimeError):
@@ -260,6 +261,68 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (size_bytes, full_hash)
     );
     """,
+    7: """
+    -- A thumbnail row is current for the code that made it too (core/render/capabilities.py):
+    -- our code for the format, and the libraries its loader had. Rows written before this
+    -- record began have NULLs (read as version 1 of every format, libraries unknown).
+    ALTER TABLE thumbnails ADD COLUMN renderer_version VARCHAR;   -- e.g. 'obj/2 draw/1'
+    ALTER TABLE thumbnails ADD COLUMN capabilities VARCHAR;       -- e.g. 'trimesh 5.2.0; cascadio 0.1.1'
+    ALTER TABLE thumbnails ADD COLUMN retry_requested BOOLEAN DEFAULT false;  -- dam retry, or the lanes' retry config
+
+    -- What the render pass learnt about each model, from the same read and parse as its
+    -- thumbnail (core/render/facts.py, slicer.py). Like thumbnails, a row belongs to the file
+    -- state it was made from, and to the facts code (facts_version).
+    CREATE TABLE model_facts (
+        file_id            BIGINT PRIMARY KEY,
+        size_bytes         BIGINT NOT NULL,
+        mtime_ns           BIGINT NOT NULL,
+        ctime_ns           BIGINT,
+        facts_version      INTEGER NOT NULL,
+        content_md5        VARCHAR,
+        error_class        VARCHAR,             -- read but could not be measured
+        error_message      VARCHAR,
+        triangles          BIGINT,
+        points             BIGINT,
+        bodies             INTEGER,             -- groups of triangles sharing vertices
+        size_x_mm          DOUBLE,              -- bounding box, Z up as drawn
+        size_y_mm          DOUBLE,
+        size_z_mm          DOUBLE,
+        area_mm2           DOUBLE,
+        volume_mm3         DOUBLE,              -- closed (watertight, consistently wound) only
+        watertight         BOOLEAN,
+        winding_consistent BOOLEAN,
+        unit               VARCHAR,             -- as the file declares it; NULL: none (read as mm)
+        probably_inches    BOOLEAN,
+        up_axis            VARCHAR,             -- 'Z', or 'Y' for a Y-up file turned Z-up
+        fingerprint        VARCHAR,             -- the same mesh in any file: docs/MODELS.md
+        slicer             VARCHAR,             -- slicer projects and G-code: print facts
+        printer            VARCHAR,
+        nozzle_mm          DOUBLE,
+        filament_types     VARCHAR[],
+        filament_colours   VARCHAR[],
+        object_names       VARCHAR[],
+        print_time_s       DOUBLE,              -- when sliced: the slicer's estimate
+        filament_g         DOUBLE,
+        measured_at        TIMESTAMP NOT NULL
+    );
+
+    -- The printers of DAM_PRINTERS as the last run saw them: `fits_printers` in the views.
+    CREATE TABLE printers (
+        name  VARCHAR PRIMARY KEY,
+        x_mm  DOUBLE NOT NULL,
+        y_mm  DOUBLE NOT NULL,
+        z_mm  DOUBLE NOT NULL
+    );
+
+    -- similar_models: files holding the same mesh (same fingerprint) in different bytes.
+    CREATE TABLE similar_models (
+        file_id               BIGINT PRIMARY KEY,
+        fingerprint           VARCHAR NOT NULL,
+        group_id              BIGINT NOT NULL,  -- the lowest file_id of the group
+        group_size            INTEGER NOT NULL,
+        exact_duplicate_of_id BIGINT            -- an earlier member with the very same bytes
+    );
+    """,
 }
 
 # Tables whose rows belong to one state of a file (size_bytes, mtime_ns, ctime_ns): a row is
@@ -292,6 +355,11 @@ CREATE OR REPLACE VIEW current_thumbnails AS
     WHERE f.present AND t.size_bytes = f.size_bytes AND t.mtime_ns = f.mtime_ns
       AND t.ctime_ns IS NOT DISTINCT FROM f.ctime_ns;
 
+CREATE OR REPLACE VIEW current_model_facts AS
+    SELECT m.* FROM model_facts m
+    JOIN file_inventory f USING (file_id)
+    WHERE f.present AND {current_m} AND m.facts_version = {facts_version};
+
 CREATE OR REPLACE VIEW empty_files AS
     SELECT file_id AS id, path FROM file_inventory WHERE present AND size_bytes = 0;
 
@@ -312,13 +380,41 @@ CREATE OR REPLACE VIEW library_files AS
         f.mtime_ns,
         f.extension IN ({model_extensions})              AS is_model,
         t.status                                         AS thumbnail_status,
-        t.source                                         AS thumbnail_source
+        t.source                                         AS thumbnail_source,
+        m.triangles,
+        m.bodies,
+        m.size_x_mm,
+        m.size_y_mm,
+        m.size_z_mm,
+        m.area_mm2,
+        m.volume_mm3,
+        m.watertight,
+        m.winding_consistent,
+        m.probably_inches,
+        m.unit,
+        m.up_axis,
+        m.fingerprint,
+        -- the printers (DAM_PRINTERS) whose build volume holds the model as it stands,
+        -- turned a quarter on the plate if need be; NULL when the model was not measured
+        {fits_printers}                                  AS fits_printers,
+        m.slicer,
+        m.printer,
+        m.nozzle_mm,
+        m.filament_types,
+        m.filament_colours,
+        m.object_names,
+        m.print_time_s,
+        m.filament_g,
+        s.group_id                                       AS similar_group_id
     -- the current_* conditions, joined once (the views would join file_inventory again each)
     FROM file_inventory f
     LEFT JOIN partial_hashes ph ON ph.file_id = f.file_id AND {current_ph}
     LEFT JOIN full_hashes fh ON fh.file_id = f.file_id AND {current_fh}
     LEFT JOIN duplicates d ON d.file_id = f.file_id
     LEFT JOIN thumbnails t ON t.file_id = f.file_id AND {current_t}
+    LEFT JOIN model_facts m ON m.file_id = f.file_id AND {current_m}
+      AND m.facts_version = {facts_version}
+    LEFT JOIN similar_models s ON s.file_id = f.file_id
     WHERE f.present;
 
 CREATE OR REPLACE VIEW models AS
@@ -356,14 +452,28 @@ def current(alias: str, file: str = "f") -> str:
     )
 
 
+# The printers (table `printers`) whose build volume holds the model of facts row `m` as it
+# stands, turned a quarter on the plate if need be (core/printers.py's rule); NULL when the
+# model was not measured. Used by the views and by the browser's tables (core/browse.py).
+FITS_PRINTERS_SQL = """CASE WHEN m.size_x_mm IS NOT NULL THEN COALESCE(
+            (SELECT list(p.name ORDER BY p.name) FROM printers p
+              WHERE m.size_z_mm <= p.z_mm
+                AND ((m.size_x_mm <= p.x_mm AND m.size_y_mm <= p.y_mm)
+                  OR (m.size_y_mm <= p.x_mm AND m.size_x_mm <= p.y_mm))),
+            []::VARCHAR[]) END"""
+
+
 def _view_sql(thumbs_dir: Path) -> str:
     exts = ", ".join(f"'{e}'" for e in MODEL_EXTENSIONS)
     return _VIEWS.format(
         model_extensions=exts,
         thumbs_dir=str(thumbs_dir).replace("'", "''"),
+        facts_version=int(FACTS_VERSION),
         current_ph=current("ph"),
         current_fh=current("fh"),
         current_t=current("t"),
+        current_m=current("m"),
+        fits_printers=FITS_PRINTERS_SQL,
     )
 
 
@@ -637,7 +747,11 @@ def migrate(con: duckdb.DuckDBPyConnection, thumbs_dir: Path, target: int = SCHE
                 f"the catalogue was written by a newer dam_dagster (schema {current}, this "
                 f"release knows {target}). Upgrade dam_dagster to open it."
             )
-        for version in range(current + 1, target + 1):
+        # Every migration not applied yet, in order. By the set applied, not the highest
+        # number: a migration whose branch landed after a later-numbered one (v4 after v5)
+        # is still applied to catalogues that already have the later one.
+        applied = {int(v) for (v,) in con.execute("SELECT version FROM dam_schema").fetchall()}
+        for version in sorted(v for v in MIGRATIONS if v <= target and v not in applied):
             con.execute(MIGRATIONS[version])
             con.execute("INSERT INTO dam_schema (version) VALUES (?)", [version])
         if target == SCHEMA_VERSION:  # the views are this release's: for its schema only

@@ -1,11 +1,16 @@
 """Thumbnails, catalogue side: size buckets, which files of a bucket need a render, and the
-outcome rows. Rendering itself happens in worker processes (core/render).
+outcome rows (thumbnails, and the model facts measured in the same pass). Rendering itself
+happens in worker processes (core/render).
 
 A file needs a render when it has no current row (new, or changed since), when its last
 attempt failed for a reason that may pass (timeout, memory cap, crashed worker, I/O error),
-when its thumbnail was made at another size or background, or when its PNG has gone from the
-thumbnails folder. A permanent failure (corrupt or empty mesh, unsupported format) is kept
-until the file changes.
+when its thumbnail was made at another size or background or by older code for its format
+(core/render/capabilities.py), when its PNG has gone from the thumbnails folder, or when a
+retry was asked for (`dam retry`, the lanes' `retry` config). A permanent failure (corrupt or
+empty mesh, unsupported format) is kept until the file changes or the libraries its format
+needs do (a loader installed or upgraded). A model whose thumbnail is current but whose facts
+are not (made before facts existed, or by older facts code) is read and measured again
+without being rendered.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ import pyarrow as pa
 from .archives import MEMBER_MARK
 from .failures import MEMORY_KILLS_PERMANENT
 from .render.api import IMAGE_EXTENSIONS, MODEL_EXTENSIONS, RenderOutcome, RenderTask
+from .render.capabilities import (
+    FACTS_VERSION,
+    capabilities_table,
+    legacy_renderer_version,
+    renderer_version,
+)
 from .store import MODEL_EXTENSIONS as CATALOGUE_MODEL_EXTENSIONS
 from .store import Catalogue
 from .vocabulary import FAILED_STATUSES
@@ -33,6 +44,37 @@ FAST, SLOW = "fast", "slow"
 # Files that go through a lane: every model format the catalogue knows, and images.
 THUMBNAIL_EXTENSIONS = frozenset(CATALOGUE_MODEL_EXTENSIONS) | IMAGE_EXTENSIONS
 RENDERABLE_EXTENSIONS = MODEL_EXTENSIONS | IMAGE_EXTENSIONS
+# What `dam retry --status` and the lanes' `retry` config can ask for
+RETRY_SCOPES = {
+    "failed": FAILED_STATUSES,
+    "unsupported": ("unsupported",),
+    "all": (*FAILED_STATUSES, "unsupported"),
+}
+# The columns of model_facts that the render pass fills (core/render/facts.py, slicer.py)
+FACT_COLUMNS = {
+    "triangles": pa.int64(),
+    "points": pa.int64(),
+    "bodies": pa.int32(),
+    "size_x_mm": pa.float64(),
+    "size_y_mm": pa.float64(),
+    "size_z_mm": pa.float64(),
+    "area_mm2": pa.float64(),
+    "volume_mm3": pa.float64(),
+    "watertight": pa.bool_(),
+    "winding_consistent": pa.bool_(),
+    "unit": pa.string(),
+    "probably_inches": pa.bool_(),
+    "up_axis": pa.string(),
+    "fingerprint": pa.string(),
+    "slicer": pa.string(),
+    "printer": pa.string(),
+    "nozzle_mm": pa.float64(),
+    "filament_types": pa.list_(pa.string()),
+    "filament_colours": pa.list_(pa.string()),
+    "object_names": pa.list_(pa.string()),
+    "print_time_s": pa.float64(),
+    "filament_g": pa.float64(),
+}
 
 
 @dataclass(frozen=True)
@@ -75,23 +117,34 @@ class Plan:
     unsupported: list[int] = field(default_factory=list)  # file ids, no renderer for them
     states: dict[int, tuple[int, int, int | None]] = field(default_factory=dict)  # id: state
     memory_kills: dict[int, int] = field(default_factory=dict)  # id: kills of this state so far
+    exts: dict[int, str] = field(default_factory=dict)  # id: extension
+    facts_only: set[int] = field(default_factory=set)  # ids whose thumbnail is current
     in_bucket: int = 0  # thumbnail-able files of the bucket
     up_to_date: int = 0  # current thumbnail, or a permanent failure: nothing to do
     retries: int = 0  # last attempt failed for a reason that may pass
     missing_png: int = 0  # marked ok, but the PNG is gone
     settings_changed: int = 0  # made at another size or background: the PNG must be redone
+    renderer_changed: int = 0  # made by older code for its format: done again, PNG included
+    capability_changed: int = 0  # a permanent failure, but its format's libraries changed
+    retry_requested: int = 0  # asked for by dam retry or the lanes' retry config
+    facts_missing: int = 0  # thumbnail current, facts not: read and measured, not rendered
 
 
 def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background: str) -> Plan:
     exts = ", ".join(f"'{e}'" for e in sorted(THUMBNAIL_EXTENSIONS))
+    caps = capabilities_table()
     with catalogue.connect(write=False) as con:
         rows = con.execute(
             f"""
             SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns,
                    a.path AS archive_path, a.raw_path AS archive_raw, f.member,
                    f.extension, t.status, t.transient, t.thumbnail_relpath, t.thumbnail_size,
-                   t.background, t.memory_kills
-            FROM present_files f LEFT JOIN current_thumbnails t USING (file_id)
+                   t.background, t.memory_kills,
+                   t.renderer_version, t.capabilities, t.retry_requested,
+                   m.file_id IS NOT NULL AS has_facts
+            FROM present_files f
+            LEFT JOIN current_thumbnails t USING (file_id)
+            LEFT JOIN current_model_facts m USING (file_id)
             LEFT JOIN file_inventory a ON a.file_id = f.archive_id
             WHERE f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
               AND f.extension IN ({exts})
@@ -102,37 +155,127 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
     plan = Plan(in_bucket=len(rows))
     for row in rows:
         (file_id, path, raw, fsize, mtime, ctime, archive, archive_raw, member, ext) = row[:10]
-        status, transient, rel, tsize, tbg, kills = row[10:]
+        status, transient, rel, tsize, tbg, kills = row[10:16]
+        made_by, made_with, retry, has_facts = row[16:]
         plan.states[file_id] = (fsize, mtime, ctime)
+        plan.exts[file_id] = ext
         if status == "memory" and kills:
             plan.memory_kills[file_id] = int(kills)
-        if status == "ok" and tsize == size and tbg == background:
-            if (catalogue.thumbs_dir / rel).exists():
+        rerender = facts_only = False
+        if status is None:
+            pass  # new, or changed since its last row
+        elif retry:
+            plan.retry_requested += 1
+        elif (made_by or legacy_renderer_version(ext)) != renderer_version(ext):
+            plan.renderer_changed += 1
+            rerender = True
+        elif status == "ok":
+            if tsize != size or tbg != background:
+                plan.settings_changed += 1
+                rerender = True
+            elif not (catalogue.thumbs_dir / rel).exists():
+                plan.missing_png += 1
+            elif ext in MODEL_EXTENSIONS and not has_facts:
+                plan.facts_missing += 1
+                facts_only = True
+            else:
                 plan.up_to_date += 1
                 continue
-            plan.missing_png += 1
-        elif status == "ok":
-            plan.settings_changed += 1
-        elif status is not None and not transient:
+        elif transient:
+            plan.retries += 1
+        elif (made_with or "") != caps.get(ext, ""):
+            plan.capability_changed += 1
+        else:
             plan.up_to_date += 1
             continue
-        elif status is not None and transient:
-            plan.retries += 1
         if ext not in RENDERABLE_EXTENSIONS:
             plan.unsupported.append(file_id)
             continue
+        if facts_only:
+            plan.facts_only.add(file_id)
         if member is not None:  # read from its zip by the worker (core/archives.py)
             fs_archive = os.fsdecode(archive_raw) if archive_raw is not None else archive
             fs_path = f"{fs_archive}{MEMBER_MARK}{member}"
         else:
             fs_path = os.fsdecode(raw) if raw is not None else path
-        plan.tasks.append(RenderTask(file_id, fs_path, fsize))
+        need_facts = ext in MODEL_EXTENSIONS and not has_facts
+        plan.tasks.append(RenderTask(file_id, fs_path, fsize, rerender, need_facts))
     return plan
+
+
+def loader_changes(catalogue: Catalogue, buckets: Iterable[SizeBucket]) -> dict[str, int]:
+    """Per size bucket key, how many files have a row made by other code for their format, or
+    a lasting failure under other libraries: the files a change of loaders concerns, by the
+    same rules as plan_bucket (which then re-plans them), counted without looking at PNGs.
+    A transient failure or a retry asked for is not the loaders' business."""
+    exts = ", ".join(f"'{e}'" for e in sorted(THUMBNAIL_EXTENSIONS))
+    caps = capabilities_table()
+    changed: dict[str, int] = {}
+    with catalogue.connect(write=False) as con:
+        for bucket in buckets:
+            rows = con.execute(
+                f"""
+                SELECT f.extension, t.status, t.transient, t.retry_requested,
+                       t.renderer_version, t.capabilities, count(*)
+                FROM present_files f JOIN current_thumbnails t USING (file_id)
+                WHERE f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
+                  AND f.extension IN ({exts})
+                GROUP BY ALL
+            """,
+                {"low": bucket.low, "high": bucket.high},
+            ).fetchall()
+            n = 0
+            for ext, status, transient, retry, made_by, made_with, count in rows:
+                if retry:
+                    continue
+                if (made_by or legacy_renderer_version(ext)) != renderer_version(ext):
+                    n += count
+                elif status != "ok" and not transient and (made_with or "") != caps.get(ext, ""):
+                    n += count
+            if n:
+                changed[bucket.key] = n
+    return changed
+
+
+def request_retries(
+    catalogue: Catalogue, scope: str = "all", bucket: SizeBucket | None = None
+) -> dict[str, int]:
+    """Mark the current rows of present files with the scope's statuses (RETRY_SCOPES) for
+    the next run of their partition, in one bucket or all. Returns the files marked by
+    status."""
+    if scope not in RETRY_SCOPES:
+        raise ValueError(f"retry scope must be one of {', '.join(RETRY_SCOPES)}, not {scope!r}")
+    statuses = list(RETRY_SCOPES[scope])
+    low, high = (bucket.low, bucket.high) if bucket is not None else (0, None)
+    with catalogue.connect() as con:
+        counts = con.execute(
+            """
+            SELECT t.status, count(*) FROM current_thumbnails t JOIN file_inventory f
+              USING (file_id)
+            WHERE t.status IN (SELECT unnest($statuses))
+              AND f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
+            GROUP BY t.status
+            """,
+            {"statuses": statuses, "low": low, "high": high},
+        ).fetchall()
+        con.execute(
+            """
+            UPDATE thumbnails SET retry_requested = true
+            WHERE file_id IN (
+                SELECT t.file_id FROM current_thumbnails t JOIN file_inventory f
+                  USING (file_id)
+                WHERE t.status IN (SELECT unnest($statuses))
+                  AND f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high))
+            """,
+            {"statuses": statuses, "low": low, "high": high},
+        )
+    return {status: int(n) for status, n in counts}
 
 
 class OutcomeWriter:
     """Collects outcomes as they arrive and writes them in batches, each one transaction, so
-    hours of rendering are never lost to a crash and no connection stays open meanwhile."""
+    hours of rendering are never lost to a crash and no connection stays open meanwhile.
+    A batch holds the thumbnail rows and the model facts of the same outcomes."""
 
     def __init__(
         self,
@@ -148,8 +291,11 @@ class OutcomeWriter:
         self.size, self.background = size, background
         self.batch, self.every_s = batch, every_s
         self.pending: list[dict] = []
+        self.pending_facts: list[dict] = []
         self.last_flush = time.monotonic()
         self.written = 0
+        self.measured = 0
+        self.capabilities = capabilities_table()  # what this run renders with
         self.settled: list[RenderOutcome] = []  # the outcomes as recorded, in arrival order
 
     def settle(self, outcome: RenderOutcome) -> RenderOutcome:
@@ -168,36 +314,74 @@ class OutcomeWriter:
             "`dam retry` asks for it)",
         )
 
+    def _made_by(self, file_id: int) -> tuple[str, str]:
+        ext = self.plan.exts.get(file_id, "")
+        return renderer_version(ext), self.capabilities.get(ext, "")
+
     def add(self, outcome: RenderOutcome) -> RenderOutcome:
         """Record one outcome (written in the next batch); returns it as recorded."""
         outcome = self.settle(outcome)
         self.settled.append(outcome)
+        file_id = int(outcome.key)
         size, mtime, ctime = self.plan.states[outcome.key]
         kills = self.plan.memory_kills.get(outcome.key, 0) + 1 if outcome.status == "memory" else 0
-        self.pending.append(
-            {
-                "file_id": int(outcome.key),
-                "size_bytes": size,
-                "mtime_ns": mtime,
-                "ctime_ns": ctime,
-                "memory_kills": kills,
-                "status": outcome.status,
-                "source": outcome.source,
-                "content_md5": outcome.content_md5,
-                "thumbnail_relpath": outcome.thumbnail_relpath,
-                "error_class": outcome.error_class,
-                "error_message": outcome.error_message,
-                "transient": bool(outcome.transient),
-                "render_seconds": float(outcome.seconds),
-            }
+        made_by, made_with = self._made_by(file_id)
+        # a task that only needed facts leaves its (current) thumbnail row alone, unless it
+        # had to make a new PNG after all
+        keep_row = file_id in self.plan.facts_only and not (
+            outcome.ok and outcome.source != "cache"
         )
-        if len(self.pending) >= self.batch or time.monotonic() - self.last_flush > self.every_s:
+        if not keep_row:
+            self.pending.append(
+                {
+                    "file_id": file_id,
+                    "size_bytes": size,
+                    "mtime_ns": mtime,
+                    "ctime_ns": ctime,
+                    "memory_kills": kills,
+                    "status": outcome.status,
+                    "source": outcome.source,
+                    "content_md5": outcome.content_md5,
+                    "thumbnail_relpath": outcome.thumbnail_relpath,
+                    "error_class": outcome.error_class,
+                    "error_message": outcome.error_message,
+                    "transient": bool(outcome.transient),
+                    "render_seconds": float(outcome.seconds),
+                    "renderer_version": made_by,
+                    "capabilities": made_with,
+                }
+            )
+        error = outcome.facts_error
+        if keep_row and error is None and not outcome.ok and not outcome.transient:
+            # only the facts were asked for and the file now fails for good (a 3MF refused
+            # as an archive bomb, say): record why, or it would be asked for again every run
+            error = (outcome.error_class, outcome.error_message)
+        if outcome.facts is not None or error is not None:
+            facts = outcome.facts or {}
+            error = error or (None, None)
+            self.pending_facts.append(
+                {
+                    "file_id": file_id,
+                    "size_bytes": size,
+                    "mtime_ns": mtime,
+                    "ctime_ns": ctime,
+                    "content_md5": outcome.content_md5,
+                    "error_class": error[0],
+                    "error_message": error[1],
+                    **{k: facts.get(k) for k in FACT_COLUMNS},
+                }
+            )
+        if (
+            len(self.pending) + len(self.pending_facts) >= self.batch
+            or time.monotonic() - self.last_flush > self.every_s
+        ):
             self.flush()
         return outcome
 
     def add_unsupported(self) -> None:
         for file_id in self.plan.unsupported:
             fsize, mtime, ctime = self.plan.states[file_id]
+            made_by, made_with = self._made_by(file_id)
             self.pending.append(
                 {
                     "file_id": file_id,
@@ -213,42 +397,74 @@ class OutcomeWriter:
                     "error_message": "no renderer for this format",
                     "transient": False,
                     "render_seconds": 0.0,
+                    "renderer_version": made_by,
+                    "capabilities": made_with,
                 }
             )
 
     def flush(self) -> None:
         self.last_flush = time.monotonic()
-        if not self.pending:
+        if not self.pending and not self.pending_facts:
             return
         rows, self.pending = self.pending, []
+        facts, self.pending_facts = self.pending_facts, []
         now = datetime.now(timezone.utc).replace(tzinfo=None)
+        with self.catalogue.connect() as con:
+            if rows:
+                con.register("outcomes", self._thumbnail_table(rows, now))
+                con.execute("INSERT OR REPLACE INTO thumbnails BY NAME SELECT * FROM outcomes")
+            if facts:
+                con.register("measured", self._facts_table(facts, now))
+                con.execute("INSERT OR REPLACE INTO model_facts BY NAME SELECT * FROM measured")
+        self.written += len(rows)
+        self.measured += len(facts)
+
+    def _thumbnail_table(self, rows: list[dict], now) -> pa.Table:
         cols = {k: [r[k] for r in rows] for k in rows[0]}
-        table = pa.table(
+        n = len(rows)
+        return pa.table(
             {
                 "file_id": pa.array(cols["file_id"], pa.int64()),
                 "size_bytes": pa.array(cols["size_bytes"], pa.int64()),
                 "mtime_ns": pa.array(cols["mtime_ns"], pa.int64()),
                 "ctime_ns": pa.array(cols["ctime_ns"], pa.int64()),
                 "memory_kills": pa.array(cols["memory_kills"], pa.int32()),
-                "lane": pa.array([self.bucket.lane] * len(rows), pa.string()),
-                "bucket": pa.array([self.bucket.key] * len(rows), pa.string()),
+                "lane": pa.array([self.bucket.lane] * n, pa.string()),
+                "bucket": pa.array([self.bucket.key] * n, pa.string()),
                 "status": pa.array(cols["status"], pa.string()),
                 "source": pa.array(cols["source"], pa.string()),
                 "content_md5": pa.array(cols["content_md5"], pa.string()),
                 "thumbnail_relpath": pa.array(cols["thumbnail_relpath"], pa.string()),
-                "thumbnail_size": pa.array([self.size] * len(rows), pa.int32()),
-                "background": pa.array([self.background] * len(rows), pa.string()),
+                "thumbnail_size": pa.array([self.size] * n, pa.int32()),
+                "background": pa.array([self.background] * n, pa.string()),
                 "error_class": pa.array(cols["error_class"], pa.string()),
                 "error_message": pa.array(cols["error_message"], pa.string()),
                 "transient": pa.array(cols["transient"], pa.bool_()),
                 "render_seconds": pa.array(cols["render_seconds"], pa.float64()),
-                "rendered_at": pa.array([now] * len(rows), pa.timestamp("us")),
+                "rendered_at": pa.array([now] * n, pa.timestamp("us")),
+                "renderer_version": pa.array(cols["renderer_version"], pa.string()),
+                "capabilities": pa.array(cols["capabilities"], pa.string()),
+                "retry_requested": pa.array([False] * n, pa.bool_()),
             }
         )
-        with self.catalogue.connect() as con:
-            con.register("outcomes", table)
-            con.execute("INSERT OR REPLACE INTO thumbnails BY NAME SELECT * FROM outcomes")
-        self.written += len(rows)
+
+    @staticmethod
+    def _facts_table(rows: list[dict], now) -> pa.Table:
+        n = len(rows)
+        columns = {
+            "file_id": pa.array([r["file_id"] for r in rows], pa.int64()),
+            "size_bytes": pa.array([r["size_bytes"] for r in rows], pa.int64()),
+            "mtime_ns": pa.array([r["mtime_ns"] for r in rows], pa.int64()),
+            "ctime_ns": pa.array([r["ctime_ns"] for r in rows], pa.int64()),
+            "facts_version": pa.array([FACTS_VERSION] * n, pa.int32()),
+            "content_md5": pa.array([r["content_md5"] for r in rows], pa.string()),
+            "error_class": pa.array([r["error_class"] for r in rows], pa.string()),
+            "error_message": pa.array([r["error_message"] for r in rows], pa.string()),
+        }
+        for name, kind in FACT_COLUMNS.items():
+            columns[name] = pa.array([r[name] for r in rows], kind)
+        columns["measured_at"] = pa.array([now] * n, pa.timestamp("us"))
+        return pa.table(columns)
 
 
 @dataclass

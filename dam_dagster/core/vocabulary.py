@@ -49,6 +49,8 @@ STATUS_LABELS: dict[str, str] = {
     "thumbnails_failed": "thumbnails failed",
     "thumbnails_unsupported": "files of a format without a renderer",
     "models_without_thumbnail": "models without a thumbnail",
+    "models_measured": "models measured (facts)",
+    "similar_groups": "same model, different files: groups",
     "walk_issues": "walk issues",
 }
 

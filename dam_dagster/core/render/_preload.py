@@ -8,9 +8,11 @@ from . import worker  # noqa: F401  (sets PYOPENGL_PLATFORM=egl before anything 
 try:
     import PIL.Image  # noqa: F401
     import PIL.PngImagePlugin  # noqa: F401
+    import pyarrow  # noqa: F401  (vertex ids in facts.py)
+    import scipy.sparse.csgraph  # noqa: F401  (bodies in facts.py)
     import trimesh  # noqa: F401
     import trimesh.exchange.load  # noqa: F401
 
-    from . import gl, images, loaders  # noqa: F401
+    from . import facts, gl, images, loaders, slicer  # noqa: F401
 except Exception:  # pragma: no cover - depends on the machine
     pass

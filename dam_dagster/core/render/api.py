@@ -9,10 +9,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-# What trimesh can load as 3D geometry (lower case, with the dot). STEP needs the optional
-# `cascadio` package; without it STEP files get status 'unsupported'. 2D drawings (DXF, SVG)
+# Slicer outputs: their thumbnail is the preview the slicer embedded (G-code comments, or
+# binary G-code thumbnail blocks), and they carry print facts (core/render/slicer.py).
+SLICED_EXTENSIONS: frozenset[str] = frozenset({".gcode", ".gco", ".bgcode"})
+
+# What the renderer handles as a model (lower case, with the dot): everything trimesh can load
+# as 3D geometry (STEP through `cascadio`, a main dependency; if it is missing STEP files get
+# status 'unsupported' until it is installed) and the slicer outputs. 2D drawings (DXF, SVG)
 # and archives (ZIP) are deliberately not models.
-MODEL_EXTENSIONS: frozenset[str] = frozenset(
+MESH_EXTENSIONS: frozenset[str] = frozenset(
     {
         ".stl",
         ".3mf",
@@ -30,15 +35,16 @@ MODEL_EXTENSIONS: frozenset[str] = frozenset(
         ".xyz",
     }
 )
+MODEL_EXTENSIONS: frozenset[str] = MESH_EXTENSIONS | SLICED_EXTENSIONS
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 
 # Formats drawn Z-up, as slicers show them (STEP too: trimesh's cascadio path keeps the CAD
-# axes). glTF is Y-up by its specification; COLLADA says which in its <up_axis>.
+# axes). glTF is Y-up by its specification; COLLADA says which in its <up_axis>; OBJ has a
+# rule of its own (loaders.obj_is_y_up, docs/MODELS.md).
 Z_UP_EXTENSIONS: frozenset[str] = frozenset(
     {
         ".stl",
         ".3mf",
-        ".obj",
         ".ply",
         ".off",
         ".3dxml",
@@ -73,6 +79,10 @@ class RenderConfig:
     # Render even when thumbs_dir/ab/<md5>.png exists (the cache is keyed by content only:
     # after a change of size, background or prefer_embedded, existing PNGs are otherwise reused).
     overwrite: bool = False
+    # Measure every model parsed (geometry facts, fingerprint, print facts) in the same pass.
+    # The catalogue always wants them; bench/render_bench.py turns them off to measure their
+    # cost.
+    facts: bool = True
 
     def __post_init__(self) -> None:
         if not 16 <= int(self.size) <= 4096:
@@ -95,6 +105,12 @@ class RenderTask:
     key: object  # the caller's id (a file_id); returned untouched in the outcome
     path: str  # filesystem path as Python str (may hold surrogate escapes)
     size_bytes: int
+    # Render even when thumbs_dir/ab/<md5>.png exists: that PNG was made by older code or
+    # settings (RenderConfig.overwrite does the same for every task).
+    rerender: bool = False
+    # Parse the model for its facts (geometry, fingerprint, print facts) even when its PNG
+    # exists and is reused. A render always computes them.
+    need_facts: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +124,11 @@ class RenderOutcome:
     error_message: str | None
     seconds: float  # wall time spent on this file
     transient: bool  # True when a retry could succeed
+    # What the same pass learnt about the model (core/render/facts.py, slicer.py): geometry
+    # facts and fingerprint, print facts of slicer projects and G-code; None when not parsed.
+    facts: dict | None = None
+    # (error class, message) when the model could not be measured although it was read.
+    facts_error: tuple[str, str] | None = None
 
     @property
     def ok(self) -> bool:

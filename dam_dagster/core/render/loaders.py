@@ -6,6 +6,13 @@ normals the fragment shader derives on its own. Every other format goes through 
 (`process=False`: no vertex merging, no normals computed), with side files (MTL, textures,
 glTF .bin) resolved relative to the model's folder.
 
+Which way is up: Z for STL, 3MF, PLY, OFF (as slicers show them) and STEP, Y for glTF (its
+specification), COLLADA's <up_axis>, and for OBJ the rule of `obj_is_y_up` (docs/MODELS.md).
+The model also carries the unit its file declares (`LoadedModel.unit`, `unit_mm`).
+
+`load_model` returns the drawables as read; `prepare_for_drawing` then decides, per
+drawable, whether back faces can be culled (from the sums facts.measure already made).
+
 Runs only in render worker processes (it imports numpy and, lazily, trimesh).
 """
 
@@ -89,7 +96,6 @@ def load_binary_stl(data, n: int) -> LoadedModel:
     if len(positions) == 0:
         raise EmptyMesh("no triangle with finite coordinates")
     d = Drawable(positions=positions)
-    orient_for_culling(d)
     return LoadedModel([d], triangles=len(positions) // 3)
 
 
@@ -102,10 +108,11 @@ def _drop_non_finite_triangles(soup: np.ndarray) -> np.ndarray:
 
 def estimate_stl_memory_mb(n_triangles: int) -> float:
     """A lower bound of the resident memory a binary STL of n triangles adds to a worker
-    (measured: ~360 bytes per triangle, the file's bytes included, over a ~200 MB worker).
-    A file over the cap by this bound is refused before any allocation; the pool's resident
-    memory watch catches the rest."""
-    return 40.0 + n_triangles * 200 / 1e6
+    (measured: ~360 bytes per triangle, the file's bytes included, over a ~200 MB worker;
+    measuring it, facts.py, adds ~100 more at its peak: 800k triangles, 533-568 MB peak
+    without, 625-631 MB with, bench/render_bench.py). A file over the cap by this bound is
+    refused before any allocation; the pool's resident memory watch catches the rest."""
+    return 40.0 + n_triangles * 300 / 1e6
 
 
 # ----------------------------------------------------------------------------------------
@@ -113,8 +120,22 @@ def estimate_stl_memory_mb(n_triangles: int) -> float:
 # ----------------------------------------------------------------------------------------
 
 
+def prepare_for_drawing(model: LoadedModel, sums: list | None = None) -> LoadedModel:
+    """Decide back-face culling for every drawable (model.orient_for_culling), with the sums
+    facts.measure computed for each drawable when given; and draw a triangle soup (binary
+    STL) as the indexed mesh the facts joined up: each vertex is then transformed and
+    framed once instead of six times (the same triangles, the same picture)."""
+    for i, d in enumerate(model.drawables):
+        part = sums[i] if sums is not None and i < len(sums) else None
+        if part is not None and part.get("indexed") is not None and d.indices is None:
+            d.positions, d.indices = part["indexed"]
+        orient_for_culling(d, part)
+    return model
+
+
 def load_model(data: bytes, ext: str, path: str, memory_mb: int | None = None) -> LoadedModel:
-    """Parse a model from its bytes (side files read through a resolver next to `path`)."""
+    """Parse a model from its bytes (side files read through a resolver next to `path`).
+    The drawables are as read: call prepare_for_drawing before rendering them."""
     if ext == ".stl":
         layout, n = stl_layout(data)
         if layout == "binary":
@@ -139,16 +160,20 @@ def load_model(data: bytes, ext: str, path: str, memory_mb: int | None = None) -
             import cascadio  # noqa: F401
         except ImportError:
             raise MissingDependency(
-                "STEP files need the optional package 'cascadio' (pip install cascadio)"
+                "STEP files need the package 'cascadio', a dependency of dam-dagster that "
+                "cannot be imported here: run `make install` (or pip install cascadio); the "
+                "next run renders these files again"
             ) from None
     return _load_with_trimesh(data, ext, path)
 
 
-def _up_axis_matrix(data: bytes, ext: str) -> np.ndarray | None:
+def _up_axis_matrix(data: bytes, ext: str, scene=None) -> np.ndarray | None:
     if ext in Z_UP_EXTENSIONS:
         return None
     if ext in (".glb", ".gltf"):
         return Y_UP_TO_Z_UP
+    if ext == ".obj":
+        return Y_UP_TO_Z_UP if scene is not None and obj_is_y_up(scene, data) else None
     if ext in (".dae", ".zae"):
         text = data
         if ext == ".zae":
@@ -189,8 +214,120 @@ def _load_with_trimesh(data: bytes, ext: str, path: str) -> LoadedModel:
         if isinstance(exc, ModuleNotFoundError):
             raise MissingDependency(f"{ext} files need the optional package '{exc.name}'") from None
         raise UnsupportedFormat(str(exc)) from None
-    up = _up_axis_matrix(data, ext)
-    return scene_to_model(scene, up)
+    up = _up_axis_matrix(data, ext, scene)
+    model = scene_to_model(scene, up)
+    model.unit, model.unit_mm = _unit(getattr(scene, "units", None))
+    model.up_axis = "Y" if up is not None else "Z"
+    return model
+
+
+# Units as trimesh reports them, in the words the catalogue uses
+_UNIT_NAMES = {
+    "mm": "millimeter",
+    "millimeter": "millimeter",
+    "millimeters": "millimeter",
+    "millimetre": "millimeter",
+    "cm": "centimeter",
+    "centimeter": "centimeter",
+    "centimeters": "centimeter",
+    "m": "meter",
+    "meter": "meter",
+    "meters": "meter",
+    "metre": "meter",
+    "in": "inch",
+    "inch": "inch",
+    "inches": "inch",
+    "ft": "foot",
+    "foot": "foot",
+    "feet": "foot",
+    "micron": "micron",
+    "microns": "micron",
+    "um": "micron",
+}
+
+
+def _unit(units) -> tuple[str | None, float]:
+    """(the declared unit, the factor to millimetres); (None, 1.0) when none is declared or
+    the declaration cannot be read (the numbers are then taken as millimetres)."""
+    if not units or not isinstance(units, str):
+        return None, 1.0
+    try:
+        from trimesh.units import unit_conversion
+
+        factor = float(unit_conversion(units, "millimeters"))
+    except Exception:  # noqa: BLE001 - an unreadable unit is no unit
+        return None, 1.0
+    if not (factor > 0 and np.isfinite(factor)):
+        return None, 1.0
+    text = units.strip().lower()
+    return _UNIT_NAMES.get(text, text), factor
+
+
+# OBJ files whose leading comments name one of these exporters were written Y-up by default
+# (the format's own convention, and Blender's); the flat-base test below decides first.
+Y_UP_OBJ_EXPORTERS = (
+    "blender",
+    "wings 3d",
+    "zbrush",
+    "maya",
+    "cinema 4d",
+    "cinema4d",
+    "3ds max",
+    "3dsmax",
+    "houdini",
+    "modo",
+    "meshmixer",
+    "sketchfab",
+    "mudbox",
+    "sculptris",
+    "nomad",
+)
+FLAT_BASE_MIN_SHARE = 0.02  # of the surface: what counts as a base the model stands on
+FLAT_BASE_TOLERANCE = 1e-3  # of the largest extent: how flat a base must be
+
+
+def obj_is_y_up(scene, data: bytes) -> bool:
+    """Whether an OBJ should be turned from Y-up to Z-up (docs/MODELS.md, "Which way is up").
+
+    A model made to be printed stands on a flat base. So: the area of the triangles lying in
+    the lowest plane across Y (y = min y) and across Z (z = min z); when one of them is at
+    least 2 % of the surface and at least twice the other, that side is the bottom. Otherwise
+    (no flat base: sculptures, scans) the file's leading comments decide: a known Y-up
+    exporter (Blender, ZBrush, Maya...) means Y up; anything else stays Z up, as slicers
+    read OBJ files."""
+    import trimesh
+
+    tris = []
+    for node in scene.graph.nodes_geometry:
+        transform, geom_name = scene.graph[node]
+        geom = scene.geometry.get(geom_name)
+        if not isinstance(geom, trimesh.Trimesh) or not len(geom.faces):
+            continue
+        vertices = np.asarray(geom.vertices, dtype=np.float64)
+        faces = np.asarray(geom.faces).reshape(-1, 3)
+        ok = (faces >= 0).all(axis=1) & (faces < len(vertices)).all(axis=1)
+        v = vertices @ np.asarray(transform)[:3, :3].T + np.asarray(transform)[:3, 3]
+        t = v[faces[ok]]
+        tris.append(t[np.isfinite(t).all(axis=(1, 2))])
+    tris = [t for t in tris if len(t)]
+    if tris:
+        lo = np.min([t.reshape(-1, 3).min(axis=0) for t in tris], axis=0)
+        hi = np.max([t.reshape(-1, 3).max(axis=0) for t in tris], axis=0)
+        tol = FLAT_BASE_TOLERANCE * float((hi - lo).max())
+        total = base_y = base_z = 0.0
+        for t in tris:
+            area = 0.5 * np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1)
+            total += float(area.sum())
+            base_y += float(area[(np.abs(t[..., 1] - lo[1]) <= tol).all(axis=1)].sum())
+            base_z += float(area[(np.abs(t[..., 2] - lo[2]) <= tol).all(axis=1)].sum())
+        if total > 0:
+            low, high = sorted((base_y, base_z))
+            if high >= FLAT_BASE_MIN_SHARE * total and high >= 2.0 * low:
+                return base_y > base_z
+    head = b"\n".join(
+        line for line in data[:4096].splitlines()[:40] if line.lstrip().startswith(b"#")
+    ).lower()
+    return any(name.encode() in head for name in Y_UP_OBJ_EXPORTERS)
 
 
 def _zip_member_resolver(archive: str, folder: str):
@@ -244,6 +381,8 @@ def scene_to_model(scene, up: np.ndarray | None = None) -> LoadedModel:
             if d is not None:
                 model.drawables.append(d)
                 model.triangles += d.primitive_count
+                if geom_name not in model.names:
+                    model.names.append(str(geom_name))
         elif isinstance(geom, trimesh.PointCloud):
             d = _points_drawable(geom, matrix)
             if d is not None:
@@ -296,20 +435,68 @@ def _trimesh_drawable(mesh, matrix: np.ndarray) -> Drawable | None:
     d = Drawable(positions=positions, indices=faces.astype(np.uint32).ravel(), normals=normals)
     visual = mesh.visual
     kind = getattr(visual, "kind", None)
-    if kind == "vertex":
-        vc = np.asarray(visual.vertex_colors)
+    extra = _ply_colours(mesh, len(vertices)) if kind is None else None
+    if kind == "vertex" or extra is not None:
+        vc = _opaque_zero_alpha(extra if extra is not None else np.asarray(visual.vertex_colors))
         if len(vc) == len(vertices):
             d.colors = np.ascontiguousarray(vc[:, :4], dtype=np.float32) / 255.0
             d.blend = bool((vc[:, 3] < 255).any())
     elif kind == "face":
-        fc = np.asarray(visual.face_colors)
+        fc = _opaque_zero_alpha(np.asarray(visual.face_colors))
         if len(fc) == len(all_faces):
             _unindex_with_face_colors(d, faces, fc if keep.all() else fc[keep])
     elif kind == "texture":
         _apply_material(d, visual, len(vertices))
-    if not d.blend:
-        orient_for_culling(d)
     return d
+
+
+# PLY colour properties trimesh does not read (it knows red/green/blue/alpha): MeshLab's and
+# older scanners' names
+_PLY_COLOUR_NAMES = (
+    ("diffuse_red", "diffuse_green", "diffuse_blue", "diffuse_alpha"),
+    ("r", "g", "b", "a"),
+)
+
+
+def _ply_colours(geom, n: int) -> np.ndarray | None:
+    """(n, 4) uint8 vertex colours from a PLY's raw vertex element, for the property names
+    trimesh leaves out; None when there are none."""
+    raw = (getattr(geom, "metadata", None) or {}).get("_ply_raw")
+    vertex = raw.get("vertex") if isinstance(raw, dict) else None
+    data = vertex.get("data") if isinstance(vertex, dict) else None
+    if isinstance(data, np.ndarray) and data.dtype.names:  # binary PLY: a structured array
+        columns = {name: data[name] for name in data.dtype.names}
+    elif isinstance(data, dict):  # ASCII PLY: one array per property
+        columns = data
+    else:
+        return None
+    for channels in _PLY_COLOUR_NAMES:
+        if not all(c in columns for c in channels[:3]):
+            continue
+        cols = [np.asarray(columns[c], dtype=np.float64).ravel() for c in channels if c in columns]
+        if any(len(c) != n for c in cols[:3]):
+            return None
+        floats = np.issubdtype(np.asarray(columns[channels[0]]).dtype, np.floating)
+        alpha = cols[3] if channels[3] in columns and len(cols[3]) == n else None
+        rgba = np.column_stack(cols[:3] + [alpha if alpha is not None else np.full(n, 255.0)])
+        if floats and rgba[:, :3].max() <= 1.0:  # colours as floats 0..1
+            rgba[:, :3] *= 255.0
+            if alpha is not None:
+                rgba[:, 3] *= 255.0
+        return np.clip(np.rint(rgba), 0, 255).astype(np.uint8)
+    return None
+
+
+def _opaque_zero_alpha(colours: np.ndarray) -> np.ndarray:
+    """Colours whose alpha is (nearly) zero are drawn opaque: exporters write 0 where they
+    mean 'no alpha' (the same rule as threemf._color)."""
+    colours = np.asarray(colours)
+    if colours.ndim == 2 and colours.shape[1] >= 4:
+        low = colours[:, 3] < 13
+        if low.any():
+            colours = colours.copy()
+            colours[low, 3] = 255
+    return colours
 
 
 def _unindex_with_face_colors(d: Drawable, faces: np.ndarray, face_colors: np.ndarray) -> None:
@@ -411,12 +598,15 @@ def _points_drawable(cloud, matrix: np.ndarray) -> Drawable | None:
     finite = np.isfinite(positions).all(axis=1)
     colors = None
     raw = getattr(cloud, "colors", None)
+    if raw is None or len(raw) != len(vertices):
+        raw = _ply_colours(cloud, len(vertices))
     if raw is not None and len(raw) == len(vertices):
         colors = np.asarray(raw)[:, :4].astype(np.float32)
         if colors.max() > 1.0:
             colors /= 255.0
         if colors.shape[1] == 3:
             colors = np.hstack([colors, np.ones((len(colors), 1), np.float32)])
+        colors[colors[:, 3] < 0.05, 3] = 1.0  # see _opaque_zero_alpha
     if not finite.all():
         positions = positions[finite]
         colors = colors[finite] if colors is not None else None

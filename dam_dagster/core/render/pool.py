@@ -221,6 +221,7 @@ class _Pool:
             "background": config.background,
             "prefer_embedded": bool(config.prefer_embedded),
             "overwrite": bool(config.overwrite),
+            "facts": bool(config.facts),
             "memory_mb": int(config.memory_mb),
             "gl_threads": default_gl_threads(config.workers)
             if gl_threads is None
@@ -244,6 +245,8 @@ class _Pool:
         error_class=None,
         message=None,
         transient=False,
+        facts=None,
+        facts_error=None,
     ) -> None:
         if self.outcomes[index] is not None:
             return
@@ -257,6 +260,8 @@ class _Pool:
             error_message=message,
             seconds=round(max(0.0, seconds), 6),
             transient=transient,
+            facts=facts,
+            facts_error=tuple(facts_error) if facts_error else None,
         )
         self.outcomes[index] = outcome
         self.remaining -= 1
@@ -450,7 +455,16 @@ class _Pool:
                 index = self.pending.popleft()
                 task = self.tasks[index]
                 try:
-                    w.conn.send(("task", index, task.path, int(task.size_bytes)))
+                    w.conn.send(
+                        (
+                            "task",
+                            index,
+                            task.path,
+                            int(task.size_bytes),
+                            bool(task.rerender),
+                            bool(task.need_facts),
+                        )
+                    )
                 except OSError:
                     self.pending.appendleft(index)
                     break  # its socket will report the death
@@ -493,6 +507,8 @@ class _Pool:
                     error_class=result["error_class"],
                     message=result["error_message"],
                     transient=result["transient"],
+                    facts=result.get("facts"),
+                    facts_error=result.get("facts_error"),
                 )
                 if w.retiring and not w.queue:
                     self._retire(w)

@@ -10,7 +10,8 @@ times more per pixel than what a thumbnail needs. These shaders keep pyrender's 
   inconsistent winding look right;
 * without per-vertex normals (STL, most meshes) the flat face normal is derived from screen-space
   derivatives of the position: faceted shading, as slicers show it, with no normal buffer at all;
-* points and lines (no surface, derivative normal of zero length) are drawn unlit.
+* points and lines (no surface, derivative normal of zero length) are shaded by depth
+  instead: nearer is brighter, so a point cloud reads as a volume, not a flat silhouette.
 """
 
 VERTEX = """#version 330 core
@@ -134,6 +135,9 @@ void main()
         vec3 albedo = base.rgb * base.rgb;                 // sRGB -> linear (gamma 2)
         vec3 lit = albedo * (0.90 * key + 0.22 * fill + 0.16 * sky + 0.04) + vec3(0.10 * spec);
         rgb = sqrt(lit);                                   // linear -> sRGB (gamma 2)
+    } else {
+        // no surface to light: depth (0 near .. 1 far, fitted to the model by framing.py)
+        rgb = base.rgb * (1.0 - 0.45 * gl_FragCoord.z);
     }
     frag_color = vec4(clamp(rgb + material.emissive_factor, 0.0, 1.0), base.a);
 }

@@ -17,7 +17,7 @@ import zipfile
 
 import numpy as np
 
-from .model import NEUTRAL, Drawable, LoadedModel, orient_for_culling
+from .model import NEUTRAL, Drawable, LoadedModel
 
 _CORE_MODEL_REL = "/3dmodel"
 _MAX_DEPTH = 32
@@ -83,6 +83,7 @@ class _Part:
         self.groups: dict[str, list] = {}
         self.objects: dict[str, dict] = {}
         self.build: list[tuple[str, np.ndarray, str | None]] = []
+        self.unit: str | None = None
 
 
 def _parse_part(stream) -> _Part:
@@ -104,7 +105,13 @@ def _parse_part(stream) -> _Part:
             ]
             el.clear()
         elif tag == "object":
-            obj = {"pid": el.get("pid"), "pindex": el.get("pindex"), "mesh": None, "components": []}
+            obj = {
+                "pid": el.get("pid"),
+                "pindex": el.get("pindex"),
+                "mesh": None,
+                "components": [],
+                "name": el.get("name"),
+            }
             mesh = next((c for c in el if _local(c.tag) == "mesh"), None)
             if mesh is not None:
                 obj["mesh"] = _read_mesh(mesh)
@@ -118,7 +125,20 @@ def _parse_part(stream) -> _Part:
             el.clear()
         elif tag == "item":
             part.build.append((el.get("objectid"), _transform(el.attrib), _path_attr(el.attrib)))
+        elif tag == "model":
+            part.unit = el.get("unit")
     return part
+
+
+# The 3MF core specification's units, and their size in millimetres (millimeter by default)
+UNITS_MM = {
+    "micron": 0.001,
+    "millimeter": 1.0,
+    "centimeter": 10.0,
+    "inch": 25.4,
+    "foot": 304.8,
+    "meter": 1000.0,
+}
 
 
 def _read_mesh(mesh):
@@ -172,14 +192,17 @@ def load_3mf_with_colours(data: bytes):
             if obj["mesh"] is not None:
                 d = _drawable(obj, p, matrix, NEUTRAL, Drawable)
                 if d is not None:
-                    orient_for_culling(d)
                     model.drawables.append(d)
                     model.triangles += d.primitive_count
+                    if obj["name"] and obj["name"] not in model.names:
+                        model.names.append(obj["name"])
             for child_id, child_matrix, child_path in obj["components"]:
                 emit(child_path or part_key, child_id, matrix @ child_matrix, depth + 1)
 
         for object_id, matrix, path in root_part.build:
             emit(path or root, object_id, matrix, 0)
+        unit = (root_part.unit or "millimeter").strip().lower()
+        model.unit, model.unit_mm = unit, UNITS_MM.get(unit, 1.0)
         return model
 
 

@@ -6,9 +6,12 @@ imports. Each worker owns ONE EGL context, created at its first 3D render and re
 file it renders until the pool recycles it.
 
 Per file: the bytes are read once and MD5-hashed; if thumbs_dir/ab/<md5>.png exists the answer
-is source='cache' with no parsing; images go through Pillow (source='image'); a 3MF's embedded
-preview is used when present (source='embedded'); anything else is parsed from those same bytes
-and rendered (source='render').
+is source='cache' with no parsing (unless the task asks for the model's facts); images go
+through Pillow (source='image'); G-code and a 3MF's embedded preview are used when present
+(source='embedded'); anything else is parsed from those same bytes and rendered
+(source='render'). Every model that is parsed is also measured from the same parse: its
+geometry facts and fingerprint (facts.py) and, for slicer files, its print facts (slicer.py)
+go back with the outcome.
 
 Test hooks: when the pool passes `hang_suffix` (from the environment variable
 DAM_RENDER_TEST_HANG_SUFFIX, e.g. ".hang.stl"), a file whose name ends with it makes the worker
@@ -49,6 +52,7 @@ from ..reading import open_readonly  # noqa: E402
 from .api import (  # noqa: E402
     IMAGE_EXTENSIONS,
     MODEL_EXTENSIONS,
+    SLICED_EXTENSIONS,
     extension_of,
     parse_background,
     thumbnail_relpath,
@@ -57,19 +61,33 @@ from .api import (  # noqa: E402
 _MESSAGE_MAX = 500
 
 
-def _result(
-    status, source=None, md5=None, rel=None, error_class=None, message=None, transient=False
-) -> dict:
+def _short(message: str | None) -> str | None:
     if message is not None and len(message) > _MESSAGE_MAX:
         message = message[: _MESSAGE_MAX - 3] + "..."
+    return message
+
+
+def _result(
+    status,
+    source=None,
+    md5=None,
+    rel=None,
+    error_class=None,
+    message=None,
+    transient=False,
+    facts=None,
+    facts_error=None,
+) -> dict:
     return {
         "status": status,
         "source": source,
         "content_md5": md5,
         "thumbnail_relpath": rel,
         "error_class": error_class,
-        "error_message": message,
+        "error_message": _short(message),
         "transient": transient,
+        "facts": facts,
+        "facts_error": facts_error,
     }
 
 
@@ -97,6 +115,7 @@ class Worker:
         self.prefer_embedded = bool(settings["prefer_embedded"])
         self.overwrite = bool(settings.get("overwrite", False))
         self.memory_mb = int(settings["memory_mb"])
+        self.measure = bool(settings.get("facts", True))
         self.hang_suffix = (settings.get("hang_suffix") or "").lower()
         self.crash_suffix = (settings.get("crash_suffix") or "").lower()
         self._renderer = None
@@ -157,7 +176,9 @@ class Worker:
         except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, RuntimeError) as exc:
             raise PermanentFailure(type(exc).__name__, f"cannot read the member: {exc}") from exc
 
-    def process(self, path: str, size_bytes: int) -> dict:
+    def process(
+        self, path: str, size_bytes: int, rerender: bool = False, need_facts: bool = False
+    ) -> dict:
         ext = extension_of(path.split(MEMBER_MARK, 1)[-1])
         if self.hang_suffix and path.lower().endswith(self.hang_suffix):
             while True:  # test hook: see the module docstring
@@ -190,7 +211,8 @@ class Worker:
             )
         md5 = hashlib.md5(data).hexdigest()
         rel = thumbnail_relpath(md5)
-        if not self.overwrite and (self.thumbs_dir / rel).is_file():
+        cached = not (self.overwrite or rerender) and (self.thumbs_dir / rel).is_file()
+        if cached and not (need_facts and ext in MODEL_EXTENSIONS and data):
             return _result("ok", "cache", md5, rel)
         if not data:
             return _result(
@@ -204,8 +226,13 @@ class Worker:
         try:
             if ext in IMAGE_EXTENSIONS:
                 return self._image(data, md5)
+            if ext in SLICED_EXTENSIONS:
+                return self._sliced(data, ext, md5, cached)
+            if cached:  # the PNG is current: only the facts were asked for
+                facts, error = self._measure_only(data, ext, path)
+                return _result("ok", "cache", md5, rel, facts=facts, facts_error=error)
             if ext == ".3mf" and self.prefer_embedded:
-                done = self._embedded(data, md5)
+                done = self._embedded(data, md5, path)
                 if done is not None:
                     return done
             return self._render(data, ext, path, md5)
@@ -230,6 +257,42 @@ class Worker:
                 transient=True,
             )
 
+    # -- what the same parse tells about the model ------------------------------------
+
+    def _facts(self, model, data: bytes, ext: str) -> tuple[dict | None, list | None, tuple]:
+        """(facts, per-drawable sums, facts error): geometry facts of the loaded model, plus
+        print facts for 3MF projects. Never raises for a model it cannot measure."""
+        if not self.measure:
+            return None, None, None
+        from .facts import measure
+        from .slicer import PRINT_KEYS, threemf_print_facts
+
+        try:
+            facts, sums = measure(model)
+        except MemoryError:
+            raise
+        except Exception as exc:  # a model we cannot measure still gets its thumbnail
+            return None, None, (type(exc).__name__, _short(f"cannot measure: {_describe(exc)}"))
+        if ext == ".3mf":
+            facts.update(threemf_print_facts(data, model.names))
+        else:
+            facts.update(dict.fromkeys(PRINT_KEYS))
+        return facts, sums, None
+
+    def _measure_only(self, data: bytes, ext: str, path: str):
+        from .loaders import LoadError, load_model
+
+        try:
+            model = load_model(data, ext, path, memory_mb=self.memory_mb)
+        except LoadError as exc:
+            return None, (exc.error_class, _short(str(exc)))
+        except (MemoryError, OSError):
+            raise
+        except Exception as exc:
+            return None, (type(exc).__name__, _short(f"cannot parse the model: {_describe(exc)}"))
+        facts, _, error = self._facts(model, data, ext)
+        return facts, error
+
     def _image(self, data: bytes, md5: str) -> dict:
         from .images import fit_image, write_png
 
@@ -247,7 +310,44 @@ class Worker:
             )
         return _result("ok", "image", md5, write_png(image, self.thumbs_dir, md5))
 
-    def _embedded(self, data: bytes, md5: str) -> dict | None:
+    def _sliced(self, data: bytes, ext: str, md5: str, cached: bool) -> dict:
+        """G-code and binary G-code: the largest embedded preview, and the print facts."""
+        from .images import fit_image, write_png
+        from .slicer import (
+            SlicedFileError,
+            bgcode_print_facts,
+            gcode_previews,
+            gcode_print_facts,
+            largest_preview,
+            read_bgcode,
+        )
+
+        if ext == ".bgcode":
+            try:
+                previews, metadata = read_bgcode(data)
+            except SlicedFileError as exc:
+                return _result("failed", md5=md5, error_class="CorruptFile", message=str(exc))
+            facts = bgcode_print_facts(metadata)
+        else:
+            previews = gcode_previews(data)
+            facts = gcode_print_facts(data)
+        rel = thumbnail_relpath(md5)
+        if cached:
+            return _result("ok", "cache", md5, rel, facts=facts)
+        preview = largest_preview(previews)
+        if preview is None:
+            return _result(
+                "unsupported",
+                md5=md5,
+                error_class="NoPreview",
+                message="the G-code carries no thumbnail (the slicer writes one when its "
+                "printer settings ask for thumbnails)",
+                facts=facts,
+            )
+        image = fit_image(preview, self.size, self.background)
+        return _result("ok", "embedded", md5, write_png(image, self.thumbs_dir, md5), facts=facts)
+
+    def _embedded(self, data: bytes, md5: str, path: str) -> dict | None:
         from .images import fit_image, write_png
         from .loaders import find_3mf_preview
 
@@ -258,11 +358,13 @@ class Worker:
             image = fit_image(preview, self.size, self.background)
         except Exception:
             return None  # a broken preview: render the model instead
-        return _result("ok", "embedded", md5, write_png(image, self.thumbs_dir, md5))
+        rel = write_png(image, self.thumbs_dir, md5)
+        facts, error = self._measure_only(data, ".3mf", path) if self.measure else (None, None)
+        return _result("ok", "embedded", md5, rel, facts=facts, facts_error=error)
 
     def _render(self, data: bytes, ext: str, path: str, md5: str) -> dict:
         from .images import write_png
-        from .loaders import LoadError, load_model
+        from .loaders import LoadError, load_model, prepare_for_drawing
 
         try:
             model = load_model(data, ext, path, memory_mb=self.memory_mb)
@@ -293,7 +395,9 @@ class Worker:
                 error_class=type(exc).__name__,
                 message=f"cannot parse the model: {_describe(exc)}",
             )
+        facts, sums, facts_error = self._facts(model, data, ext)
         del data
+        prepare_for_drawing(model, sums)
         try:
             renderer = self.renderer()
         except Exception as exc:
@@ -303,6 +407,8 @@ class Worker:
                 error_class="RendererUnavailable",
                 message=str(exc),
                 transient=True,
+                facts=facts,
+                facts_error=facts_error,
             )
         try:
             image = renderer.render(model)
@@ -315,8 +421,11 @@ class Worker:
                 md5=md5,
                 error_class=type(exc).__name__,
                 message=f"rendering failed: {_describe(exc)}",
+                facts=facts,
+                facts_error=facts_error,
             )
-        return _result("ok", "render", md5, write_png(image, self.thumbs_dir, md5))
+        rel = write_png(image, self.thumbs_dir, md5)
+        return _result("ok", "render", md5, rel, facts=facts, facts_error=facts_error)
 
 
 def _describe(exc: BaseException) -> str:
@@ -385,10 +494,10 @@ def main(conn, settings: dict) -> None:
                 break
             if message[0] != "task":
                 break
-            _, seq, path, size_bytes = message
+            _, seq, path, size_bytes, rerender, need_facts = message
             started = time.perf_counter()
             try:
-                result = worker.process(path, size_bytes)
+                result = worker.process(path, size_bytes, rerender, need_facts)
             except MemoryError:
                 result = _result(
                     "memory", error_class="MemoryLimit", message="out of memory", transient=True
