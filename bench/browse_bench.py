@@ -36,7 +36,8 @@ ROOT = HERE.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 
-from dam_dagster.core.store import Catalogue  # noqa: E402
+from dam_dagster.core.printers import parse_printers, sync_printers  # noqa: E402
+from dam_dagster.core.store import FACTS_VERSION, Catalogue  # noqa: E402
 
 WORDS = ["bracket", "gear", "dragon", "benchy", "mount", "clip", "hinge", "vase", "case", "knob"]
 
@@ -135,6 +136,37 @@ def generate(data: Path, files: int) -> dict:
                                THEN 'failed' WHEN f.file_id % 100 < 96 THEN 'unsupported'
                           END AS status) s
             WHERE f.extension IN ('.stl', '.3mf', '.obj', '.png', '.step') AND s.status IS NOT NULL
+        """)
+        # geometry facts for 60 % of the models (the rest not measured yet: they sort last),
+        # the printers of DAM_PRINTERS, and 5,000 "same model, different file" groups of 2
+        con.execute(f"""
+            INSERT INTO model_facts BY NAME
+            SELECT t.file_id, t.size_bytes, t.mtime_ns, t.ctime_ns,
+                   {int(FACTS_VERSION)} AS facts_version, t.content_md5,
+                   100 + hash(t.file_id * 5) % 2000000 AS triangles, 1 AS bodies,
+                   1 + (hash(t.file_id * 7) % 40000) / 100.0 AS size_x_mm,
+                   1 + (hash(t.file_id * 11) % 30000) / 100.0 AS size_y_mm,
+                   1 + (hash(t.file_id * 13) % 30000) / 100.0 AS size_z_mm,
+                   1000.0 + hash(t.file_id * 17) % 100000 AS area_mm2,
+                   CASE WHEN t.file_id % 4 <> 0 THEN 10.0 + hash(t.file_id * 19) % 900000
+                   END AS volume_mm3,
+                   t.file_id % 4 <> 0 AS watertight, t.file_id % 4 <> 0 AS winding_consistent,
+                   t.file_id % 50 = 0 AS probably_inches, 'Z' AS up_axis,
+                   substr(md5('fp' || CASE WHEN t.file_id % 97 = 0 AND t.file_id < 970000
+                                           THEN t.file_id // 194 ELSE t.file_id END), 1, 20)
+                       AS fingerprint,
+                   now() AS measured_at
+            FROM thumbnails t JOIN file_inventory f USING (file_id)
+            WHERE t.status = 'ok' AND f.extension <> '.png' AND hash(t.file_id * 23) % 10 < 6
+        """)
+        sync_printers(con, parse_printers())
+        con.execute("""
+            INSERT INTO similar_models
+            SELECT file_id, fingerprint,
+                   min(file_id) OVER (PARTITION BY fingerprint) AS group_id,
+                   count(*) OVER (PARTITION BY fingerprint) AS group_size, NULL
+            FROM model_facts
+            QUALIFY count(*) OVER (PARTITION BY fingerprint) > 1
         """)
         con.execute("""
             INSERT INTO inventory_scans BY NAME
@@ -301,9 +333,21 @@ def main() -> None:
                 base + "/api/models", params={"cursor": cursors[-1]}, timeout=30
             ).json()
             cursors.append(page["next_cursor"])
+        largest = session.get(
+            base + "/api/models", params={"sort": "largest", "order": "desc"}, timeout=30
+        ).json()
+        by_largest = [largest["next_cursor"]]
+        for _ in range(args.requests):
+            largest = session.get(
+                base + "/api/models",
+                params={"sort": "largest", "order": "desc", "cursor": by_largest[-1]},
+                timeout=30,
+            ).json()
+            by_largest.append(largest["next_cursor"])
         dup = session.get(base + "/api/duplicates", timeout=30).json()
         next_groups = dup["next_cursor"]
         it = iter(cursors * 2)
+        it_largest = iter(by_largest * 2)
         cases = {
             "Library, first page": lambda: base + "/",
             "Library, next page (keyset)": lambda: base + "/?cursor=" + next(it),
@@ -320,6 +364,16 @@ def main() -> None:
             "Library, filter (folder)": lambda: (
                 base + "/?root=/nas/models&folder=collection+" + str(rng.randrange(40))
             ),
+            "Library, filter (facts: max X + watertight)": lambda: (
+                base + f"/?max_x={rng.randrange(50, 300)}&watertight=" + rng.choice(["yes", "no"])
+            ),
+            "Library, filter (facts: fits a printer)": lambda: (
+                base + "/?fits=" + rng.choice(["Prusa MINI", "Prusa MK4", "Creality Ender-3"])
+            ),
+            "Library, sort (facts: largest side, next page)": lambda: (
+                base + "/?sort=largest&order=desc&cursor=" + next(it_largest)
+            ),
+            "Library, sort (facts: triangles)": lambda: base + "/?sort=triangles",
             "Model page": lambda: base + f"/models/{rng.randrange(1, args.files)}",
             "Duplicates, first page": lambda: base + "/duplicates",
             "Duplicates, next page": lambda: base + "/duplicates?cursor=" + (next_groups or ""),

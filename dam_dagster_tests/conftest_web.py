@@ -27,7 +27,12 @@ BAD_UTF8 = b"bad \xff\xfe name.stl"
 
 def make_web_library(base: Path, corpus: Path) -> dict:
     """Two roots of real models: a group of 7 identical files under hostile names, a pair,
-    a copy across roots, a broken and an empty model, an embedded preview, a text file."""
+    a copy across roots, a broken and an empty model, an embedded preview, a text file; the
+    pair's mesh once more as an OBJ (same model, different file) and a sliced G-code."""
+    import trimesh
+
+    from .slicer_files import prusa_gcode
+
     main, other = base / "main", base / "other"
     for sub in ("models", "backup/2024", "misc", "odd names"):
         (main / sub).mkdir(parents=True, exist_ok=True)
@@ -44,6 +49,9 @@ def make_web_library(base: Path, corpus: Path) -> dict:
     shutil.copy2(corpus / "Duck.glb", other / "Duck.glb")
     shutil.copy2(corpus / "counterX.3MF", main / "models" / "counterX.3MF")  # embedded preview
     shutil.copy2(corpus / "featuretype.3MF", main / "models" / "featuretype.3MF")
+    box_obj = trimesh.load(corpus / "box.STL").export(file_type="obj")
+    (main / "models" / "box.obj").write_text(box_obj)
+    (main / "models" / "bracket.gcode").write_bytes(prusa_gcode())
     (main / "misc" / "broken.stl").write_bytes(b"solid broken\nfacet normal 0 0\n")
     (main / "misc" / "empty.stl").write_bytes(b"")
     (main / "misc" / "notes.txt").write_text("print in PETG\n")

@@ -67,8 +67,8 @@ def test_library_search_model_keep_and_plan(server, browser, tmp_path):
     url = server["server"].url
     browser.get(url + "/")
     cards = browser.find_elements(By.CSS_SELECTOR, ".grid .card")
-    assert len(cards) == 16  # every model of the test library
-    assert assert_images_loaded(browser) == 14  # the two failed models have none
+    assert len(cards) == 18  # every model of the test library
+    assert assert_images_loaded(browser) == 16  # the two failed models have none
     assert browser.find_elements(By.XPATH, "//span[@class='badge emb']")  # embedded preview
     # no hostile name ran as markup: the only <img> elements are thumbnails
     assert all(
@@ -82,7 +82,7 @@ def test_library_search_model_keep_and_plan(server, browser, tmp_path):
     search.send_keys("box", Keys.ENTER)
     wait_for(lambda: "q=box" in browser.current_url, what="the search")
     names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".card .name")]
-    assert sorted(names) == ["box copy.STL", "box.STL"]
+    assert sorted(names) == ["box copy.STL", "box.STL", "box.obj"]
     assert_images_loaded(browser)
 
     # open a model with the keyboard: arrow to the first card, Enter
@@ -91,7 +91,13 @@ def test_library_search_model_keep_and_plan(server, browser, tmp_path):
     wait_for(lambda: "/models/" in browser.current_url, what="the model page")
     assert browser.find_element(By.TAG_NAME, "h1").text in ("box copy.STL", "box.STL")
     assert "Identical files (2)" in browser.page_source
-    assert assert_images_loaded(browser) == 3  # the large one and both members
+    # its geometry, and the same mesh in the other STL and in the OBJ
+    geometry = browser.find_element(By.CSS_SELECTOR, "dl.geometry")
+    assert geometry.is_displayed() and "7.25 × 4.5 × 3.75 mm" in geometry.text
+    similar = browser.find_element(By.ID, "similar")
+    assert "Same model, different file (2 others)" in similar.text
+    assert "box.obj" in similar.text and "same bytes as this file" in similar.text
+    assert assert_images_loaded(browser) == 5  # the large one, both identical, both similar
 
     # Duplicates: keep the other copy of the box pair
     browser.get(url + "/duplicates")
@@ -140,11 +146,11 @@ def test_infinite_scroll_and_every_page(server, browser):
         browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
         time.sleep(0.4)
     wait_for(
-        lambda: len(browser.find_elements(By.CSS_SELECTOR, ".grid .card")) == 17,
+        lambda: len(browser.find_elements(By.CSS_SELECTOR, ".grid .card")) == 19,
         what="every file through infinite scroll",
     )
     ids = [c.get_attribute("data-id") for c in browser.find_elements(By.CSS_SELECTOR, ".card")]
-    assert len(set(ids)) == 17
+    assert len(set(ids)) == 19
     assert_images_loaded(browser)
     for path in ("/folders", "/problems", "/status"):
         browser.get(url + path)

@@ -151,6 +151,135 @@ def test_model_page_shows_everything_about_a_file(client, site):
     assert client.get("/api/models/999999").status_code == 404
 
 
+# --- geometry facts and "same model, different file" ----------------------------------------
+def _names(client, **params) -> set[str]:
+    data = client.get("/api/models", params={"limit": 500, **params}).json()
+    return {Path(i["path"]).name for i in data["items"]}
+
+
+def _dam_find(site, *args) -> set[str]:
+    proc = subprocess.run(
+        [str(BIN / "dam"), "find", *args, "--format", "json"],
+        env={**os.environ, "DAM_DATA_DIR": str(site["data"])},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {Path(r["path"]).name for r in json.loads(proc.stdout)}
+
+
+def test_geometry_filters_say_what_dam_find_says(client, site):
+    every = _names(client)
+    small = _names(client, max_x=180, watertight="yes")
+    # Duck.glb is 1.65 m across (glTF is in metres), counterX.3MF 305 mm; featuretype is open
+    assert "Duck.glb" in every and "counterX.3MF" in every and "featuretype.3MF" in every
+    assert not {"Duck.glb", "counterX.3MF", "featuretype.3MF", "broken.stl"} & small
+    assert {"box.STL", "box.obj", "torus.stl"} <= small
+    assert small == _dam_find(site, "--max-x", "180", "--watertight")
+    mk4 = _names(client, fits="Prusa MK4")
+    assert mk4 == _dam_find(site, "--fits", "Prusa MK4")
+    assert "counterX.3MF" not in mk4 and "counterX.3MF" in _names(client, fits="Prusa XL")
+    assert _names(client, watertight="no") == {"featuretype.3MF"}
+    inches = _names(client, probably_inches="yes")
+    assert "box.STL" in inches and not {"featuretype.3MF", "Duck.glb"} & inches  # it says inch
+    low = client.get("/api/models", params={"max_z": 2, "limit": 500}).json()["items"]
+    assert "torus.stl" in {i["name"] for i in low} and "box.STL" not in {i["name"] for i in low}
+    assert all(i["size_z_mm"] <= 2 for i in low)  # the torus is 1 mm tall, the box 3.75
+    assert _names(client, similar="yes") == {"box.STL", "box copy.STL", "box.obj"}
+    assert not _names(client, similar="no") & {"box.STL", "box.obj"}
+    # nonsense is ignored (every model), never an error page
+    assert _names(client, max_x="abc", fits="") == every
+    assert client.get("/api/models", params={"fits": "No Such Printer"}).json()["total"] == 0
+    form = client.get("/", params={"max_x": "180", "fits": "Prusa MK4"}).text
+    assert 'name="max_x"' in form and 'value="180"' in form
+    assert re.search(r'<option value="Prusa MK4" selected>Prusa MK4 \(\d+\)</option>', form)
+    cards = client.get("/").text
+    assert cards.count(">same model elsewhere</span>") == 3
+
+
+def test_facts_sorts_page_with_unmeasured_models_last(client, site):
+    column = {"triangles": "triangles", "volume": "volume_mm3", "largest": "size"}
+    for sort in ("triangles", "volume", "largest"):
+        for order in ("asc", "desc"):
+            seen, cursor = [], None
+            while True:
+                params = {"sort": sort, "order": order, "limit": 3}
+                page = client.get("/api/models", params={**params, "cursor": cursor or ""})
+                seen += page.json()["items"]
+                cursor = page.json()["next_cursor"]
+                if not cursor:
+                    break
+            assert len({i["id"] for i in seen}) == len(seen) == site["status"]["models"]
+            if sort == "largest":
+                values = [
+                    None if i["size_x_mm"] is None else max(i[f"size_{a}_mm"] for a in "xyz")
+                    for i in seen
+                ]
+            else:
+                values = [i[column[sort]] for i in seen]
+            measured = [v for v in values if v is not None]
+            assert measured == sorted(measured, reverse=order == "desc"), (sort, order)
+            assert values[: len(measured)] == measured  # unmeasured (NULL) come last
+            assert len(measured) < len(values)  # broken.stl, empty.stl, the G-code
+            nulls = [i["id"] for i in seen[len(measured) :]]
+            assert nulls == sorted(nulls, reverse=order == "desc")
+
+
+def test_model_page_shows_geometry_and_the_same_model_in_other_files(client, site, corpus):
+    import trimesh
+
+    from dam_dagster.web.app import number
+
+    ids = {
+        i["name"]: i["id"] for i in client.get("/api/models", params={"q": "box"}).json()["items"]
+    }
+    assert set(ids) == {"box.STL", "box copy.STL", "box.obj"}
+    first = min(ids.values())  # the first catalogued of the two identical STLs
+    detail = client.get(f"/api/models/{first}").json()
+    extents = trimesh.load(corpus / "box.STL").extents  # measured independently
+    got = [detail[f"size_{a}_mm"] for a in "xyz"]
+    assert got == pytest.approx(list(extents), rel=1e-5)
+    assert detail["watertight"] and detail["probably_inches"] and detail["volume_mm3"] > 0
+    page = client.get(f"/models/{first}").text
+    assert '<h2 id="geometry">Geometry</h2>' in page
+    assert f"<dt>triangles</dt><dd>{detail['triangles']:,}</dd>" in page
+    size = " × ".join(number(v) for v in got) + " mm"
+    assert size == "7.25 × 4.5 × 3.75 mm"
+    assert re.search(r'data-fact="size">' + re.escape(size), page)
+    assert '<dd data-fact="watertight">yes</dd>' in page and 'data-fact="inches"' in page
+    assert ">Prusa MINI</a>" in page  # fits_printers, linked to the library filter
+    # the other two files of its mesh: the identical STL and the OBJ
+    others = {m["name"]: m for m in detail["similar"]}
+    other_stl = "box.STL" if ids["box copy.STL"] == first else "box copy.STL"
+    assert set(others) == {other_stl, "box.obj"}
+    assert others[other_stl]["identical_to"] == [first] and others["box.obj"]["identical_to"] == []
+    assert all(m["thumb_key"] for m in others.values())
+    section = page[page.index('id="similar"') :]
+    assert "Same model, different file (2 others)" in section
+    for m in others.values():
+        assert f'data-id="{m["id"]}"' in section and f"/thumbs/{m['thumb_key']}.png" in section
+    assert section.count(">same bytes as this file</span>") == 1
+    # from the OBJ: the two STLs, which are exact duplicates of each other
+    obj = client.get(f"/api/models/{ids['box.obj']}").json()["similar"]
+    assert {m["id"]: m["identical_to"] for m in obj} == {
+        first: [max(ids[n] for n in ("box.STL", "box copy.STL"))],
+        max(ids[n] for n in ("box.STL", "box copy.STL")): [first],
+    }
+    assert f">same bytes as file {first}</span>" in client.get(f"/models/{ids['box.obj']}").text
+    # a plain duplicate (same bytes only) has no such section
+    [torus] = client.get("/api/models", params={"q": "torus.stl", "folder": "models"}).json()[
+        "items"
+    ]
+    assert 'id="similar"' not in client.get(f"/models/{torus['id']}").text
+    # a sliced G-code: no mesh, its print facts
+    [gcode] = client.get("/api/models", params={"q": "bracket.gcode"}).json()["items"]
+    text = client.get(f"/models/{gcode['id']}").text
+    assert '<h2 id="print">Print</h2>' in text
+    for fact in ("PrusaSlicer 2.8.1", "MK4S", "0.40 mm", "PLA", "PETG", "#FF8000", "1 h 2 min"):
+        assert fact in text, fact
+    assert "<dd>12.3 g</dd>" in text and "Bracket" in text
+
+
 def test_folders_count_the_tree(client, site):
     roots = client.get("/api/folders").json()["children"]
     assert {r["root"]: r["files"] for r in roots} == {

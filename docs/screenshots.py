@@ -55,6 +55,11 @@ def make_library(root: Path) -> Path:
     for dest, name in COPIES.items():
         (root / dest).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(CORPUS / name, root / dest)
+    # the same bunny downloaded again, as an STL: "same model, different file"
+    import trimesh
+
+    bunny = trimesh.load(CORPUS / "bunny.ply")
+    (root / "downloads" / "stanford bunny.stl").write_bytes(bunny.export(file_type="stl"))
     shutil.copy2(CORPUS / "busted.STL", root / "downloads" / "busted.STL")
     (root / "downloads" / "empty.stl").write_bytes(b"")
     return root
@@ -98,7 +103,7 @@ def shoot(url: str, base: Path, out: Path) -> None:
         ("library-dark", "/", (1280, 860), True),
         ("library-phone", "/", (390, 844), False),
         ("search", "/?q=teapot&kind=all", (1280, 600), False),
-        ("model", f"/models/{bunny['id']}", (1280, 1180), False),
+        ("model", f"/models/{bunny['id']}", (1280, 2000), False),
         ("duplicates", "/duplicates", (1280, 1100), False),
         (
             "folders",

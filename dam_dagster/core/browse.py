@@ -9,8 +9,13 @@ The replica is a copy of the catalogue file (core/replica.py makes it) to which
 `build_browse_tables` adds flat tables made for reading:
 
     b_files    one row per present file: names, folder, hashes, duplicate and thumbnail state,
-               size bucket, lower-case name and path for search
+               size bucket, lower-case name and path for search, the model's geometry and
+               print facts (current_model_facts, fits_printers as the `models` view has it)
+               and its "same model, different file" group (similar_models)
     b_members  the rows of b_files that belong to a duplicate group
+    b_similar  the rows of b_files that belong to a similar_models group
+    b_printers the printers of DAM_PRINTERS (as the last render run saw them), with how many
+               measured models fit each
     b_folders  every folder of every root with its counts (files, models, bytes, recursive)
     b_groups   one row per duplicate group, sorted by reclaimable bytes
     b_meta     when the replica was made and from which catalogue state
@@ -31,7 +36,7 @@ from typing import Any
 import duckdb
 
 from .render.api import IMAGE_EXTENSIONS
-from .store import MODEL_EXTENSIONS
+from .store import FITS_PRINTERS_SQL, MODEL_EXTENSIONS
 from .thumbnails import SizeBucket
 from .vocabulary import FAILED_STATUSES
 
@@ -77,18 +82,43 @@ def build_browse_tables(con: duckdb.DuckDBPyConnection, buckets: Sequence[SizeBu
                 AS thumb_key,
             t.error_class, t.error_message, t.transient,
             t.render_seconds, t.rendered_at, t.lane,
-            CASE {bucket_case} END AS bucket
+            CASE {bucket_case} END AS bucket,
+            m.triangles, m.points, m.bodies, m.size_x_mm, m.size_y_mm, m.size_z_mm,
+            greatest(m.size_x_mm, m.size_y_mm, m.size_z_mm) AS max_size_mm,
+            m.area_mm2, m.volume_mm3, m.watertight, m.winding_consistent, m.unit,
+            m.probably_inches, m.up_axis, m.fingerprint,
+            m.error_class AS facts_error_class, m.error_message AS facts_error_message,
+            {FITS_PRINTERS_SQL} AS fits_printers,
+            m.slicer, m.printer, m.nozzle_mm, m.filament_types, m.filament_colours,
+            m.object_names, m.print_time_s, m.filament_g,
+            s.group_id AS similar_group_id, s.group_size AS similar_group_size,
+            COALESCE(s.exact_duplicate_of_id, s.file_id) AS similar_bytes_id
         FROM file_inventory f
         LEFT JOIN current_partial_hashes ph USING (file_id)
         LEFT JOIN current_full_hashes fh USING (file_id)
         LEFT JOIN duplicates d USING (file_id)
         LEFT JOIN current_thumbnails t USING (file_id)
+        LEFT JOIN current_model_facts m USING (file_id)
+        LEFT JOIN similar_models s USING (file_id)
         WHERE f.present
     """)
     # The members of duplicate groups (a few % of the files), for the group pages.
     con.execute("""
         CREATE OR REPLACE TABLE b_members AS
         SELECT * FROM b_files WHERE original_id IS NOT NULL ORDER BY size_bytes, full_hash, id
+    """)
+    # The members of similar_models groups (a few % too), for the model page.
+    con.execute("""
+        CREATE OR REPLACE TABLE b_similar AS
+        SELECT * FROM b_files WHERE similar_group_id IS NOT NULL ORDER BY similar_group_id, id
+    """)
+    con.execute("""
+        CREATE OR REPLACE TABLE b_printers AS
+        SELECT p.name, p.x_mm, p.y_mm, p.z_mm, count(u.name) AS models
+        FROM printers p
+        LEFT JOIN (SELECT unnest(fits_printers) AS name FROM b_files WHERE is_model) u
+            USING (name)
+        GROUP BY ALL ORDER BY p.name
     """)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE b_dirs AS
@@ -134,7 +164,9 @@ def build_browse_tables(con: duckdb.DuckDBPyConnection, buckets: Sequence[SizeBu
 # columns of the file. Cards are then fetched from b_files by id, 61 rows at a time.
 INDEX_COLUMNS = (
     "id, name_lc, path_lc, root, folder, extension, size_bytes, mtime_ns, is_model, is_image, "
-    "bucket, thumbnail_status, is_duplicate, has_copies, original_id"
+    "bucket, thumbnail_status, is_duplicate, has_copies, original_id, "
+    "triangles, size_x_mm, size_y_mm, size_z_mm, max_size_mm, volume_mm3, watertight, "
+    "probably_inches, similar_group_id"
 )
 
 
@@ -163,8 +195,9 @@ def encode_cursor(values: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, arity: int) -> list[Any] | None:
-    """The values of a cursor, or None for a missing or malformed one (first page)."""
+def decode_cursor(cursor: str | None, arity: int, nullable: bool = False) -> list[Any] | None:
+    """The values of a cursor, or None for a missing or malformed one (first page). With
+    `nullable`, the first value may be null (the last row had no value for the sort)."""
     if not cursor:
         return None
     try:
@@ -174,7 +207,8 @@ def decode_cursor(cursor: str | None, arity: int) -> list[Any] | None:
         return None
     if not isinstance(values, list) or len(values) != arity:
         return None
-    if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
+    first = values[1:] if nullable and values and values[0] is None else values
+    if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in first):
         return None
     return values
 
@@ -184,7 +218,8 @@ def decode_cursor(cursor: str | None, arity: int) -> list[Any] | None:
 class Sort:
     key: str
     label: str
-    column: str  # b_files column; ties broken by id
+    column: str  # b_index column; ties broken by id
+    nullable: bool = False  # NULL (a model not measured) sorts last, either way
 
 
 SORTS: dict[str, Sort] = {
@@ -193,6 +228,10 @@ SORTS: dict[str, Sort] = {
         Sort("name", "name", "name_lc"),
         Sort("size", "size", "size_bytes"),
         Sort("changed", "date changed", "mtime_ns"),
+        # the geometry facts (docs/MODELS.md); files without them come after the rest
+        Sort("triangles", "triangles", "triangles", nullable=True),
+        Sort("volume", "volume (mm³)", "volume_mm3", nullable=True),
+        Sort("largest", "largest side (mm)", "max_size_mm", nullable=True),
     )
 }
 
@@ -208,20 +247,47 @@ DUPLICATE_STATES = {
     "has_copies": "has_copies",
     "unique": "original_id IS NULL",
 }
+# The geometry facts, as `dam find` has them (same names, same units: mm): a model that was
+# not measured matches none of these.
+WATERTIGHT_STATES = {"yes": "watertight", "no": "NOT watertight"}
+INCHES_STATES = {"yes": "probably_inches", "no": "NOT probably_inches"}
+SIMILAR_STATES = {"yes": "similar_group_id IS NOT NULL", "no": "similar_group_id IS NULL"}
+# A model fits a printer as core/printers.py says (its bounding box, turned a quarter on the
+# plate if need be), the printer's build volume read from the catalogue's `printers` table.
+_PRINTER = "(SELECT {} FROM b_printers WHERE name = ?)"
+FITS_SQL = (
+    f"size_z_mm <= {_PRINTER.format('z_mm')} AND ("
+    f"(size_x_mm <= {_PRINTER.format('x_mm')} AND size_y_mm <= {_PRINTER.format('y_mm')}) OR "
+    f"(size_y_mm <= {_PRINTER.format('x_mm')} AND size_x_mm <= {_PRINTER.format('y_mm')}))"
+)
 
 
 @dataclass(frozen=True)
 class Filter:
-    """A query parameter and the SQL it adds; `values` None means free text."""
+    """A query parameter and the SQL it adds; `values` None means free text (`valid`, when
+    given, says which texts are accepted: others are ignored)."""
 
     param: str
     label: str
     sql: Callable[[str], tuple[str, list[Any]]]
     values: dict[str, str] | None = None
+    valid: Callable[[str], bool] | None = None
 
 
 def _choice(table: dict[str, str]) -> Callable[[str], tuple[str, list[Any]]]:
     return lambda v: (table[v], [])
+
+
+def _number(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return value == value and abs(value) != float("inf")
+
+
+def _at_most(column: str, cast=float) -> Callable[[str], tuple[str, list[Any]]]:
+    return lambda v: (f"{column} <= ?", [cast(float(v))])
 
 
 FILTERS: tuple[Filter, ...] = (
@@ -232,6 +298,14 @@ FILTERS: tuple[Filter, ...] = (
     Filter("bucket", "size bucket", lambda v: ("bucket = ?", [v])),
     Filter("thumbnail", "thumbnail", _choice(THUMBNAIL_STATES), THUMBNAIL_STATES),
     Filter("duplicate", "duplicate state", _choice(DUPLICATE_STATES), DUPLICATE_STATES),
+    Filter("max_x", "largest size along X (mm)", _at_most("size_x_mm"), valid=_number),
+    Filter("max_y", "largest size along Y (mm)", _at_most("size_y_mm"), valid=_number),
+    Filter("max_z", "largest size along Z (mm)", _at_most("size_z_mm"), valid=_number),
+    Filter("max_triangles", "most triangles", _at_most("triangles", int), valid=_number),
+    Filter("watertight", "watertight", _choice(WATERTIGHT_STATES), WATERTIGHT_STATES),
+    Filter("probably_inches", "probably inches", _choice(INCHES_STATES), INCHES_STATES),
+    Filter("fits", "fits printer", lambda v: (FITS_SQL, [v] * 5)),
+    Filter("similar", "same model elsewhere", _choice(SIMILAR_STATES), SIMILAR_STATES),
 )
 FILTERS_BY_PARAM = {f.param: f for f in FILTERS}
 
@@ -251,7 +325,9 @@ class LibraryQuery:
         filters = {}
         for f in FILTERS:
             value = (params.get(f.param) or "").strip()
-            if value and (f.values is None or value in f.values):
+            if not value or (f.values is not None and value not in f.values):
+                continue
+            if f.valid is None or f.valid(value):
                 filters[f.param] = value
         filters.setdefault("kind", "models")
         sort = params.get("sort", "name")
@@ -302,7 +378,8 @@ class LibraryQuery:
 CARD_COLUMNS = (
     "id, name, path, root, folder, extension, size_bytes, mtime_ns, is_model, is_duplicate, "
     "has_copies, duplicate_of_id, group_size, thumbnail_status, thumbnail_source, thumb_key, "
-    "error_class, bucket"
+    "error_class, bucket, triangles, size_x_mm, size_y_mm, size_z_mm, volume_mm3, watertight, "
+    "probably_inches, similar_group_id, similar_group_size"
 )
 
 
@@ -323,16 +400,22 @@ def library_page(con: duckdb.DuckDBPyConnection, query: LibraryQuery, count: boo
     sort = SORTS[query.sort]
     where, args = query.where()
     op, direction = ("<", "DESC") if query.desc else (">", "ASC")
-    after = decode_cursor(query.cursor, 2)
+    after = decode_cursor(query.cursor, 2, nullable=sort.nullable)
     keyset = "true"
     kargs: list[Any] = []
-    if after is not None:
+    if after is not None and after[0] is None:  # among the rows without a value (last)
+        keyset = f"({sort.column} IS NULL AND id {op} ?)"
+        kargs = after[1:]
+    elif after is not None:
         keyset = f"({sort.column}, id) {op} (?, ?)"
+        if sort.nullable:
+            keyset = f"({keyset} OR {sort.column} IS NULL)"
         kargs = after
     keys = con.execute(
         f"SELECT id, {sort.column} FROM {_index(con)} "
         f"WHERE {where} AND {keyset} "
-        f"ORDER BY {sort.column} {direction}, id {direction} LIMIT {query.limit + 1}",
+        f"ORDER BY {sort.column} {direction} NULLS LAST, id {direction} "
+        f"LIMIT {query.limit + 1}",
         args + kargs,
     ).fetchall()
     next_cursor = None
@@ -369,6 +452,7 @@ def filter_choices(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[str, 
         "bucket": one(
             "SELECT bucket, count(*) FROM b_files WHERE bucket IS NOT NULL GROUP BY bucket"
         ),
+        "fits": one("SELECT name, models FROM b_printers ORDER BY name"),
     }
 
 
@@ -381,7 +465,29 @@ def model(con: duckdb.DuckDBPyConnection, file_id: int) -> dict | None:
     item["group"] = []
     if item["original_id"] is not None:
         item["group"] = group_members(con, item["size_bytes"], item["full_hash"])
+    item["similar"] = []
+    if item["similar_group_id"] is not None:
+        item["similar"] = similar_members(con, item)
     return item
+
+
+def similar_members(con: duckdb.DuckDBPyConnection, item: dict) -> list[dict]:
+    """The other files of a file's similar_models group (the same mesh in other bytes), each
+    with `identical_to`: the ids of the group's other files (this one included) holding the
+    very same bytes as it, i.e. its exact duplicates within the group."""
+    rows = _dicts(
+        con.execute(
+            f"SELECT {CARD_COLUMNS}, similar_bytes_id, first_seen_at, changed_at FROM b_similar "
+            "WHERE similar_group_id = ? ORDER BY id",
+            [item["similar_group_id"]],
+        )
+    )
+    by_bytes: dict[int, list[int]] = {}
+    for r in rows:
+        by_bytes.setdefault(r["similar_bytes_id"], []).append(r["id"])
+    for r in rows:
+        r["identical_to"] = [i for i in by_bytes[r.pop("similar_bytes_id")] if i != r["id"]]
+    return [r for r in rows if r["id"] != item["id"]]
 
 
 def group_members(con: duckdb.DuckDBPyConnection, size_bytes: int, full_hash: str) -> list[dict]:

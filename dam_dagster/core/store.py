@@ -396,12 +396,7 @@ CREATE OR REPLACE VIEW library_files AS
         m.fingerprint,
         -- the printers (DAM_PRINTERS) whose build volume holds the model as it stands,
         -- turned a quarter on the plate if need be; NULL when the model was not measured
-        CASE WHEN m.size_x_mm IS NOT NULL THEN COALESCE(
-            (SELECT list(p.name ORDER BY p.name) FROM printers p
-              WHERE m.size_z_mm <= p.z_mm
-                AND ((m.size_x_mm <= p.x_mm AND m.size_y_mm <= p.y_mm)
-                  OR (m.size_y_mm <= p.x_mm AND m.size_x_mm <= p.y_mm))),
-            []::VARCHAR[]) END                           AS fits_printers,
+        {fits_printers}                                  AS fits_printers,
         m.slicer,
         m.printer,
         m.nozzle_mm,
@@ -457,6 +452,17 @@ def current(alias: str, file: str = "f") -> str:
     )
 
 
+# The printers (table `printers`) whose build volume holds the model of facts row `m` as it
+# stands, turned a quarter on the plate if need be (core/printers.py's rule); NULL when the
+# model was not measured. Used by the views and by the browser's tables (core/browse.py).
+FITS_PRINTERS_SQL = """CASE WHEN m.size_x_mm IS NOT NULL THEN COALESCE(
+            (SELECT list(p.name ORDER BY p.name) FROM printers p
+              WHERE m.size_z_mm <= p.z_mm
+                AND ((m.size_x_mm <= p.x_mm AND m.size_y_mm <= p.y_mm)
+                  OR (m.size_y_mm <= p.x_mm AND m.size_x_mm <= p.y_mm))),
+            []::VARCHAR[]) END"""
+
+
 def _view_sql(thumbs_dir: Path) -> str:
     exts = ", ".join(f"'{e}'" for e in MODEL_EXTENSIONS)
     return _VIEWS.format(
@@ -467,6 +473,7 @@ def _view_sql(thumbs_dir: Path) -> str:
         current_fh=current("fh"),
         current_t=current("t"),
         current_m=current("m"),
+        fits_printers=FITS_PRINTERS_SQL,
     )
 
 

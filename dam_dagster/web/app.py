@@ -10,6 +10,7 @@ model by its catalogue id, and nothing writes anywhere but the review table.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -78,6 +79,40 @@ def ns_date(ns) -> str:
     return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def number(value, digits: int | None = None) -> str:
+    """A measured figure as the Model page shows it: thousands separated and no decimals from
+    1,000, one decimal from 10, three significant digits below (a scan in metres is 0.155 mm
+    across); `digits` fixes the decimals."""
+    if value is None:
+        return ""
+    value = float(value)
+    if digits is not None:
+        return f"{value:,.{digits}f}"
+    size = abs(value)
+    if size >= 1000:
+        return f"{value:,.0f}"
+    if size >= 10:
+        return f"{value:,.1f}"
+    if size == 0:
+        return "0"
+    places = min(9, 2 - math.floor(math.log10(size)))
+    return f"{value:.{places}f}".rstrip("0").rstrip(".")
+
+
+def duration(seconds) -> str:
+    """A slicer's print-time estimate: '1 h 2 min', '12 min 5 s'."""
+    if seconds is None:
+        return ""
+    s = int(round(float(seconds)))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    parts = [f"{d} d"] * bool(d) + [f"{h} h"] * bool(h) + [f"{m} min"] * bool(m)
+    if not d and not h:
+        parts.append(f"{s} s")
+    return " ".join(parts)
+
+
 def when(value) -> str:
     if value is None:
         return ""
@@ -95,7 +130,9 @@ def make_templates(settings: Settings) -> Jinja2Templates:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(bytes=human_bytes, ns_date=ns_date, when=when, urlq=quote)
+    env.filters.update(
+        bytes=human_bytes, ns_date=ns_date, when=when, urlq=quote, num=number, duration=duration
+    )
     env.globals.update(
         STATUS_LABELS=STATUS_LABELS,
         RUN_QUEUE_LABELS=RUN_QUEUE_LABELS,

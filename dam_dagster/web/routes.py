@@ -2,7 +2,11 @@
 renders a template; each /api/ address returns the same data as JSON.
 
     /                       the library: q, kind, root, folder, format, bucket, thumbnail,
-                            duplicate, sort (name|size|changed), order (asc|desc), cursor
+                            duplicate; the geometry facts as `dam find` has them: max_x,
+                            max_y, max_z (mm), max_triangles, watertight (yes|no),
+                            probably_inches (yes|no), fits (a printer's name), similar
+                            (yes|no); sort (name|size|changed|triangles|volume|largest),
+                            order (asc|desc), cursor
     /folders                the library's tree with counts (root, folder)
     /models/<id>            one model; /models/<id>/file downloads it, /models/<id>/thumbnail
                             redirects to its PNG
@@ -203,6 +207,9 @@ def library(request: Request, api: bool = False):
         "kinds": browse.KINDS,
         "thumbnail_states": browse.THUMBNAIL_STATES,
         "duplicate_states": browse.DUPLICATE_STATES,
+        "watertight_states": browse.WATERTIGHT_STATES,
+        "inches_states": browse.INCHES_STATES,
+        "similar_states": browse.SIMILAR_STATES,
         "nav": "library",
         "q": query.q,
     }
