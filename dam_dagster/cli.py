@@ -228,9 +228,14 @@ def _dedup_needed(cat: Catalogue, roots) -> bool:
 
 
 def _thumbnail_buckets():
-    from .core.thumbnails import size_buckets
+    """The render partitions: size buckets, split by path into DAM_RENDER_SHARDS each."""
+    from .core.thumbnails import render_partitions
 
-    return list(size_buckets(int(config.env("DAM_SIZE_THRESHOLD_MB"))))
+    threshold, shards = (
+        int(config.env("DAM_SIZE_THRESHOLD_MB")),
+        int(config.env("DAM_RENDER_SHARDS")),
+    )
+    return list(render_partitions(threshold, shards))
 
 
 def _bucket_has_work(cat: Catalogue, bucket) -> bool:
@@ -545,7 +550,12 @@ def retry(scope: str, bucket: str | None, no_run: bool) -> None:
     from .terminal import failure_cause
 
     instance = dg.DagsterInstance.get()
-    jobs = [(f"thumbnails_{b.lane}_job", b.key) for b in chosen if _bucket_has_retries(b)]
+    chosen_keys = {b.key for b in chosen}  # size buckets; their partitions may be shards
+    jobs = [
+        (f"thumbnails_{p.lane}_job", p.key)
+        for p in _thumbnail_buckets()
+        if p.bucket_key in chosen_keys and _bucket_has_retries(p)
+    ]
     jobs.append(("similar_models_job", None))
     failed = []
     for job_name, partition in jobs:
@@ -582,13 +592,15 @@ def retry(scope: str, bucket: str | None, no_run: bool) -> None:
 
 
 def _bucket_has_retries(bucket) -> bool:
+    from .core.thumbnails import SHARD_SQL
+
     with _catalogue().connect(write=False) as con:
         return bool(
             con.execute(
                 "SELECT count(*) FROM current_thumbnails t JOIN file_inventory f USING (file_id) "
                 "WHERE t.retry_requested AND f.size_bytes >= $low "
-                "AND ($high IS NULL OR f.size_bytes < $high)",
-                {"low": bucket.low, "high": bucket.high},
+                f"AND ($high IS NULL OR f.size_bytes < $high) AND {SHARD_SQL}",
+                bucket.sql_args(),
             ).fetchone()[0]
         )
 

@@ -43,6 +43,11 @@ SETTINGS: tuple[EnvSetting, ...] = (
         "When the complete walk runs (cron): it finds files rewritten in place, and checks all.",
     ),
     EnvSetting("DAM_SIZE_THRESHOLD_MB", "30", "Files at or over this size go to the slow lane."),
+    EnvSetting(
+        "DAM_RENDER_SHARDS",
+        "1",
+        "Render partitions per size bucket, split by a hash of the path (several machines).",
+    ),
     EnvSetting("DAM_FAST_WORKERS", "", "Fast-lane render processes (default: CPU count)."),
     EnvSetting("DAM_SLOW_WORKERS", "", "Slow-lane render processes (default: CPU count / 4)."),
     EnvSetting("DAM_FAST_TIMEOUT_S", "120", "Per-file render timeout in the fast lane."),
