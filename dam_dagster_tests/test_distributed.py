@@ -2,8 +2,9 @@
 Dagster's storage in a real PostgreSQL server, a real Redis as the broker, and two real
 `dam worker` processes (dagster-celery workers, "two machines": separate process groups,
 distinct names) sharing the DuckDB catalogue through its lock, as a shared disk would let
-them. One worker is SIGKILLed mid-render: its step must be given to the other and the run
-must finish, never stay STARTED. The answer is checked against brute force (MD5 of every
+them. The render bucket is split in two shards (DAM_RENDER_SHARDS=2), rendered at once, one
+per worker; one worker is SIGKILLed mid-render: its step must be given to the other and its
+run must finish, never stay STARTED. The answer is checked against brute force (MD5 of every
 file; a PNG for every model).
 
 Skipped, with the reason, where PostgreSQL or Redis cannot start (`make test-deps` installs
@@ -77,6 +78,7 @@ def cluster(tmp_path_factory):
             DAM_DAGSTER_STORAGE_URL=pg.url,
             DAM_CELERY_VISIBILITY_TIMEOUT_S=str(VISIBILITY_TIMEOUT_S),
             DAM_FAST_WORKERS="1",  # two workers on two CPUs
+            DAM_RENDER_SHARDS="2",  # the <1MB bucket in two partitions, one per worker
             PYTHONUNBUFFERED="1",
         )
         workers = {
@@ -89,19 +91,20 @@ def cluster(tmp_path_factory):
         yield SimpleNamespace(env=env, base=base, library=library, data=data, workers=workers)
 
 
-def _launch(cluster, job: str, partition: str | None = None) -> subprocess.Popen:
+def _launch(cluster, job: str, partition: str | None = None, tag: str = "") -> subprocess.Popen:
     """A run as the head launches one: `dagster job execute`, the executor from the code
     location (DAM_EXECUTOR=celery), the run recorded in PostgreSQL."""
     command = [str(BIN / "dagster"), "job", "execute", "-m", "dam_dagster.definitions", "-j", job]
     if partition:
         command += ["--tags", json.dumps({"dagster/partition": partition})]
-    log = open(cluster.base / f"run-{job}.log", "ab")
+    log = open(cluster.base / f"run-{tag or job}.log", "ab")
     return subprocess.Popen(
         command, env=cluster.env, cwd=cluster.base, stdout=log, stderr=subprocess.STDOUT
     )
 
 
 def _finish(cluster, proc: subprocess.Popen, job: str, timeout_s: float = 180) -> None:
+    """Wait for a run's command (job: its log's name) and check that it succeeded."""
     try:
         proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
@@ -150,26 +153,28 @@ def test_the_pipeline_through_two_workers_survives_one_killed_mid_render(cluster
     # the dedup chain: seven steps, each a task on the io queue
     _finish(cluster, _launch(cluster, "dedup"), "dedup")
 
-    # a render partition; the worker that took its step is killed once its first thumbnails
-    # are on disk (the render under way), as a machine that loses power
-    run = _launch(cluster, "thumbnails_fast_job", "<1MB")
+    # the bucket's two shards (DAM_RENDER_SHARDS=2) at once, one on each worker; the worker of
+    # the first to have thumbnails on disk (the render under way) is killed, as a machine
+    # that loses power
+    shards = [f"<1MB shard {i} of 2" for i in (1, 2)]
+    runs_by_shard = {key: _launch(cluster, "thumbnails_fast_job", key, tag=key) for key in shards}
     thumbs = cluster.data / "thumbnails"
     deadline, victim = time.monotonic() + 120, None
-    while victim is None and time.monotonic() < deadline and run.poll() is None:
-        if any(thumbs.rglob("*.png")):
-            victim = next(
-                (w for w in cluster.workers.values() if "to render or measure" in w.text()), None
-            )
+    while victim is None and time.monotonic() < deadline:
+        busy = [w for w in cluster.workers.values() if "to render or measure" in w.text()]
+        if len(busy) == 2 and any(thumbs.rglob("*.png")):
+            victim = busy[0]
         time.sleep(0.02)
-    assert victim is not None, "no worker began rendering"
+    assert victim is not None, "the two workers did not both begin rendering"
     victim.kill()
     killed_at = time.monotonic()
     made_before_kill = len(list(thumbs.rglob("*.png")))
-    assert made_before_kill < len(MODELS), "the render ended before the kill: nothing tested"
+    assert made_before_kill < len(MODELS), "the renders ended before the kill: nothing tested"
     # killed mid-step: the step had not finished there
     assert 'Finished execution of step "thumbnails_fast"' not in victim.text()
     survivor = next(w for w in cluster.workers.values() if w is not victim)
-    _finish(cluster, run, "thumbnails_fast_job")
+    for key, run in runs_by_shard.items():
+        _finish(cluster, run, key)
     redelivered_after = time.monotonic() - killed_at
 
     _finish(cluster, _launch(cluster, "similar_models_job"), "similar_models_job")
@@ -182,19 +187,25 @@ def test_the_pipeline_through_two_workers_survives_one_killed_mid_render(cluster
         "dedup",
         "similar_models_job",
         "thumbnails_fast_job",
+        "thumbnails_fast_job",
     ]
     assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}, [
         (r.job_name, r.status) for r in runs
     ]
-    # the render step began on the killed worker and was finished by the other
-    [render_run] = [r for r in runs if r.job_name == "thumbnails_fast_job"]
-    render = [
-        w for step, w in _executions(instance, render_run.run_id) if step == "thumbnails_fast"
-    ]
-    assert render == [
-        f"{victim.name}@{os.uname().nodename}",
-        f"{survivor.name}@{os.uname().nodename}",
-    ]
+    # the killed worker's shard began there and was finished by the other, which had done its
+    # own shard meanwhile
+    host = os.uname().nodename
+    by_shard = {
+        r.tags["dagster/partition"]: [
+            w for step, w in _executions(instance, r.run_id) if step == "thumbnails_fast"
+        ]
+        for r in runs
+        if r.job_name == "thumbnails_fast_job"
+    }
+    assert sorted(by_shard) == shards
+    assert sorted(by_shard.values()) == sorted(
+        [[f"{victim.name}@{host}", f"{survivor.name}@{host}"], [f"{survivor.name}@{host}"]]
+    )
     # redelivered once the visibility timeout passed, not before (a step still running must not
     # be handed out twice), and not much later
     assert VISIBILITY_TIMEOUT_S - 1 <= redelivered_after < VISIBILITY_TIMEOUT_S + 60
