@@ -13,10 +13,11 @@ PORT   ?= 3000
 SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libglvnd0
 # A real browser for the library browser's tests and screenshots (driven by Selenium).
 BROWSER_PACKAGES := chromium chromium-driver
-# FUSE for the test share that behaves like a NAS (dam_dagster_tests/slowshare.py).
-TEST_PACKAGES := fuse3
+# FUSE for the test share that behaves like a NAS (dam_dagster_tests/slowshare.py); PostgreSQL
+# and Redis for the distributed test (dam_dagster_tests/test_distributed.py, docs/CLUSTER.md).
+TEST_PACKAGES := fuse3 postgresql redis-server
 
-.PHONY: install dev serve test lint system-deps test-deps sample bench-dedup bench-render bench-scale bench-browse bench-faults bench-share bench-sensor screenshots clean
+.PHONY: install dev serve test lint system-deps test-deps sample bench-dedup bench-render bench-scale bench-browse bench-faults bench-share bench-sensor bench-cluster screenshots clean
 
 install: system-deps $(STAMP)
 
@@ -24,7 +25,7 @@ install: system-deps $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,cluster]'
 	@touch $(STAMP)
 
 # Mesa's EGL is what pyrender draws with. As root we install it; otherwise we say what to run.
@@ -49,16 +50,19 @@ system-deps:
 	    echo "    sudo apt-get install -y $(BROWSER_PACKAGES)"; \
 	fi
 
-# libfuse3 and fusermount3 for the slow-share tests and benchmark; without them those skip.
+# libfuse3 and fusermount3 for the slow-share tests and benchmark, PostgreSQL (its initdb, under
+# /usr/lib/postgresql/<version>/bin on Debian) and redis-server for the distributed test;
+# without them those tests skip.
 test-deps:
-	@if ldconfig -p 2>/dev/null | grep -q 'libfuse3.so.3' && command -v fusermount3 >/dev/null; then :; \
+	@if ldconfig -p 2>/dev/null | grep -q 'libfuse3.so.3' && command -v fusermount3 >/dev/null && \
+	    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v redis-server >/dev/null; then :; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian packages for the test share: $(TEST_PACKAGES)"; \
+	    echo "installing Debian packages for the test share and the distributed test: $(TEST_PACKAGES)"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(TEST_PACKAGES) >/dev/null || \
 	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(TEST_PACKAGES) >/dev/null; }; \
 	else \
-	    echo "NOTE: FUSE 3 is missing, so the slow-share tests skip. Install it with:"; \
-	    echo "    sudo apt-get install -y $(TEST_PACKAGES)"; \
+	    echo "NOTE: FUSE 3, PostgreSQL or Redis is missing, so the slow-share or distributed tests skip."; \
+	    echo "Install them with:  sudo apt-get install -y $(TEST_PACKAGES)"; \
 	fi
 
 dev: install
@@ -111,6 +115,11 @@ bench-faults: install
 # complete walk (BENCH_ARGS="--library DIR --latency-ms 1").
 bench-sensor: install test-deps
 	$(BIN)/python bench/sensor_bench.py $(BENCH_ARGS)
+
+# The celery executor against the in-process one: real PostgreSQL, Redis, two workers
+# (docs/BENCHMARKS.md, "Several machines").
+bench-cluster: install test-deps
+	$(BIN)/python bench/cluster_bench.py $(BENCH_ARGS)
 
 # dedup on a library behind the test share (FUSE, 1 ms per request, 110 MB/s) against jdupes.
 bench-share: install test-deps

@@ -228,9 +228,14 @@ def _dedup_needed(cat: Catalogue, roots) -> bool:
 
 
 def _thumbnail_buckets():
-    from .core.thumbnails import size_buckets
+    """The render partitions: size buckets, split by path into DAM_RENDER_SHARDS each."""
+    from .core.thumbnails import render_partitions
 
-    return list(size_buckets(int(config.env("DAM_SIZE_THRESHOLD_MB"))))
+    threshold, shards = (
+        int(config.env("DAM_SIZE_THRESHOLD_MB")),
+        int(config.env("DAM_RENDER_SHARDS")),
+    )
+    return list(render_partitions(threshold, shards))
 
 
 def _bucket_has_work(cat: Catalogue, bucket) -> bool:
@@ -545,7 +550,12 @@ def retry(scope: str, bucket: str | None, no_run: bool) -> None:
     from .terminal import failure_cause
 
     instance = dg.DagsterInstance.get()
-    jobs = [(f"thumbnails_{b.lane}_job", b.key) for b in chosen if _bucket_has_retries(b)]
+    chosen_keys = {b.key for b in chosen}  # size buckets; their partitions may be shards
+    jobs = [
+        (f"thumbnails_{p.lane}_job", p.key)
+        for p in _thumbnail_buckets()
+        if p.bucket_key in chosen_keys and _bucket_has_retries(p)
+    ]
     jobs.append(("similar_models_job", None))
     failed = []
     for job_name, partition in jobs:
@@ -582,13 +592,15 @@ def retry(scope: str, bucket: str | None, no_run: bool) -> None:
 
 
 def _bucket_has_retries(bucket) -> bool:
+    from .core.thumbnails import SHARD_SQL
+
     with _catalogue().connect(write=False) as con:
         return bool(
             con.execute(
                 "SELECT count(*) FROM current_thumbnails t JOIN file_inventory f USING (file_id) "
                 "WHERE t.retry_requested AND f.size_bytes >= $low "
-                "AND ($high IS NULL OR f.size_bytes < $high)",
-                {"low": bucket.low, "high": bucket.high},
+                f"AND ($high IS NULL OR f.size_bytes < $high) AND {SHARD_SQL}",
+                bucket.sql_args(),
             ).fetchone()[0]
         )
 
@@ -787,6 +799,47 @@ def serve(host: str | None, port: int | None) -> None:
         log_level="warning",
         access_log=False,
     )
+
+
+@main.command()
+@click.option(
+    "--queues",
+    "-q",
+    multiple=True,
+    default=("io",),
+    show_default=True,
+    help="Queues to take steps from: io (the dedup chain), render_cpu, render_gpu; "
+    "several as -q io,render_cpu.",
+)
+@click.option("--name", "-n", default=None, help="Worker name (default: dam-<queues>@host).")
+def worker(queues: tuple[str, ...], name: str | None) -> None:
+    """A machine of a cluster: a dagster-celery worker taking one step at a time from the
+    given queues, with the broker and acknowledgement settings of the head (docs/CLUSTER.md).
+    Needs the same package version, .env and mount paths as the head."""
+    from .core.cluster import celery_worker_yaml
+    from .home import prepare_dagster_home
+
+    # dagster-celery's `-q a -q b` listens on b only: one comma-separated list
+    wanted = [q.strip() for part in queues for q in part.split(",") if q.strip()]
+    try:
+        text = celery_worker_yaml()
+        home = prepare_dagster_home()
+    except ConfigError as exc:
+        _fail(str(exc))
+    exe = shutil.which("dagster-celery") or str(Path(sys.executable).with_name("dagster-celery"))
+    if not Path(exe).exists():
+        _fail("dagster-celery is not installed: pip install 'dam-dagster[cluster]'")
+    worker_yaml = home / "celery-worker.yaml"
+    worker_yaml.write_text(text)
+    name = name or "dam-" + "-".join(wanted)
+    click.echo(f"dam worker {name}: queues {','.join(wanted)}, one step at a time", err=True)
+    command = [exe, "worker", "start", "-A", "dagster_celery.app", "-y", str(worker_yaml)]
+    command += ["-q", ",".join(wanted), "-n", name]
+    # dagster-celery starts `celery` from PATH: the one installed beside it, venv or not
+    os.environ["PATH"] = str(Path(exe).parent) + os.pathsep + os.environ.get("PATH", "")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(exe, command)  # the worker in this process: a signal to it reaches the worker
 
 
 @main.command()

@@ -18,6 +18,7 @@ from .core.inventory import take_prepared_walk, update_inventory
 from .core.store import Catalogue, row_count, table_schema
 from .core.vocabulary import COLUMN_DOCS
 from .core.walk import RootUnavailable, WalkResult
+from .executors import IO_TAGS
 from .resources import CatalogueResource, LibraryResource
 
 GROUP = "dedup"
@@ -111,6 +112,7 @@ class InventoryConfig(dg.Config):
     group_name=GROUP,
     kinds={"duckdb"},
     pool=POOL,
+    op_tags=IO_TAGS,
     description="Every file under the library roots, one row each with a stable file_id. "
     "Incremental: unchanged files are not touched, missing ones are marked not present.",
 )
@@ -190,6 +192,7 @@ def file_inventory(
     group_name=GROUP,
     kinds={"duckdb"},
     pool=POOL,
+    op_tags=IO_TAGS,
     deps=[file_inventory],
     automation_condition=EAGER,
     description="MD5 of each file's first and last 64 KiB and its size, for files whose size "
@@ -225,6 +228,7 @@ def partial_hashes(
     group_name=GROUP,
     kinds={"duckdb"},
     pool=POOL,
+    op_tags=IO_TAGS,
     deps=[partial_hashes],
     automation_condition=EAGER,
     description="Groups of present files sharing (size, partial hash): the only files read in "
@@ -255,6 +259,7 @@ def collision_candidates(
     group_name=GROUP,
     kinds={"duckdb"},
     pool=POOL,
+    op_tags=IO_TAGS,
     deps=[collision_candidates],
     automation_condition=EAGER,
     description="MD5 of the whole file, for collision candidates only.",
@@ -303,6 +308,7 @@ def _largest_md(groups: list[dedup.DuplicateGroup], total: int) -> dg.MetadataVa
     group_name=GROUP,
     kinds={"duckdb"},
     pool=POOL,
+    op_tags=IO_TAGS,
     deps=[full_hashes],
     automation_condition=EAGER,
     description="Groups of identical files. The lowest file_id is the original; every other "
@@ -337,6 +343,7 @@ def duplicates(
 
 @dg.asset_check(
     asset=duplicates,
+    op_tags=IO_TAGS,  # reads the catalogue only
     blocking=True,
     automation_condition=EAGER,
     description="Every copy has the same size and full hash as its original, the original is "
@@ -357,6 +364,7 @@ def duplicates_are_consistent(catalogue: CatalogueResource) -> dg.AssetCheckResu
 
 @dg.asset_check(
     asset=full_hashes,
+    op_tags=IO_TAGS,  # reads the catalogue only
     automation_condition=EAGER,
     description="Every collision candidate has a full hash or a recorded error.",
 )

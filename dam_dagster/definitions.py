@@ -23,6 +23,7 @@ from .core.config import load_env_files
 load_env_files()  # .env and .env.local, for every process that loads this code location
 
 from . import dedup_assets, similar_assets, thumbnail_assets  # noqa: E402
+from .executors import executor_from_env  # noqa: E402
 from .resources import CatalogueResource, LibraryResource, RenderResource  # noqa: E402
 from .sensors import (  # noqa: E402
     automation_sensor,
@@ -46,9 +47,9 @@ defs = dg.Definitions(
     schedules=[complete_walk_schedule],
     # `dam run` logs with dam_terminal (one line per step); the UI's runs use Dagster's own.
     loggers={"dam_terminal": dam_terminal},
-    # The chain's steps run one after the other anyway, and the render lanes have process
-    # pools of their own: a process per step would only add start-up time to every run.
-    executor=dg.in_process_executor,
+    # DAM_EXECUTOR: in_process (one machine: the chain's steps run one after the other anyway,
+    # the render lanes have process pools of their own) or celery (workers: docs/CLUSTER.md).
+    executor=executor_from_env(),
     resources={
         "library": LibraryResource.from_env(),
         "catalogue": CatalogueResource.from_env(),

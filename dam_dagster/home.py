@@ -3,7 +3,8 @@
 Defaults to `$DAM_DATA_DIR/dagster_home`. Its `dagster.yaml` is written once by the project
 (and never overwritten, so edits stick): a run queue of up to 10 runs at once (a backfill
 launches one run per partition) and concurrency pools of one for the catalogue writers and
-for each render lane.
+for each render lane; with DAM_DAGSTER_STORAGE_URL set, Dagster's run, event and schedule
+storage in PostgreSQL (a head and its workers: docs/CLUSTER.md).
 """
 
 import contextlib
@@ -12,7 +13,8 @@ import io
 import os
 from pathlib import Path
 
-from .core.config import dagster_home
+from .core.cluster import STORAGE_YAML, storage_url
+from .core.config import ConfigError, dagster_home
 
 DAGSTER_YAML = """\
 # Written by dam_dagster the first time DAGSTER_HOME was prepared. It is not overwritten:
@@ -59,6 +61,7 @@ def prepare_dagster_home() -> Path:
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
+    _check_storage(home / "dagster.yaml", storage_url())
     marker = home / ".dam-prepared"
     if _prepared_version(marker) == _dagster_version():
         return home
@@ -68,11 +71,31 @@ def prepare_dagster_home() -> Path:
             return home
         config = home / "dagster.yaml"
         if not config.exists():
-            _write_atomically(config, DAGSTER_YAML)
+            _write_atomically(config, dagster_yaml())
         # storages made by another Dagster release (or before this marker existed): migrate
         _create_storages(upgrade=(home / "history" / "runs.db").exists())
         _write_atomically(marker, _dagster_version() + "\n")
     return home
+
+
+def dagster_yaml() -> str:
+    """The dagster.yaml the project writes: with the PostgreSQL storage block when
+    DAM_DAGSTER_STORAGE_URL is set (a head and its workers: docs/CLUSTER.md)."""
+    return DAGSTER_YAML + ("\n" + STORAGE_YAML if storage_url() else "")
+
+
+def _check_storage(config: Path, url: str) -> None:
+    """DAM_DAGSTER_STORAGE_URL set, but a dagster.yaml written before without a storage: say
+    so, rather than quietly keep the run history in SQLite on this one machine."""
+    if not url or not config.exists():
+        return
+    text = config.read_text()
+    if "storage:" not in text and "run_storage:" not in text:
+        raise ConfigError(
+            f"DAM_DAGSTER_STORAGE_URL is set but {config} names no storage (it was written "
+            "before; the project never overwrites it): add this block to it, or delete it to "
+            "have it written again:\n" + STORAGE_YAML
+        )
 
 
 def _dagster_version() -> str:

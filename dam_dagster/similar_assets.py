@@ -14,6 +14,7 @@ import dagster as dg
 
 from .core.similar import similar_groups, update_similar_models
 from .dedup_assets import table_metadata
+from .executors import IO_TAGS
 from .resources import CatalogueResource
 from .thumbnail_assets import thumbnails_fast, thumbnails_slow
 
@@ -26,6 +27,7 @@ AFTER_THE_LANES = dg.AutomationCondition.eager().without(~dg.AutomationCondition
     kinds={"duckdb", "python"},
     deps=[thumbnails_fast, thumbnails_slow],
     automation_condition=AFTER_THE_LANES,
+    op_tags=IO_TAGS,  # reads only the catalogue: with the chain, near the data
     description="Groups of files holding the same mesh in different bytes (geometry "
     "fingerprint), with which members are also exact copies.",
 )

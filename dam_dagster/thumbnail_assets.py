@@ -36,18 +36,25 @@ from .core.thumbnails import (
     lane_stats,
     loader_changes,
     plan_bucket,
+    render_partitions,
     request_retries,
-    size_buckets,
 )
 from .core.vocabulary import FAILED_STATUSES, thumbnail_summary
 from .dedup_assets import browser_link, file_inventory, table_metadata
+from .executors import IO_TAGS, render_tags
 from .resources import CatalogueResource, RenderResource
 
 GROUP = "thumbnails"
 EAGER = dg.AutomationCondition.eager()
-# The partitions depend on DAM_SIZE_THRESHOLD_MB: reload the code location after changing it.
-BUCKETS = {b.key: b for b in size_buckets(int(env("DAM_SIZE_THRESHOLD_MB")))}
+# The partitions depend on DAM_SIZE_THRESHOLD_MB and DAM_RENDER_SHARDS: reload the code
+# location after changing them. One shard (the default): the size buckets' own keys ('<1MB');
+# more: '<1MB shard 1 of 4' ... (docs/CLUSTER.md), so that many machines share one bucket.
+BUCKETS = {
+    b.key: b
+    for b in render_partitions(int(env("DAM_SIZE_THRESHOLD_MB")), int(env("DAM_RENDER_SHARDS")))
+}
 fast_partitions = dg.StaticPartitionsDefinition([k for k, b in BUCKETS.items() if b.lane == FAST])
+RENDER_TAGS = render_tags()  # the Celery queue of both lanes (DAM_RENDER_QUEUE)
 slow_partitions = dg.StaticPartitionsDefinition([k for k, b in BUCKETS.items() if b.lane == SLOW])
 
 
@@ -102,7 +109,7 @@ def _failures_md(state: BucketState, bucket: str) -> dg.MetadataValue:
         lines.append(f"| `{path}` | {status} | {cls} | {msg[:200]} |")
     more = state.failures_total - len(state.failures)
     if more:
-        link = browser_link(f"/problems?bucket={quote(bucket)}")
+        link = browser_link(f"/problems?bucket={quote(bucket)}")  # the size bucket's
         lines.append(f"| ... {more:,} more: [all on the Problems page]({link}) | | | |")
     return dg.MetadataValue.md("\n".join(lines))
 
@@ -202,9 +209,9 @@ def render_partition(
         "partition now: failed": state.failures_total,
         "partition now: unsupported": state.by_status.get("unsupported", 0),
         "partition now: not rendered yet": state.not_rendered,
-        "failures (partition now)": _failures_md(state, bucket.key),
+        "failures (partition now)": _failures_md(state, bucket.bucket_key),
         "in the library browser": dg.MetadataValue.url(
-            browser_link(f"/?bucket={quote(bucket.key)}&kind=all")
+            browser_link(f"/?bucket={quote(bucket.bucket_key)}&kind=all")
         ),
     }
     sheet = make_contact_sheet_data_uri(stats.made[:24]) if stats.made else None
@@ -229,6 +236,7 @@ def render_partition(
     automation_condition=EAGER,
     pool="thumbnails_fast",
     output_required=False,
+    op_tags=RENDER_TAGS,
     description="Thumbnails of the models under the size threshold: many workers, short timeout. "
     "Every model parsed is measured in the same pass (model_facts).",
 )
@@ -252,6 +260,7 @@ def thumbnails_fast(
     automation_condition=EAGER,
     pool="thumbnails_slow",
     output_required=False,
+    op_tags=RENDER_TAGS,
     description="Thumbnails of the models at or over the size threshold: few workers, long "
     "timeout, so huge files never hold up the small ones. Every model parsed is measured in "
     "the same pass (model_facts).",
@@ -287,6 +296,7 @@ def _failure_rate(lane: str, catalogue: CatalogueResource) -> dg.AssetCheckResul
 
 @dg.asset_check(
     asset=thumbnails_fast,
+    op_tags=IO_TAGS,  # reads the catalogue only
     automation_condition=EAGER,
     description="Share of the fast lane's files without a thumbnail because "
     "rendering failed (warns above 5 %).",
@@ -297,6 +307,7 @@ def fast_lane_failure_rate(catalogue: CatalogueResource) -> dg.AssetCheckResult:
 
 @dg.asset_check(
     asset=thumbnails_slow,
+    op_tags=IO_TAGS,  # reads the catalogue only
     automation_condition=EAGER,
     description="Share of the slow lane's files without a thumbnail because "
     "rendering failed (warns above 5 %).",

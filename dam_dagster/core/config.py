@@ -43,6 +43,11 @@ SETTINGS: tuple[EnvSetting, ...] = (
         "When the complete walk runs (cron): it finds files rewritten in place, and checks all.",
     ),
     EnvSetting("DAM_SIZE_THRESHOLD_MB", "30", "Files at or over this size go to the slow lane."),
+    EnvSetting(
+        "DAM_RENDER_SHARDS",
+        "1",
+        "Render partitions per size bucket, split by a hash of the path (several machines).",
+    ),
     EnvSetting("DAM_FAST_WORKERS", "", "Fast-lane render processes (default: CPU count)."),
     EnvSetting("DAM_SLOW_WORKERS", "", "Slow-lane render processes (default: CPU count / 4)."),
     EnvSetting("DAM_FAST_TIMEOUT_S", "120", "Per-file render timeout in the fast lane."),
@@ -67,6 +72,25 @@ SETTINGS: tuple[EnvSetting, ...] = (
         "Creality Ender-3=220x220x250",
         "Printers models are checked against: Name=XxYxZ (mm), separated by commas.",
     ),
+    # Several machines (docs/CLUSTER.md): Dagster's storage in PostgreSQL, the celery executor.
+    EnvSetting(
+        "DAM_EXECUTOR",
+        "in_process",
+        "Where a run's steps execute: in_process (its own process) or celery (workers).",
+    ),
+    EnvSetting(
+        "DAM_DAGSTER_STORAGE_URL",
+        "",
+        "Dagster's run/event/schedule storage: postgresql+psycopg2://... (default: SQLite).",
+    ),
+    EnvSetting("DAM_CELERY_BROKER", "redis://127.0.0.1:6379/0", "The Celery broker (Redis)."),
+    EnvSetting("DAM_CELERY_BACKEND", "", "Celery's result backend (default: the broker)."),
+    EnvSetting(
+        "DAM_CELERY_VISIBILITY_TIMEOUT_S",
+        "43200",
+        "Seconds before a killed worker's step goes to another worker: above the longest step.",
+    ),
+    EnvSetting("DAM_RENDER_QUEUE", "render_cpu", "The Celery queue of the render lanes."),
     # The library browser (`dam serve`, started by `make dev` beside the Dagster UI).
     EnvSetting("DAM_BROWSER_HOST", "127.0.0.1", "Address the library browser listens on."),
     EnvSetting("DAM_BROWSER_PORT", "3001", "Port of the library browser."),

@@ -16,6 +16,7 @@ without being rendered.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from collections import Counter
@@ -79,15 +80,68 @@ FACT_COLUMNS = {
 
 @dataclass(frozen=True)
 class SizeBucket:
-    """One partition: files of size in [low, high) bytes; high None means no upper bound."""
+    """One partition: files of size in [low, high) bytes; high None means no upper bound.
+    With shards > 1, only the files whose path falls in shard `shard` (path_shard)."""
 
-    key: str
+    key: str  # the partition key: the size bucket's, or '<1MB shard 2 of 4'
     lane: str
     low: int
     high: int | None
+    shard: int = 0  # 0 .. shards - 1
+    shards: int = 1
+    size_key: str = ""  # the size bucket's key ('<1MB'); '' when the key is that already
 
     def holds(self, size: int) -> bool:
         return size >= self.low and (self.high is None or size < self.high)
+
+    @property
+    def bucket_key(self) -> str:
+        """The size bucket's key, shard or not: what the browser filters by."""
+        return self.size_key or self.key
+
+    def sql_args(self) -> dict:
+        """The parameters of SHARD_SQL and the size range, for a query over this partition."""
+        return {"low": self.low, "high": self.high, "shard": self.shard, "shards": self.shards}
+
+
+# A file's shard: the first 32 bits of the MD5 of its path (the virtual path for a zip member),
+# modulo the shard count. Stable (MD5 is MD5 on every host and every DuckDB), and spread
+# evenly whatever the sizes (a file_id, given in walk order, would correlate with folders).
+SHARD_SQL = "($shards = 1 OR ('0x' || substr(md5(f.path), 1, 8))::BIGINT % $shards = $shard)"
+
+
+def path_shard(path: str, shards: int) -> int:
+    """The shard of a path: the same figure as SHARD_SQL, in Python."""
+    if shards <= 1:
+        return 0
+    return int(hashlib.md5(path.encode("utf-8", "surrogateescape")).hexdigest()[:8], 16) % shards
+
+
+def shard_key(bucket_key: str, shard: int, shards: int) -> str:
+    return bucket_key if shards <= 1 else f"{bucket_key} shard {shard + 1} of {shards}"
+
+
+def partition_key(bucket_key: str, path: str, shards: int) -> str:
+    """The render partition a file of this size bucket and path belongs to."""
+    return shard_key(bucket_key, path_shard(path, shards), shards)
+
+
+def render_partitions(threshold_mb: int, shards: int = 1) -> tuple[SizeBucket, ...]:
+    """The render lanes' partitions: each size bucket, split into `shards` by path
+    (DAM_RENDER_SHARDS; 1, the default, keeps the size buckets' own keys). Many machines then
+    share one bucket: one run per shard, a failed shard backfilled alone."""
+    if int(shards) < 1:
+        raise ValueError(f"DAM_RENDER_SHARDS must be at least 1, not {shards}")
+    buckets = size_buckets(threshold_mb)
+    if shards == 1:
+        return buckets
+    return tuple(
+        dataclasses.replace(
+            b, key=shard_key(b.key, i, shards), shard=i, shards=shards, size_key=b.key
+        )
+        for b in buckets
+        for i in range(shards)
+    )
 
 
 def size_buckets(threshold_mb: int) -> tuple[SizeBucket, ...]:
@@ -147,10 +201,10 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
             LEFT JOIN current_model_facts m USING (file_id)
             LEFT JOIN file_inventory a ON a.file_id = f.archive_id
             WHERE f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
-              AND f.extension IN ({exts})
+              AND f.extension IN ({exts}) AND {SHARD_SQL}
             ORDER BY f.path
         """,
-            {"low": bucket.low, "high": bucket.high},
+            bucket.sql_args(),
         ).fetchall()
     plan = Plan(in_bucket=len(rows))
     for row in rows:
@@ -219,10 +273,10 @@ def loader_changes(catalogue: Catalogue, buckets: Iterable[SizeBucket]) -> dict[
                        t.renderer_version, t.capabilities, count(*)
                 FROM present_files f JOIN current_thumbnails t USING (file_id)
                 WHERE f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
-                  AND f.extension IN ({exts})
+                  AND f.extension IN ({exts}) AND {SHARD_SQL}
                 GROUP BY ALL
             """,
-                {"low": bucket.low, "high": bucket.high},
+                bucket.sql_args(),
             ).fetchall()
             n = 0
             for ext, status, transient, retry, made_by, made_with, count in rows:
@@ -246,28 +300,32 @@ def request_retries(
     if scope not in RETRY_SCOPES:
         raise ValueError(f"retry scope must be one of {', '.join(RETRY_SCOPES)}, not {scope!r}")
     statuses = list(RETRY_SCOPES[scope])
-    low, high = (bucket.low, bucket.high) if bucket is not None else (0, None)
+    where = {"low": 0, "high": None, "shard": 0, "shards": 1}
+    if bucket is not None:
+        where = bucket.sql_args()
     with catalogue.connect() as con:
         counts = con.execute(
-            """
+            f"""
             SELECT t.status, count(*) FROM current_thumbnails t JOIN file_inventory f
               USING (file_id)
             WHERE t.status IN (SELECT unnest($statuses))
               AND f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
+              AND {SHARD_SQL}
             GROUP BY t.status
             """,
-            {"statuses": statuses, "low": low, "high": high},
+            {"statuses": statuses, **where},
         ).fetchall()
         con.execute(
-            """
+            f"""
             UPDATE thumbnails SET retry_requested = true
             WHERE file_id IN (
                 SELECT t.file_id FROM current_thumbnails t JOIN file_inventory f
                   USING (file_id)
                 WHERE t.status IN (SELECT unnest($statuses))
-                  AND f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high))
+                  AND f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
+                  AND {SHARD_SQL})
             """,
-            {"statuses": statuses, "low": low, "high": high},
+            {"statuses": statuses, **where},
         )
     return {status: int(n) for status, n in counts}
 
@@ -430,7 +488,7 @@ class OutcomeWriter:
                 "ctime_ns": pa.array(cols["ctime_ns"], pa.int64()),
                 "memory_kills": pa.array(cols["memory_kills"], pa.int32()),
                 "lane": pa.array([self.bucket.lane] * n, pa.string()),
-                "bucket": pa.array([self.bucket.key] * n, pa.string()),
+                "bucket": pa.array([self.bucket.bucket_key] * n, pa.string()),
                 "status": pa.array(cols["status"], pa.string()),
                 "source": pa.array(cols["source"], pa.string()),
                 "content_md5": pa.array(cols["content_md5"], pa.string()),
@@ -537,8 +595,8 @@ def bucket_state(catalogue: Catalogue, bucket: SizeBucket, limit: int = 25) -> B
     exts = ", ".join(f"'{e}'" for e in sorted(THUMBNAIL_EXTENSIONS))
     failed = ", ".join(f"'{s}'" for s in FAILED_STATUSES)
     where = f"""f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
-                AND f.extension IN ({exts})"""
-    args = {"low": bucket.low, "high": bucket.high}
+                AND f.extension IN ({exts}) AND {SHARD_SQL}"""
+    args = bucket.sql_args()
     with catalogue.connect(write=False) as con:
         counts = con.execute(
             f"""SELECT t.status, count(*) FROM present_files f

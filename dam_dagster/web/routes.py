@@ -34,8 +34,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..core import browse, review
+from ..core.config import env
 from ..core.store import CatalogueBusy, CatalogueError
-from ..core.thumbnails import size_buckets
+from ..core.thumbnails import partition_key, size_buckets
 
 HERE = Path(__file__).parent
 THUMB_NAME = re.compile(r"^([0-9a-f]{32})\.png$")
@@ -256,10 +257,12 @@ def model(request: Request, api: bool = False):
         item["lane"] or "",
         "thumbnails_fast" if item["bucket"] in _fast(request) else "thumbnails_slow",
     )
+    # its render partition: the size bucket, or its shard of it (DAM_RENDER_SHARDS)
+    partition = partition_key(item["bucket"] or "", item["path"], int(env("DAM_RENDER_SHARDS")))
     return render(
         request,
         "model.html",
-        {"item": item, "asset": asset, "nav": "library"},
+        {"item": item, "asset": asset, "partition": partition, "nav": "library"},
         started,
     )
 

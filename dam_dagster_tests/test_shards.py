@@ -1,0 +1,101 @@
+"""Render partitions split finer than size buckets (DAM_RENDER_SHARDS), so that many machines
+share one bucket: by a stable hash of the path, each file in exactly one shard, one run per
+shard, a shard rendered (or backfilled) alone."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+
+from dam_dagster.core.inventory import update_inventory
+from dam_dagster.core.thumbnails import (
+    partition_key,
+    path_shard,
+    plan_bucket,
+    render_partitions,
+    size_buckets,
+)
+from dam_dagster.core.walk import PathFilter
+
+from .conftest import BIN, PROJECT
+
+MODELS = ["box.STL", "torus.STL", "teapot.stl", "cylinder.stl", "round.stl", "angle_block.STL"]
+
+
+def test_one_shard_keeps_the_size_buckets_and_their_keys():
+    assert render_partitions(30) == size_buckets(30) == render_partitions(30, 1)
+    keys = [b.key for b in render_partitions(30, 4)]
+    assert keys[:4] == [f"<1MB shard {i} of 4" for i in (1, 2, 3, 4)]
+    assert len(keys) == 24 and len(set(keys)) == 24
+    assert {b.bucket_key for b in render_partitions(30, 4)} == {b.key for b in size_buckets(30)}
+
+
+def test_the_shard_of_a_path_is_the_md5_of_the_path():
+    path = "/lib/a folder/teapot.stl"
+    expected = int(hashlib.md5(path.encode()).hexdigest()[:8], 16) % 5
+    assert path_shard(path, 5) == expected
+    assert partition_key("<1MB", path, 5) == f"<1MB shard {expected + 1} of 5"
+    assert partition_key("<1MB", path, 1) == "<1MB"
+
+
+def test_the_shards_of_a_bucket_split_its_files_exactly(corpus, tmp_path, catalogue):
+    lib = tmp_path / "lib"
+    for i in range(4):  # 24 files, the same few models in four folders
+        (lib / f"f{i}").mkdir(parents=True)
+        for name in MODELS:
+            shutil.copy(corpus / name, lib / f"f{i}" / name)
+    update_inventory(catalogue, [lib], PathFilter())
+    whole = plan_bucket(catalogue, size_buckets(30)[0], 256, "transparent")
+    assert whole.in_bucket == 24
+    seen: dict[str, int] = {}
+    for part in render_partitions(30, 3)[:3]:  # the three shards of <1MB
+        plan = plan_bucket(catalogue, part, 256, "transparent")
+        for task in plan.tasks:
+            assert task.path not in seen  # in one shard only
+            seen[task.path] = part.shard
+            assert path_shard(task.path, 3) == part.shard  # SQL and Python agree
+    assert sorted(seen) == sorted(t.path for t in whole.tasks)  # and in one at least
+    assert len(set(seen.values())) == 3  # every shard holds some of them
+
+
+def test_a_shard_partition_renders_its_files_only(corpus, tmp_path):
+    lib, data = tmp_path / "lib", tmp_path / "data"
+    lib.mkdir()
+    for name in MODELS:
+        shutil.copy(corpus / name, lib / name)
+    # the partitions are made when the code location loads: a process with 2 shards
+    script = """
+import json, sys
+import dagster as dg
+from dam_dagster import dedup_assets, thumbnail_assets
+from dam_dagster.core.store import Catalogue
+from dam_dagster.resources import CatalogueResource, LibraryResource, RenderResource
+res = {"library": LibraryResource(roots=sys.argv[1]),
+       "catalogue": CatalogueResource(data_dir=sys.argv[2]),
+       "renderer": RenderResource(fast_workers=1)}
+assert dg.materialize([dedup_assets.file_inventory], resources=res).success
+keys = thumbnail_assets.fast_partitions.get_partition_keys()
+result = dg.materialize([thumbnail_assets.thumbnails_fast], partition_key="<1MB shard 2 of 2",
+                        resources=res)
+with Catalogue(sys.argv[2]).connect(write=False) as con:
+    done = [r[0] for r in con.execute(
+        "SELECT f.path FROM thumbnails t JOIN file_inventory f USING (file_id)").fetchall()]
+print(json.dumps({"keys": keys, "success": result.success, "rendered": sorted(done)}))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAM_")}
+    env["DAM_RENDER_SHARDS"] = "2"
+    out = subprocess.run(
+        [str(BIN / "python"), "-c", script, str(lib), str(data)],
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["keys"][:2] == ["<1MB shard 1 of 2", "<1MB shard 2 of 2"]
+    assert got["success"]
+    expected = sorted(str(lib / n) for n in MODELS if path_shard(str(lib / n), 2) == 1)
+    assert expected and got["rendered"] == expected  # the other shard's files untouched
