@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import zipfile
+import zlib
 
 import pytest
 
@@ -504,3 +505,33 @@ def test_7z_members_get_thumbnails(seven_library, tmp_path):
     assert len(rows) == 5 + 2, rows
     assert all(status == "ok" for status in rows.values()), rows
     assert snapshot(seven_library) == before
+
+
+def test_a_7z_name_that_climbs_out_is_catalogued_and_never_extracted(tmp_path, corpus, catalogue):
+    """py7zr refuses to write '../' names, so the test writes 'xx/' and edits the (plain,
+    unencoded) header, its CRCs recomputed: what a hostile archive from elsewhere holds."""
+    import struct
+
+    import py7zr
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    with py7zr.SevenZipFile(lib / "climb.7z", "w") as z:
+        z.set_encoded_header_mode(False)
+        z.write(corpus / "box.STL", "xx/escape.stl")
+    data = bytearray((lib / "climb.7z").read_bytes())
+    old, new = ("xx/escape.stl".encode("utf-16-le"), "../escape.stl".encode("utf-16-le"))
+    at = data.find(old)
+    data[at : at + len(old)] = new
+    offset, size = struct.unpack("<QQ", data[12:28])
+    data[28:32] = struct.pack("<I", zlib.crc32(bytes(data[32 + offset : 32 + offset + size])))
+    data[8:12] = struct.pack("<I", zlib.crc32(bytes(data[12:32])))
+    (lib / "climb.7z").write_bytes(bytes(data))
+    shutil.copy(corpus / "box.STL", lib / "box.STL")
+    before = snapshot(lib)
+    stats = run_chain(catalogue, [lib], hash_all_sizes=True)
+    assert stats["inventory"].issues == 0
+    groups = {(g.original, tuple(g.duplicates)) for g in dedup.duplicate_groups(catalogue)}
+    assert groups == {(str(lib / "box.STL"), (f"{lib / 'climb.7z'}!/../escape.stl",))}
+    assert snapshot(lib) == before
+    assert not list(tmp_path.rglob("escape.stl")) and not os.path.exists("escape.stl")

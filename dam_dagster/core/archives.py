@@ -315,8 +315,9 @@ class SevenZip:
         (name, exception) for one that cannot be read (no such member, encrypted, a bomb, over
         `max_bytes`, a broken block). Each block holding one of them is decompressed once,
         from its start, up to the last member asked for; a member the consumer did not read
-        to its end is read on (and its CRC32 checked) before the next one. A consumer reads a
-        stream before asking for the next pair."""
+        to its end is read on (and its CRC32 checked) before the next one, except the last
+        one asked for in its block (a 4 KiB prefix costs no more than what precedes it). A
+        consumer reads a stream before asking for the next pair."""
         wanted: dict[int, dict[int, str]] = {}
         for name in names:
             where = self._where.get(name)
@@ -352,6 +353,8 @@ class SevenZip:
                 stream = _MemberStream(self.fp, decompressor, f.crc32, int(f.uncompressed))
                 if i in asked:
                     yield asked[i], stream
+                    if i == last:  # nothing more wanted from this block: no need to read on
+                        break
                 try:
                     stream.drain()
                 except Exception as exc:  # noqa: BLE001 - the rest of the block is lost
