@@ -229,7 +229,7 @@ class SevenZip:
             self.sz = py7zr.SevenZipFile(fileobj, mode="r")
         except PasswordRequired as exc:
             raise EncryptedArchive(
-                "its file list is encrypted: the members cannot be listed without the password"
+                "its file list is encrypted: it cannot be read without the password"
             ) from exc
         except (ArchiveError, EOFError, ValueError, KeyError, IndexError, TypeError,
                 AttributeError, NotImplementedError) as exc:  # fmt: skip
