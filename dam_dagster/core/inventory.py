@@ -108,7 +108,7 @@ WALKED_COLUMNS = f"""
 SAME_FILE = (
     "f.path = w.path AND f.raw_path IS NOT DISTINCT FROM w.raw_path AND f.archive_id IS NULL"
 )
-# One member of a zip, in the catalogue (f) and in this listing (w): its archive and its name.
+# One member of an archive, in the catalogue (f) and in this listing (w): its archive and its name.
 SAME_MEMBER = "f.archive_id = w.archive_id AND f.member = w.member"
 
 

@@ -201,7 +201,7 @@ def _load_with_trimesh(data: bytes, ext: str, path: str) -> LoadedModel:
     file_type = ext[1:]
     if file_type == "stp":
         file_type = "step"
-    if MEMBER_MARK in path:  # a zip member: its side files are members beside it
+    if MEMBER_MARK in path:  # an archive member: its side files are members beside it
         archive, member = path.split(MEMBER_MARK, 1)
         resolver = _zip_member_resolver(archive, posixpath.dirname(member))
     else:
