@@ -535,3 +535,38 @@ def test_a_7z_name_that_climbs_out_is_catalogued_and_never_extracted(tmp_path, c
     assert groups == {(str(lib / "box.STL"), (f"{lib / 'climb.7z'}!/../escape.stl",))}
     assert snapshot(lib) == before
     assert not list(tmp_path.rglob("escape.stl")) and not os.path.exists("escape.stl")
+
+
+def test_an_io_error_inside_a_7z_may_pass_and_a_damaged_block_is_permanent(
+    seven_library, monkeypatch
+):
+    """EIO while a 7z block is read (injected: a real one needs a failing disk) is a
+    transient outcome; bytes that do not decompress are a permanent MemberUnreadable."""
+    import errno
+
+    from dam_dagster.core import archives, hashing
+
+    archive = str(seven_library / "models.7z")
+    members = archives.list_members(archive)
+    n = len(members)
+    columns = (
+        list(range(n)), [f"{archive}!/{m.name}" for m in members], [None] * n,
+        [m.size for m in members], [0] * n, [0] * n, [archive] * n, [None] * n,
+        [m.name for m in members],
+    )  # fmt: skip
+
+    def eio(self, size=-1):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as m:
+        m.setattr(archives._MemberStream, "read", eio)
+        rows, failures, _ = hashing.hash_batch("partial", False, columns)
+    assert all(r[8] == "OSError" and r[10] for r in rows if r[1] > 0), rows  # transient
+    data = bytearray((seven_library / "models.7z").read_bytes())
+    data[64:128] = bytes(64)  # inside the one compressed block
+    damaged = seven_library.parent / "damaged.7z"
+    damaged.write_bytes(bytes(data))
+    columns = (*columns[:6], [str(damaged)] * n, *columns[7:])
+    rows, failures, _ = hashing.hash_batch("full", False, columns)
+    assert {r[8] for r in rows if r[1] > 0} == {"MemberUnreadable"}
+    assert not any(r[10] for r in rows)

@@ -378,7 +378,11 @@ class SevenZip:
 
 
 def _unreadable(exc: BaseException) -> BaseException:
+    """What a failure while decompressing says about the member; an I/O error of the storage
+    (EIO on a share) stays itself: it may pass."""
     if isinstance(exc, (MemberUnreadable, ArchiveRefused)):
+        return exc
+    if isinstance(exc, OSError) and exc.errno is not None:
         return exc
     from py7zr.exceptions import PasswordRequired
 
@@ -424,6 +428,8 @@ class _MemberStream:
                 got += len(chunk)
         except Exception as exc:
             self.error = _unreadable(exc)
+            if self.error is exc:
+                raise
             raise self.error from exc
         data = b"".join(parts)
         self.remaining -= len(data)

@@ -316,6 +316,15 @@ def hash_member_row(kind: str, file_id: int, archive: _OpenArchive, member: str,
         return _failure_row(file_id, state, PermanentFailure(cls, str(exc)))
 
 
+def _member_failure(file_id: int, state: tuple, exc: BaseException) -> Row:
+    """A member's failure: an I/O error of the storage as it is (it may pass), anything else
+    (encrypted, a bomb, a damaged block) permanent under its own class."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _failure_row(file_id, state, exc)
+    cls = getattr(exc, "error_class", type(exc).__name__)
+    return _failure_row(file_id, state, PermanentFailure(cls, str(exc)))
+
+
 def _failure_row(file_id: int, state: tuple, exc: BaseException) -> Row:
     cls = exc.error_class if isinstance(exc, PermanentFailure) else type(exc).__name__
     if isinstance(exc, OSError):
@@ -445,14 +454,12 @@ def hash_7z_members(kind: str, fs_path: str, jobs: list, follow_symlinks: bool) 
             for name, got in z.stream_members(list(states)):
                 fid, state = states[name]
                 if isinstance(got, BaseException):
-                    cls = getattr(got, "error_class", type(got).__name__)
-                    rows[name] = _failure_row(fid, state, PermanentFailure(cls, str(got)))
+                    rows[name] = _member_failure(fid, state, got)
                     continue
                 try:
                     prefix, partial, full, nread = _member_hashes(kind, got, state[0])
-                except (ChangedDuringRead, *_member_errors()) as exc:
-                    cls = getattr(exc, "error_class", type(exc).__name__)
-                    rows[name] = _failure_row(fid, state, PermanentFailure(cls, str(exc)))
+                except (OSError, ChangedDuringRead, *_member_errors()) as exc:
+                    rows[name] = _member_failure(fid, state, exc)
                     continue
                 rows[name] = (fid, state[0], st.st_mtime_ns, st.st_ctime_ns, prefix, partial,
                               full, nread, None, None, False)  # fmt: skip
