@@ -213,9 +213,11 @@ def _normalised(name: str) -> str:
 
 class SevenZip:
     """A 7z opened once (its header parsed once) on a binary file object, read with py7zr's
-    decoders block by block: `members()` lists, `stream_members(names)` reads members in
-    archive order, each block decompressed at most once, each member as a stream of at most
-    its declared size. Nothing is written anywhere."""
+    decoders block by block (py7zr parses the header; this reads its folders, pack positions
+    and per-folder decoders, as py7zr's own extraction does, to stream without extracting):
+    `members()` lists, `stream_members(names)` reads members in archive order, each block
+    decompressed at most once, each member as a stream of at most its declared size. Nothing
+    is written anywhere."""
 
     # How many times this process started decompressing a block (tests count passes with it).
     blocks_decompressed = 0
