@@ -7,6 +7,7 @@ import io
 import os
 import shutil
 import zipfile
+import zlib
 
 import pytest
 
@@ -296,3 +297,276 @@ def test_members_get_thumbnails_from_their_bytes_in_memory(zipped_library, tmp_p
     assert set(rows) == {f"parts/{m}" for m in MODELS}  # all under 1 MB
     assert all(status == "ok" for status in rows.values()), rows
     assert snapshot(zipped_library) == before
+
+
+# --- 7z: the same, with py7zr ----------------------------------------------------------------
+SEVEN_MODELS = ["box.STL", "torus.STL", "fuze.obj", "bunny.ply", "featuretype.3MF"]
+
+
+@pytest.fixture
+def seven_library(corpus, tmp_path):
+    """A solid 7z of corpus models (py7zr's default: one block for all), a non-solid one, and
+    loose copies of two of them."""
+    import py7zr
+
+    lib = tmp_path / "lib"
+    (lib / "loose").mkdir(parents=True)
+    for name in SEVEN_MODELS[:2]:
+        shutil.copy(corpus / name, lib / "loose" / name)
+    with py7zr.SevenZipFile(lib / "models.7z", "w") as z:
+        for name in SEVEN_MODELS:
+            z.write(corpus / name, f"parts/{name}")
+        z.writestr(b"print at 0.2 mm", "readme.txt")
+    with py7zr.SevenZipFile(
+        lib / "copy.7z", "w", filters=[{"id": py7zr.FILTER_COPY}]
+    ) as z:  # stored: every member a block of its own
+        z.write(corpus / "torus.STL", "torus again.STL")
+        z.write(corpus / "box.STL", "sub\\box.STL")  # a Windows name: forward slashes
+    return lib
+
+
+def seven_truth(lib, scratch) -> dict[str, str]:
+    """MD5 of every member, from the bytes py7zr itself extracts (outside the library)."""
+    import py7zr
+
+    truth = {}
+    for archive in sorted(lib.glob("*.7z")):
+        out = scratch / archive.name
+        with py7zr.SevenZipFile(archive) as z:
+            z.extractall(out)
+        for path in out.rglob("*"):
+            if path.is_file():
+                member = path.relative_to(out).as_posix().replace("\\", "/")
+                truth[f"{archive}!/{member}"] = hashlib.md5(path.read_bytes()).hexdigest()
+    return truth
+
+
+def test_7z_members_are_rows_with_the_hashes_of_their_bytes_and_duplicates(
+    seven_library, catalogue, tmp_path
+):
+    before = snapshot(seven_library)
+    stats = run_chain(catalogue, [seven_library], hash_all_sizes=True)
+    assert stats["inventory"].issues == 0
+    truth = seven_truth(seven_library, tmp_path / "extracted")
+    assert len(truth) == 6 + 2
+    with catalogue.connect(write=False) as con:
+        rows = con.execute("""
+            SELECT f.path, f.size_bytes, coalesce(fh.full_hash, h.full_hash), h.error_class,
+                   a.path
+            FROM file_inventory f JOIN file_inventory a ON a.file_id = f.archive_id
+            LEFT JOIN partial_hashes h ON h.file_id = f.file_id
+            LEFT JOIN full_hashes fh ON fh.file_id = f.file_id""").fetchall()
+    got = {r[0]: r[2] for r in rows}
+    assert set(got) == set(truth)
+    assert all(r[3] is None for r in rows), rows
+    assert {p: h for p, h in got.items() if h is not None} == {
+        p: h for p, h in truth.items() if p in got and got[p] is not None
+    }
+    # every member of a size that shares a hash candidate got its full hash: all of them here
+    for path, md5 in truth.items():
+        if got[path] is not None:
+            assert got[path] == md5, path
+    groups = {
+        g.full_hash: sorted([g.original, *g.duplicates]) for g in dedup.duplicate_groups(catalogue)
+    }
+    torus = hashlib.md5((seven_library / "loose" / "torus.STL").read_bytes()).hexdigest()
+    box = hashlib.md5((seven_library / "loose" / "box.STL").read_bytes()).hexdigest()
+    assert groups[torus] == sorted([
+        str(seven_library / "loose" / "torus.STL"),
+        f"{seven_library / 'models.7z'}!/parts/torus.STL",
+        f"{seven_library / 'copy.7z'}!/torus again.STL",
+    ])  # fmt: skip
+    assert f"{seven_library / 'copy.7z'}!/sub/box.STL" in groups[box]
+    assert snapshot(seven_library) == before  # nothing extracted, nothing written
+
+
+def test_a_solid_7z_is_decompressed_once_per_hashing_pass(seven_library, catalogue):
+    from dam_dagster.core import hashing
+    from dam_dagster.core.archives import SevenZip, list_members
+
+    archive = str(seven_library / "models.7z")
+    members = list_members(archive)
+    assert len(members) == 6 and len({m.compressed for m in members}) == 1  # one solid block
+    columns = (
+        list(range(len(members))), [f"{archive}!/{m.name}" for m in members],
+        [None] * len(members), [m.size for m in members], [0] * len(members),
+        [0] * len(members), [archive] * len(members), [None] * len(members),
+        [m.name for m in members],
+    )  # fmt: skip
+    for kind in ("prefix", "partial", "full"):
+        started = SevenZip.blocks_decompressed
+        rows, failures, _read = hashing.hash_batch(kind, False, columns)
+        assert SevenZip.blocks_decompressed - started == 1, kind
+        assert failures == [] and len(rows) == len(members)
+    by_name = {m.name: row for m, row in zip(members, rows)}
+    import py7zr
+
+    with py7zr.SevenZipFile(archive) as z:
+        extracted = {}
+        z.extractall(seven_library.parent / "out")
+    for m in members:
+        extracted[m.name] = (seven_library.parent / "out" / m.name).read_bytes()
+        assert by_name[m.name][6] == hashlib.md5(extracted[m.name]).hexdigest()
+    # the batching never cuts an archive's members in two (one pass per archive and stage)
+    import pyarrow as pa
+
+    table = pa.table(
+        {n: pa.array(c) for n, c in zip(hashing.JOB_COLUMNS, columns)}
+        | {"raw_path": pa.nulls(len(members), pa.binary()),
+           "archive_raw": pa.nulls(len(members), pa.binary())}
+    ).select(list(hashing.JOB_COLUMNS))  # fmt: skip
+    sizes = [b.num_rows for b in hashing._whole_archive_batches(table, 4)]
+    assert sizes == [6]
+
+
+def test_7z_broken_encrypted_and_bombs_are_recorded(tmp_path, corpus, catalogue):
+    import py7zr
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    with py7zr.SevenZipFile(lib / "bomb.7z", "w") as z:
+        z.writestr(b"\0" * (64 << 20), "huge.stl")  # one block: 64 MB into a few KB
+    with py7zr.SevenZipFile(lib / "plain.7z", "w") as z:
+        z.write(corpus / "box.STL", "box.STL")
+    data = (lib / "plain.7z").read_bytes()
+    (lib / "cut.7z").write_bytes(data[: len(data) // 2])
+    with py7zr.SevenZipFile(lib / "locked.7z", "w", password="secret") as z:
+        z.write(corpus / "torus.STL", "torus.STL")
+    with py7zr.SevenZipFile(lib / "hidden.7z", "w", password="secret", header_encryption=True) as z:
+        z.write(corpus / "torus.STL", "torus.STL")
+    stats = run_chain(catalogue, [lib], hash_all_sizes=True)
+    assert stats["inventory"].issues_by_kind == {"broken_archive": 2}
+    with catalogue.connect(write=False) as con:
+        errors = dict(
+            con.execute("""
+                SELECT f.member, h.error_class FROM partial_hashes h
+                JOIN file_inventory f USING (file_id) WHERE f.member IS NOT NULL""").fetchall()
+        )
+        issues = con.execute("SELECT path, error_class FROM walk_issues ORDER BY path").fetchall()
+        message = con.execute(
+            "SELECT error_message FROM partial_hashes JOIN file_inventory USING (file_id) "
+            "WHERE member = 'huge.stl'"
+        ).fetchone()[0]
+    assert errors == {"huge.stl": "ArchiveBomb", "box.STL": None, "torus.STL": "MemberUnreadable"}
+    assert "refused before decompressing" in message
+    assert issues == [
+        (str(lib / "cut.7z"), "BrokenArchive"),
+        (str(lib / "hidden.7z"), "EncryptedArchive"),
+    ]
+    again = run_chain(catalogue, [lib], hash_all_sizes=True)
+    assert again["partial"].files_read == 0 and again["partial"].errors == 0  # permanent
+    with catalogue.connect(write=False) as con:  # not relisted while unchanged: still known
+        listed = con.execute(
+            "SELECT error_class FROM archives WHERE error_class IS NOT NULL ORDER BY 1"
+        ).fetchall()
+    assert listed == [("BrokenArchive",), ("EncryptedArchive",)]
+
+
+def test_a_7z_bomb_is_refused_before_a_byte_is_decompressed(tmp_path):
+    import py7zr
+
+    from dam_dagster.core.archives import ArchiveRefused, SevenZip, read_member
+
+    with py7zr.SevenZipFile(tmp_path / "bomb.7z", "w") as z:
+        z.writestr(b"\0" * (64 << 20), "huge.stl")
+    started = SevenZip.blocks_decompressed
+    with pytest.raises(ArchiveRefused, match="7z bomb"):
+        read_member(str(tmp_path / "bomb.7z"), "huge.stl")
+    assert SevenZip.blocks_decompressed == started
+
+
+def test_7z_members_get_thumbnails(seven_library, tmp_path):
+    import dagster as dg
+
+    from dam_dagster import dedup_assets, thumbnail_assets
+    from dam_dagster.core.store import Catalogue
+    from dam_dagster.resources import CatalogueResource, LibraryResource, RenderResource
+
+    data = tmp_path / "data"
+    res = {
+        "library": LibraryResource(roots=str(seven_library)),
+        "catalogue": CatalogueResource(data_dir=str(data)),
+        "renderer": RenderResource(fast_workers=2),
+    }
+    assert dg.materialize([dedup_assets.file_inventory], resources=res).success
+    before = snapshot(seven_library)
+    result = dg.materialize(
+        [thumbnail_assets.thumbnails_fast], partition_key="<1MB", resources=res,
+        raise_on_error=False,
+    )  # fmt: skip
+    assert result.success
+    with Catalogue(data).connect(write=False) as con:
+        rows = dict(
+            con.execute("""
+                SELECT f.path, t.status FROM thumbnails t JOIN file_inventory f USING (file_id)
+                WHERE f.member IS NOT NULL AND f.path LIKE '%.7z!/%'
+                  AND f.extension <> '.txt'""").fetchall()
+        )
+    assert len(rows) == 5 + 2, rows
+    assert all(status == "ok" for status in rows.values()), rows
+    assert snapshot(seven_library) == before
+
+
+def test_a_7z_name_that_climbs_out_is_catalogued_and_never_extracted(tmp_path, corpus, catalogue):
+    """py7zr refuses to write '../' names, so the test writes 'xx/' and edits the (plain,
+    unencoded) header, its CRCs recomputed: what a hostile archive from elsewhere holds."""
+    import struct
+
+    import py7zr
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    with py7zr.SevenZipFile(lib / "climb.7z", "w") as z:
+        z.set_encoded_header_mode(False)
+        z.write(corpus / "box.STL", "xx/escape.stl")
+    data = bytearray((lib / "climb.7z").read_bytes())
+    old, new = ("xx/escape.stl".encode("utf-16-le"), "../escape.stl".encode("utf-16-le"))
+    at = data.find(old)
+    data[at : at + len(old)] = new
+    offset, size = struct.unpack("<QQ", data[12:28])
+    data[28:32] = struct.pack("<I", zlib.crc32(bytes(data[32 + offset : 32 + offset + size])))
+    data[8:12] = struct.pack("<I", zlib.crc32(bytes(data[12:32])))
+    (lib / "climb.7z").write_bytes(bytes(data))
+    shutil.copy(corpus / "box.STL", lib / "box.STL")
+    before = snapshot(lib)
+    stats = run_chain(catalogue, [lib], hash_all_sizes=True)
+    assert stats["inventory"].issues == 0
+    groups = {(g.original, tuple(g.duplicates)) for g in dedup.duplicate_groups(catalogue)}
+    assert groups == {(str(lib / "box.STL"), (f"{lib / 'climb.7z'}!/../escape.stl",))}
+    assert snapshot(lib) == before
+    assert not list(tmp_path.rglob("escape.stl")) and not os.path.exists("escape.stl")
+
+
+def test_an_io_error_inside_a_7z_may_pass_and_a_damaged_block_is_permanent(
+    seven_library, monkeypatch
+):
+    """EIO while a 7z block is read (injected: a real one needs a failing disk) is a
+    transient outcome; bytes that do not decompress are a permanent MemberUnreadable."""
+    import errno
+
+    from dam_dagster.core import archives, hashing
+
+    archive = str(seven_library / "models.7z")
+    members = archives.list_members(archive)
+    n = len(members)
+    columns = (
+        list(range(n)), [f"{archive}!/{m.name}" for m in members], [None] * n,
+        [m.size for m in members], [0] * n, [0] * n, [archive] * n, [None] * n,
+        [m.name for m in members],
+    )  # fmt: skip
+
+    def eio(self, size=-1):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as m:
+        m.setattr(archives._MemberStream, "read", eio)
+        rows, failures, _ = hashing.hash_batch("partial", False, columns)
+    assert all(r[8] == "OSError" and r[10] for r in rows if r[1] > 0), rows  # transient
+    data = bytearray((seven_library / "models.7z").read_bytes())
+    data[64:128] = bytes(64)  # inside the one compressed block
+    damaged = seven_library.parent / "damaged.7z"
+    damaged.write_bytes(bytes(data))
+    columns = (*columns[:6], [str(damaged)] * n, *columns[7:])
+    rows, failures, _ = hashing.hash_batch("full", False, columns)
+    assert {r[8] for r in rows if r[1] > 0} == {"MemberUnreadable"}
+    assert not any(r[10] for r in rows)

@@ -316,6 +316,15 @@ def hash_member_row(kind: str, file_id: int, archive: _OpenArchive, member: str,
         return _failure_row(file_id, state, PermanentFailure(cls, str(exc)))
 
 
+def _member_failure(file_id: int, state: tuple, exc: BaseException) -> Row:
+    """A member's failure: an I/O error of the storage as it is (it may pass), anything else
+    (encrypted, a bomb, a damaged block) permanent under its own class."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _failure_row(file_id, state, exc)
+    cls = getattr(exc, "error_class", type(exc).__name__)
+    return _failure_row(file_id, state, PermanentFailure(cls, str(exc)))
+
+
 def _failure_row(file_id: int, state: tuple, exc: BaseException) -> Row:
     cls = exc.error_class if isinstance(exc, PermanentFailure) else type(exc).__name__
     if isinstance(exc, OSError):
@@ -377,37 +386,95 @@ def hash_batch(kind: str, follow_symlinks: bool, columns: tuple) -> tuple[list, 
     """Hash one batch: columns are lists (file_id, path, raw_path, size, mtime, ctime,
     archive_path, archive_raw, member); a row with a member is a member of that archive.
     Every job gets a row, whatever happens (an error nobody foresaw is recorded as the
-    file's own). Returns the rows, the failures among them (path, error class, message,
-    transient), and the bytes read."""
+    file's own). The members of one 7z that follow each other are read in one pass over
+    the archive (hash_7z_members). Returns the rows, the failures among them (path, error
+    class, message, transient), and the bytes read."""
+    from .archives import is_seven_zip
+
     out, failures, read = [], [], 0
     archive: _OpenArchive | None = None
+    jobs = list(zip(*columns))
+    i = 0
     try:
-        for fid, path, raw, size, mtime, ctime, zpath, zraw, member in zip(*columns):
+        while i < len(jobs):
+            fid, path, raw, size, mtime, ctime, zpath, zraw, member = jobs[i]
             state = (size, mtime, ctime)
-            try:
-                if member is not None:
-                    fs_zip = os.fsdecode(zraw) if zraw is not None else zpath
-                    if archive is None or archive.path != fs_zip:
-                        if archive is not None:
-                            archive.close()
-                            archive = None
-                        archive = _OpenArchive(fs_zip, follow_symlinks)
-                    row = hash_member_row(kind, fid, archive, member, state)
-                else:
-                    fs_path = os.fsdecode(raw) if raw is not None else path
-                    row = hash_row(kind, fid, fs_path, state, follow_symlinks)
-            except OSError as exc:  # the archive could not be opened
-                row = _failure_row(fid, state, exc)
-            except Exception as exc:  # noqa: BLE001 - one file's surprise is its own outcome
-                row = _failure_row(fid, state, PermanentFailure(type(exc).__name__, str(exc)))
-            out.append(row)
-            read += row[7]
-            if row[8] is not None:
-                failures.append((path, row[8], row[9], row[10]))
+            fs_zip = (os.fsdecode(zraw) if zraw is not None else zpath) if member else None
+            if member is not None and is_seven_zip(fs_zip):
+                j = i
+                while j < len(jobs) and jobs[j][8] is not None and jobs[j][6:8] == (zpath, zraw):
+                    j += 1
+                rows = hash_7z_members(kind, fs_zip, jobs[i:j], follow_symlinks)
+                i = j
+            else:
+                try:
+                    if member is not None:
+                        if archive is None or archive.path != fs_zip:
+                            if archive is not None:
+                                archive.close()
+                                archive = None
+                            archive = _OpenArchive(fs_zip, follow_symlinks)
+                        row = hash_member_row(kind, fid, archive, member, state)
+                    else:
+                        fs_path = os.fsdecode(raw) if raw is not None else path
+                        row = hash_row(kind, fid, fs_path, state, follow_symlinks)
+                except OSError as exc:  # the archive could not be opened
+                    row = _failure_row(fid, state, exc)
+                except Exception as exc:  # noqa: BLE001 - one file's surprise is its own outcome
+                    row = _failure_row(fid, state, PermanentFailure(type(exc).__name__, str(exc)))
+                rows = [row]
+                i += 1
+            for row, job in zip(rows, jobs[i - len(rows) : i]):
+                out.append(row)
+                read += row[7]
+                if row[8] is not None:
+                    failures.append((job[1], row[8], row[9], row[10]))
     finally:
         if archive is not None:
             archive.close()
     return out, failures, read
+
+
+def hash_7z_members(kind: str, fs_path: str, jobs: list, follow_symlinks: bool) -> list[Row]:
+    """Hash members of one 7z (jobs: rows of hash_batch's columns, all of this archive) in one
+    pass: each block holding one of them is decompressed once, from its start, and each
+    member streams into its hashers as it comes (memory: one chunk and a member's 64 KiB
+    tail, never a member or the archive whole). Rows in the order of `jobs`."""
+    from .archives import SevenZip
+
+    states = {job[8]: (job[0], (job[3], job[4], job[5])) for job in jobs}
+    rows: dict[str, Row] = {}
+    try:
+        fd = _open(fs_path, follow_symlinks)
+    except OSError as exc:
+        return [_failure_row(job[0], (job[3], job[4], job[5]), exc) for job in jobs]
+    try:
+        st = _checked_stat(fd)
+        with os.fdopen(os.dup(fd), "rb") as f, SevenZip(f) as z:
+            for name, got in z.stream_members(list(states)):
+                fid, state = states[name]
+                if isinstance(got, BaseException):
+                    rows[name] = _member_failure(fid, state, got)
+                    continue
+                try:
+                    prefix, partial, full, nread = _member_hashes(kind, got, state[0])
+                except (OSError, ChangedDuringRead, *_member_errors()) as exc:
+                    rows[name] = _member_failure(fid, state, exc)
+                    continue
+                rows[name] = (fid, state[0], st.st_mtime_ns, st.st_ctime_ns, prefix, partial,
+                              full, nread, None, None, False)  # fmt: skip
+        if not _same_state(st, os.fstat(fd)):
+            raise ChangedDuringRead("the archive changed while it was read")
+    except (OSError, ChangedDuringRead, NotARegularFile) as exc:
+        return [_failure_row(job[0], (job[3], job[4], job[5]), exc) for job in jobs]
+    except Exception as exc:  # noqa: BLE001 - a broken archive: every member's outcome
+        cls = getattr(exc, "error_class", type(exc).__name__)
+        failure = PermanentFailure(cls, f"the archive cannot be read: {exc}")
+        return [rows.get(job[8]) or _failure_row(job[0], (job[3], job[4], job[5]), failure)
+                for job in jobs]  # fmt: skip
+    finally:
+        os.close(fd)
+    return [rows[job[8]] for job in jobs]
 
 
 # --- helper processes ----------------------------------------------------------------------
@@ -495,6 +562,33 @@ def _job_types():
     return {"archive_path": pa.string(), "archive_raw": pa.binary(), "member": pa.string()}
 
 
+def _whole_archive_batches(jobs, batch: int):
+    """Batches of about `batch` jobs that never cut the members of one archive in two (one
+    pass over a 7z per hashing stage: its members are in path order, so together)."""
+    import pyarrow as pa
+
+    carry = None
+    for b in jobs.to_batches(max_chunksize=batch):
+        t = pa.Table.from_batches([b])
+        if carry is not None:
+            t = pa.concat_tables([carry, t])
+            carry = None
+        archives = t.column("archive_path").to_pylist()
+        last = archives[-1] if archives else None
+        if last is not None:
+            cut = len(archives)
+            while cut > 0 and archives[cut - 1] == last:
+                cut -= 1
+            if cut > 0:
+                carry, t = t.slice(cut), t.slice(0, cut)
+            else:
+                carry, t = t, None
+        if t is not None and t.num_rows:
+            yield from t.combine_chunks().to_batches()
+    if carry is not None and carry.num_rows:
+        yield from carry.combine_chunks().to_batches()
+
+
 def hash_table(
     jobs,
     kind: str,
@@ -537,7 +631,7 @@ def hash_table(
         if name not in jobs.column_names:
             jobs = jobs.append_column(name, pa.nulls(jobs.num_rows, arrow_type))
     jobs = jobs.select(list(JOB_COLUMNS))
-    batches = iter(jobs.to_batches(max_chunksize=batch))
+    batches = _whole_archive_batches(jobs, batch)
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dam-io") as pool:
             # a bounded number of batches in flight: the rows of a million files never pile up

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .archives import MEMBER_SEPARATOR, list_members
+from .archives import ARCHIVE_EXTENSIONS, MEMBER_SEPARATOR, list_members
 from .failures import os_error_is_transient
 from .store import STATE_TABLES, Catalogue
 from .walk import (
@@ -108,7 +108,7 @@ WALKED_COLUMNS = f"""
 SAME_FILE = (
     "f.path = w.path AND f.raw_path IS NOT DISTINCT FROM w.raw_path AND f.archive_id IS NULL"
 )
-# One member of a zip, in the catalogue (f) and in this listing (w): its archive and its name.
+# One member of an archive, in the catalogue (f) and in this listing (w): its archive and its name.
 SAME_MEMBER = "f.archive_id = w.archive_id AND f.member = w.member"
 
 
@@ -195,7 +195,7 @@ def walk_differs(catalogue: Catalogue, walk: WalkResult) -> bool:
                                        EXCEPT SELECT path, mtime_ns FROM listed))
               -- zips not listed in the state they are in (catalogued before archives were)
               + (SELECT count(*) FROM present_files z LEFT JOIN archives a USING (file_id)
-                 WHERE z.extension = '.zip' AND z.archive_id IS NULL
+                 WHERE z.extension IN ({_ARCHIVE_SQL}) AND z.archive_id IS NULL
                    AND (a.file_id IS NULL OR a.size_bytes <> z.size_bytes
                         OR a.mtime_ns <> z.mtime_ns
                         OR a.ctime_ns IS DISTINCT FROM z.ctime_ns))
@@ -228,10 +228,18 @@ def _folders_table(walk: WalkResult) -> pa.Table:
     )
 
 
+_ARCHIVE_SQL = ", ".join(f"'{e}'" for e in sorted(ARCHIVE_EXTENSIONS))
+
+
 def _zips_to_list(catalogue: Catalogue, walked: pa.Table) -> pa.Table:
-    """The zips of this walk whose members must be listed: those not listed yet in the state
-    they are in now (new, changed, or catalogued before archives were). Read-only."""
-    zips = walked.filter(pc.ends_with(pc.utf8_lower(walked["path"]), ".zip"))
+    """The archives (zip, 7z) of this walk whose members must be listed: those not listed yet
+    in the state they are in now (new, changed, or catalogued before archives were)."""
+    lower = pc.utf8_lower(walked["path"])
+    is_archive = None
+    for ext in sorted(ARCHIVE_EXTENSIONS):
+        hit = pc.ends_with(lower, ext)
+        is_archive = hit if is_archive is None else pc.or_(is_archive, hit)
+    zips = walked.filter(is_archive)
     if not zips.num_rows or not catalogue.exists():
         return zips
     with catalogue.connect(write=False) as con:

@@ -126,7 +126,7 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "full_hash": "The group's content hash.",
         "size_bytes": "The group's file size.",
         "original_id": "The group's original: its lowest file_id, a file of its own before a "
-        "member of a zip.",
+        "member of an archive (zip, 7z).",
         "duplicate_of_id": "The original's id for a copy; NULL for the original itself.",
         "group_size": "Files in the group (original included).",
     },

@@ -326,7 +326,7 @@ def model_file(request: Request):
         ).fetchone()
     if row is None:
         return not_found(request, started, f"model {file_id}")
-    if row[3] is not None:  # a member of a zip archive: nothing to read on its own, the archive
+    if row[3] is not None:  # a member of an archive: nothing to read on its own, the archive
         return RedirectResponse(f"/models/{int(row[3])}/file", status_code=302)
     path = os.fsdecode(row[1]) if row[1] is not None else row[0]
     try:

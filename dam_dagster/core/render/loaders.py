@@ -201,7 +201,7 @@ def _load_with_trimesh(data: bytes, ext: str, path: str) -> LoadedModel:
     file_type = ext[1:]
     if file_type == "stp":
         file_type = "step"
-    if MEMBER_MARK in path:  # a zip member: its side files are members beside it
+    if MEMBER_MARK in path:  # an archive member: its side files are members beside it
         archive, member = path.split(MEMBER_MARK, 1)
         resolver = _zip_member_resolver(archive, posixpath.dirname(member))
     else:
@@ -331,13 +331,11 @@ def obj_is_y_up(scene, data: bytes) -> bool:
 
 
 def _zip_member_resolver(archive: str, folder: str):
-    """Side files of a zip member (an OBJ's MTL, a glTF's .bin, textures) read from the same
-    archive, in memory, with the archive checks (core/archives.py)."""
-    import zipfile
-
+    """Side files of an archive member (an OBJ's MTL, a glTF's .bin, textures) read from the
+    same archive (zip or 7z), in memory, with the archive checks (core/archives.py)."""
     from trimesh.resolvers import Resolver
 
-    from ..archives import open_member
+    from ..archives import list_members, read_member
 
     class ZipMemberResolver(Resolver):
         def __init__(self, folder: str):
@@ -345,8 +343,7 @@ def _zip_member_resolver(archive: str, folder: str):
 
         def get(self, key):
             name = posixpath.normpath(posixpath.join(self.folder, key.replace("\\", "/")))
-            with zipfile.ZipFile(archive) as z, open_member(z, name) as stream:
-                return stream.read()
+            return read_member(archive, name)
 
         def write(self, name, data):
             raise NotImplementedError("a library's archives are never written")
@@ -355,9 +352,9 @@ def _zip_member_resolver(archive: str, folder: str):
             return ZipMemberResolver(posixpath.join(self.folder, namespace))
 
         def keys(self):
-            with zipfile.ZipFile(archive) as z:
-                prefix = f"{self.folder}/" if self.folder else ""
-                return [n[len(prefix) :] for n in z.namelist() if n.startswith(prefix)]
+            prefix = f"{self.folder}/" if self.folder else ""
+            names = [m.name for m in list_members(archive)]
+            return [n[len(prefix) :] for n in names if n.startswith(prefix)]
 
     return ZipMemberResolver(folder)
 

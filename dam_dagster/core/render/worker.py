@@ -42,8 +42,11 @@ from pathlib import Path  # noqa: E402
 from ..archives import (  # noqa: E402
     MEMBER_MARK,
     ArchiveRefused,
+    BrokenArchive,
     MemberUnreadable,
+    SevenZip,
     check_zip,
+    is_seven_zip,
     member_info,
     open_member,
 )
@@ -153,26 +156,38 @@ class Worker:
     # -- one file ----------------------------------------------------------------------
 
     def _member(self, task_path: str) -> bytes:
-        """The inflated bytes of a zip member (task path '<archive>\\0<member>'), in memory,
-        after the archive's declared sizes passed the checks (core/archives.py)."""
+        """The bytes of an archive member (task path '<archive>\\0<member>'), in memory, after
+        the archive's declared sizes passed the checks (core/archives.py). A member of a solid
+        7z block costs the decompression of its block up to its end (what precedes it is
+        discarded as it comes; only the member is held)."""
         import lzma
         import zipfile
         import zlib
 
         archive, member = task_path.split(MEMBER_MARK, 1)
         try:
-            with open(open_readonly(archive), "rb") as f, zipfile.ZipFile(f) as z:
-                info = member_info(z, member)
-                if info.file_size > self.memory_mb << 20:
-                    raise PermanentFailure(
-                        "ArchiveBomb",
-                        f"the member declares {info.file_size >> 20:,} MB, over the "
-                        f"{self.memory_mb} MB a render process may use: refused before inflating",
-                    )
-                with open_member(z, member) as stream:
-                    return stream.read()
+            with open(open_readonly(archive), "rb") as f:
+                if is_seven_zip(archive):
+                    with SevenZip(f) as z:
+                        for _name, got in z.stream_members([member], self.memory_mb << 20):
+                            if isinstance(got, BaseException):
+                                raise got
+                            return got.read_all()
+                with zipfile.ZipFile(f) as z:
+                    info = member_info(z, member)
+                    if info.file_size > self.memory_mb << 20:
+                        raise PermanentFailure(
+                            "ArchiveBomb",
+                            f"the member declares {info.file_size >> 20:,} MB, over the "
+                            f"{self.memory_mb} MB a render process may use: refused before "
+                            "inflating",
+                        )
+                    with open_member(z, member) as stream:
+                        return stream.read()
         except (ArchiveRefused, MemberUnreadable) as exc:
             raise PermanentFailure(exc.error_class, str(exc)) from exc
+        except BrokenArchive as exc:
+            raise PermanentFailure(type(exc).__name__, str(exc)) from exc
         except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, RuntimeError) as exc:
             raise PermanentFailure(type(exc).__name__, f"cannot read the member: {exc}") from exc
 
