@@ -268,7 +268,9 @@ def test_a_listing_error_that_may_pass_keeps_the_members(zipped_library, catalog
     assert members == 19
 
 
-def test_members_get_thumbnails_from_their_bytes_in_memory(zipped_library, tmp_path):
+def _render_fast_lane(library, tmp_path, status_sql: str):
+    """The inventory and the fast lane's <1MB partition over `library` (real Dagster runs),
+    then `status_sql`'s (key, status) rows, and the library's snapshot from before the lane."""
     import dagster as dg
 
     from dam_dagster import dedup_assets, thumbnail_assets
@@ -277,23 +279,29 @@ def test_members_get_thumbnails_from_their_bytes_in_memory(zipped_library, tmp_p
 
     data = tmp_path / "data"
     res = {
-        "library": LibraryResource(roots=str(zipped_library)),
+        "library": LibraryResource(roots=str(library)),
         "catalogue": CatalogueResource(data_dir=str(data)),
         "renderer": RenderResource(fast_workers=2),
     }
     assert dg.materialize([dedup_assets.file_inventory], resources=res).success
-    before = snapshot(zipped_library)
+    before = snapshot(library)
     result = dg.materialize(
         [thumbnail_assets.thumbnails_fast], partition_key="<1MB", resources=res,
         raise_on_error=False,
     )  # fmt: skip
     assert result.success
     with Catalogue(data).connect(write=False) as con:
-        rows = dict(
-            con.execute("""
+        return dict(con.execute(status_sql).fetchall()), before
+
+
+def test_members_get_thumbnails_from_their_bytes_in_memory(zipped_library, tmp_path):
+    rows, before = _render_fast_lane(
+        zipped_library,
+        tmp_path,
+        """
                 SELECT f.member, t.status FROM thumbnails t JOIN file_inventory f USING (file_id)
-                WHERE f.member LIKE 'parts/%'""").fetchall()
-        )
+                WHERE f.member LIKE 'parts/%'""",
+    )
     assert set(rows) == {f"parts/{m}" for m in MODELS}  # all under 1 MB
     assert all(status == "ok" for status in rows.values()), rows
     assert snapshot(zipped_library) == before
@@ -476,32 +484,14 @@ def test_a_7z_bomb_is_refused_before_a_byte_is_decompressed(tmp_path):
 
 
 def test_7z_members_get_thumbnails(seven_library, tmp_path):
-    import dagster as dg
-
-    from dam_dagster import dedup_assets, thumbnail_assets
-    from dam_dagster.core.store import Catalogue
-    from dam_dagster.resources import CatalogueResource, LibraryResource, RenderResource
-
-    data = tmp_path / "data"
-    res = {
-        "library": LibraryResource(roots=str(seven_library)),
-        "catalogue": CatalogueResource(data_dir=str(data)),
-        "renderer": RenderResource(fast_workers=2),
-    }
-    assert dg.materialize([dedup_assets.file_inventory], resources=res).success
-    before = snapshot(seven_library)
-    result = dg.materialize(
-        [thumbnail_assets.thumbnails_fast], partition_key="<1MB", resources=res,
-        raise_on_error=False,
-    )  # fmt: skip
-    assert result.success
-    with Catalogue(data).connect(write=False) as con:
-        rows = dict(
-            con.execute("""
+    rows, before = _render_fast_lane(
+        seven_library,
+        tmp_path,
+        """
                 SELECT f.path, t.status FROM thumbnails t JOIN file_inventory f USING (file_id)
                 WHERE f.member IS NOT NULL AND f.path LIKE '%.7z!/%'
-                  AND f.extension <> '.txt'""").fetchall()
-        )
+                  AND f.extension <> '.txt'""",
+    )
     assert len(rows) == 5 + 2, rows
     assert all(status == "ok" for status in rows.values()), rows
     assert snapshot(seven_library) == before
