@@ -240,10 +240,13 @@ def test_every_command_refuses_a_data_folder_inside_a_root(hard_library, tmp_pat
     assert snapshot(hard_library) == before and not inside.exists()
 
 
-def test_reading_works_on_a_full_disk_and_a_full_disk_fails_one_clear_line(tmp_path):
+@contextlib.contextmanager
+def _small_disk(tmp_path: Path, size_mb: int):
+    """A tmpfs of size_mb for the data folder (skips where it cannot be mounted: needs root),
+    and a library of three identical STLs beside it: (mount, library, data folder, env)."""
     mount = tmp_path / "small"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)],
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mount)],
                           capture_output=True, text=True)  # fmt: skip
     if made.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip()}): needs root")
@@ -252,15 +255,26 @@ def test_reading_works_on_a_full_disk_and_a_full_disk_fails_one_clear_line(tmp_p
         lib.mkdir()
         for i in range(3):
             (lib / f"copy{i}.stl").write_bytes(box_stl(b"same"))
-        env = run_env(lib, data)
-        assert dam("run", "--skip-thumbnails", env=env, cwd=tmp_path).returncode == 0
-        with open(mount / "filler", "wb") as f:  # the disk fills up
-            try:
+        yield mount, lib, data, run_env(lib, data)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for block in (b"\0" * (1 << 20), b"\0" * 4096, b"\0"):
+            with contextlib.suppress(OSError):
                 while True:
-                    f.write(b"\0" * (1 << 20))
-                    f.flush()
-            except OSError:
-                pass
+                    os.write(fd, block)
+    finally:
+        os.close(fd)
+
+
+def test_reading_works_on_a_full_disk_and_a_full_disk_fails_one_clear_line(tmp_path):
+    with _small_disk(tmp_path, 48) as (mount, lib, data, env):
+        assert dam("run", "--skip-thumbnails", env=env, cwd=tmp_path).returncode == 0
+        _fill(mount / "filler")  # the disk fills up
         for i in range(50):
             (lib / f"new{i}.stl").write_bytes(box_stl(b"new%d" % (i % 5)))
         status = dam("status", "--json", env=env, cwd=tmp_path)
@@ -280,19 +294,6 @@ def test_reading_works_on_a_full_disk_and_a_full_disk_fails_one_clear_line(tmp_p
         mended = dam("run", "--skip-thumbnails", env=env, cwd=tmp_path)
         assert mended.returncode == 0, mended.stderr[-2000:]
         assert catalogue_groups(Catalogue(data)) == brute_force_groups(lib)
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        for block in (b"\0" * (1 << 20), b"\0" * 4096, b"\0"):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, block)
-    finally:
-        os.close(fd)
 
 
 def test_a_full_disk_under_the_run_history_is_one_line_and_status_still_reads(
@@ -303,18 +304,7 @@ def test_a_full_disk_under_the_run_history_is_one_line_and_status_still_reads(
     stack trace, and a run that failed there left runs.db's WAL index unreadable, so `dam
     status` died with one too until space was freed."""
     monkeypatch.delenv("DAGSTER_HOME")  # its default: in the data folder, on the small disk
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip()}): needs root")
-    try:
-        lib, data = tmp_path / "lib", mount / "data"
-        lib.mkdir()
-        for i in range(3):
-            (lib / f"copy{i}.stl").write_bytes(box_stl(b"same"))
-        env = run_env(lib, data)
+    with _small_disk(tmp_path, 32) as (mount, lib, data, env):
 
         def one_clear_line(proc):
             assert proc.returncode == 1, proc.stderr[-3000:]
@@ -337,8 +327,6 @@ def test_a_full_disk_under_the_run_history_is_one_line_and_status_still_reads(
         mended = dam("run", "--skip-thumbnails", env=env, cwd=tmp_path)
         assert mended.returncode == 0, mended.stderr[-2000:]
         assert catalogue_groups(Catalogue(data)) == brute_force_groups(lib)
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 # --- 5. permanent problems ------------------------------------------------------------------
