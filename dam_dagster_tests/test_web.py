@@ -316,6 +316,11 @@ def test_problems_group_failures_and_list_the_rest(client):
     assert any(w["kind"] == "undecodable_name" for w in data["walk_issues"])
     page = client.get("/problems").text
     assert "Retry the failed partitions" not in page  # nothing transient to retry
+    # the summary counts in words: 2 files failed, 1 empty file (not "1 empty files")
+    summary = page.split('<p class="summary">', 1)[1].split("</p>", 1)[0]
+    assert "<strong>2</strong> files failed to render" in summary, summary
+    empty = len(data["empty_files"])
+    assert f"<strong>{empty}</strong> {'empty file' if empty == 1 else 'empty files'} ·" in summary
 
 
 # --- thumbnails and files: only by key or id ----------------------------------------------

@@ -123,6 +123,11 @@ def when(value) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """'1 file', '2 files': the noun for a count (the count itself is the template's)."""
+    return one if n == 1 else (many or one + "s")
+
+
 def make_templates(settings: Settings) -> Jinja2Templates:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -131,7 +136,13 @@ def make_templates(settings: Settings) -> Jinja2Templates:
         lstrip_blocks=True,
     )
     env.filters.update(
-        bytes=human_bytes, ns_date=ns_date, when=when, urlq=quote, num=number, duration=duration
+        bytes=human_bytes,
+        ns_date=ns_date,
+        when=when,
+        urlq=quote,
+        num=number,
+        duration=duration,
+        plural=plural,
     )
     env.globals.update(
         STATUS_LABELS=STATUS_LABELS,
