@@ -672,6 +672,20 @@ class Catalogue:
         finally:
             lock.release()
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The catalogue's lock without a connection (for work on the file itself)."""
+        if self.url:
+            lock = store_pg.AdvisoryLock(self.url, self.who, shared=False)
+            lock.acquire(self.lock_timeout_s, self._waiting.note)
+        else:
+            lock = _FileLock(self.lock_path)
+            lock.acquire(self.lock_timeout_s, self._waiting, self.who)
+        try:
+            yield
+        finally:
+            lock.release()
+
     def copy_to(self, dest: str | os.PathLike, timeout_s: float = 0.0) -> bool:
         """Copy the catalogue file to `dest` under the lock (a consistent snapshot for readers
         such as the library browser). Waits at most `timeout_s` for the lock; returns False,
@@ -811,6 +825,8 @@ class Catalogue:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only, config=DUCKDB_CONFIG)
             except duckdb.IOException as exc:
+                if "database file with version number" in str(exc):
+                    raise CatalogueError(newer_duckdb_message(self.path, exc)) from exc
                 if "lock" not in str(exc).lower():  # a full disk, say: its cause, first
                     cause = storage_cause(f"IOException: {exc}", self.data_dir)
                     raise CatalogueError(f"cannot open the catalogue {self.path}: {cause}") from exc
@@ -821,6 +837,22 @@ class Catalogue:
                     ) from exc
                 waiting.note(f"another program has it open ({exc})")
                 time.sleep(0.5)
+
+
+def newer_duckdb_message(path: Path, exc: Exception) -> str:
+    """A catalogue file written by a DuckDB this release's cannot read (DuckDB 2, which
+    dam_dagster used before it pinned DuckDB 1.5.5 for the PostgreSQL catalogue)."""
+    import re
+
+    found = re.search(r"version number (\d+)", str(exc))
+    version = found.group(1) if found else "?"
+    return (
+        f"the catalogue {path} was written by a newer DuckDB (storage version {version}; "
+        f"DuckDB {duckdb.__version__}, which this release uses, cannot read it). Nothing was "
+        "changed. Convert it once with `dam convert-catalogue` (it exports the file with the "
+        "DuckDB that wrote it and keeps the original beside the new one), or move it aside "
+        "and `dam run` builds a new one from the library"
+    )
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
