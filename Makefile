@@ -72,8 +72,11 @@ dev: install
 serve: install
 	$(BIN)/dam serve
 
+# Every test on the default DuckDB file, then the catalogue's contract tests again with the
+# catalogue in PostgreSQL (a server the session starts; they skip, saying why, without one).
 test: install test-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m catalogue_contract --catalogue=postgres $(PYTEST_ARGS)
 
 # ruff (configured in pyproject.toml): lint and the format check, on the whole tree; and no
 # merge conflict markers left in any tracked file (ruff sees only the Python ones).

@@ -21,6 +21,7 @@ on stdout and bench/out/scale_results.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -111,11 +112,12 @@ def ensure_library(size: str, root: Path) -> Path:
     return lib
 
 
-def bench_size(size: str, root: Path, cold: bool) -> dict:
+def bench_size(size: str, root: Path, cold: bool, catalogue_url: str = "") -> dict:
     lib = ensure_library(size, root)
     data = root / f"data{size}"
     shutil.rmtree(data, ignore_errors=True)
-    env = {"DAM_LIBRARY_ROOTS": str(lib), "DAM_DATA_DIR": str(data), "DAGSTER_HOME": ""}
+    env = {"DAM_LIBRARY_ROOTS": str(lib), "DAM_DATA_DIR": str(data), "DAGSTER_HOME": "",
+           "DAM_CATALOGUE_URL": catalogue_url}  # fmt: skip
     dam = str(BIN / "dam")
     res: dict = {"size": size}
     res["jdupes"] = [measure(["jdupes", "-r", "-q", str(lib)], {}, cold) for _ in range(2)]
@@ -162,11 +164,36 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def catalogue_urls(stack: contextlib.ExitStack):
+    """A PostgreSQL server of the test suite's kind (dam_dagster_tests/cluster.py), and a new
+    database in it for each size."""
+    sys.path.insert(0, str(HERE.parent))
+    import psycopg2
+
+    from dam_dagster_tests.cluster import postgres
+
+    pg = stack.enter_context(postgres())
+    for n in range(1, 100):
+        con = psycopg2.connect(f"postgresql://dam@127.0.0.1:{pg.port}/postgres")
+        con.autocommit = True
+        with con.cursor() as cur:
+            cur.execute(f"CREATE DATABASE bench_{n}")
+        con.close()
+        yield f"postgresql://dam@127.0.0.1:{pg.port}/bench_{n}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="34k,1m")
     ap.add_argument("--root", type=Path, default=OUT / "scale")
     ap.add_argument("--cold", action="store_true", help="drop the page cache before each run")
+    ap.add_argument(
+        "--catalogue",
+        choices=("duckdb", "postgres"),
+        default="duckdb",
+        help="postgres: the catalogue in a PostgreSQL server this bench starts on this machine "
+        "(DAM_CATALOGUE_URL, a new database per size); its memory is not in the figures",
+    )
     args = ap.parse_args()
     if not shutil.which("jdupes"):
         if os.geteuid() == 0 and shutil.which("apt-get"):
@@ -175,9 +202,14 @@ def main() -> None:
         if not shutil.which("jdupes"):
             sys.exit("jdupes is missing: sudo apt-get install -y jdupes")
     args.root.mkdir(parents=True, exist_ok=True)
-    results = [bench_size(s.strip(), args.root, args.cold) for s in args.sizes.split(",")]
+    with contextlib.ExitStack() as stack:
+        urls = catalogue_urls(stack) if args.catalogue == "postgres" else iter(lambda: "", None)
+        results = [
+            bench_size(s.strip(), args.root, args.cold, next(urls)) for s in args.sizes.split(",")
+        ]
     OUT.mkdir(exist_ok=True)
-    (OUT / "scale_results.json").write_text(json.dumps(results, indent=2))
+    suffix = "" if args.catalogue == "duckdb" else f"_{args.catalogue}"
+    (OUT / f"scale_results{suffix}.json").write_text(json.dumps(results, indent=2))
     print(table(results))
     print(f"\nload average at the end: {os.getloadavg()}; cold={args.cold}")
 

@@ -320,7 +320,7 @@ def status(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(figures, indent=2))
         return
-    click.echo(f"catalogue: {config.data_dir() / 'dam.duckdb'}")
+    click.echo(f"catalogue: {_catalogue(quick=True).where}")
     _print_status(figures)
     if queue is not None:
         click.echo(f"runs: {queue.describe()}")
@@ -618,6 +618,34 @@ _FIND_COLUMNS = (
 )
 
 
+@main.command("convert-catalogue")
+@click.option(
+    "--python",
+    "python",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A Python whose duckdb reads the old file (default: a virtual environment made with "
+    "pip for the conversion, then removed).",
+)
+def convert_catalogue(python: Path | None) -> None:
+    """Convert a catalogue file written by DuckDB 2 (earlier releases) for this release's
+    DuckDB. The original is kept beside it (dam.duckdb.storage-N); nothing is deleted."""
+    from .core import convert
+
+    cat = _catalogue()
+    if cat.url:
+        _fail(
+            "DAM_CATALOGUE_URL is set: the catalogue is in PostgreSQL, there is no file to convert"
+        )
+    try:
+        kept = convert.convert(cat.path, cat.held, python, log=lambda m: click.echo(m, err=True))
+    except CatalogueError as exc:
+        _fail(str(exc))
+    if kept is None:
+        click.echo(f"{cat.path} is readable as it is: nothing to convert")
+        return
+    click.echo(f"converted {cat.path}; the original is kept as {kept}")
+
+
 @main.command()
 @click.option("--max-x", type=float, help="Largest size along X, mm (likewise -y, -z).")
 @click.option("--max-y", type=float)
@@ -789,7 +817,7 @@ def serve(host: str | None, port: int | None) -> None:
     settings = Settings.from_env(host, port)  # (main() refused a data folder inside a root)
     click.echo(
         f"library browser: http://{settings.host}:{settings.port}  "
-        f"(catalogue {settings.data_dir / 'dam.duckdb'})",
+        f"(catalogue {Catalogue(settings.data_dir).where})",
         err=True,
     )
     uvicorn.run(

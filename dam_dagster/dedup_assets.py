@@ -46,8 +46,12 @@ def table_metadata(catalogue: Catalogue, table: str) -> dict:
         "dagster/column_schema": dg.TableSchema(columns=columns),
         "dagster/row_count": rows,
         "dagster/table_name": f"dam.main.{table}",
-        "dagster/storage_kind": "duckdb",
-        "catalogue": dg.MetadataValue.path(str(catalogue.path)),
+        "dagster/storage_kind": "postgresql" if catalogue.url else "duckdb",
+        "catalogue": (
+            dg.MetadataValue.text(catalogue.where)
+            if catalogue.url
+            else dg.MetadataValue.path(catalogue.where)
+        ),
     }
 
 

@@ -85,13 +85,16 @@ class LibraryResource(dg.ConfigurableResource):
 
 
 class CatalogueResource(dg.ConfigurableResource):
-    """The DuckDB catalogue under the data folder: the one owner of every connection."""
+    """The catalogue (the DuckDB file under the data folder, or PostgreSQL when
+    catalogue_url is set): the one owner of every connection."""
 
     data_dir: str = "data"
+    catalogue_url: str | None = None  # None: DAM_CATALOGUE_URL as the process sees it
     lock_timeout_s: int = 300
 
     ENV: ClassVar[dict[str, tuple[str, type]]] = {
         "data_dir": ("DAM_DATA_DIR", str),
+        "catalogue_url": ("DAM_CATALOGUE_URL", str),
         "lock_timeout_s": ("DAM_LOCK_TIMEOUT_S", int),
     }
 
@@ -110,7 +113,9 @@ class CatalogueResource(dg.ConfigurableResource):
 
     def catalogue(self, log=None, who: str = "dagster") -> Catalogue:
         on_wait = log.info if log is not None else None
-        return Catalogue(self.data_path(), self.lock_timeout_s, on_wait=on_wait, who=who)
+        return Catalogue(
+            self.data_path(), self.lock_timeout_s, on_wait=on_wait, who=who, url=self.catalogue_url
+        )
 
     def check_outside(self, roots: tuple[Path, ...]) -> None:
         check_data_dir_outside_roots(self.data_path(), roots)

@@ -32,13 +32,57 @@ CORPUS = _find_corpus()
 BIN = Path(sys.executable).parent
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--catalogue",
+        choices=("duckdb", "postgres"),
+        default="duckdb",
+        help="the catalogue backend every test's catalogue uses: the DuckDB file (default) or "
+        "a PostgreSQL server the session starts (DAM_CATALOGUE_URL, a database per test); "
+        "`make test` runs the tests marked catalogue_contract on both",
+    )
+
+
+@pytest.fixture(scope="session")
+def _catalogue_server(request):
+    """The session's PostgreSQL server when --catalogue=postgres (else None)."""
+    if request.config.getoption("--catalogue") != "postgres":
+        yield None
+        return
+    from dam_dagster_tests.cluster import ServerUnavailable, postgres
+
+    try:
+        with postgres() as server:
+            yield server
+    except ServerUnavailable as exc:
+        pytest.skip(f"--catalogue=postgres: no PostgreSQL server could be started: {exc}")
+
+
+_databases = iter(range(1, 1_000_000))
+
+
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch, tmp_path):
-    """No test sees the developer's DAM_* settings or Dagster home."""
+def _isolated_environment(monkeypatch, tmp_path, _catalogue_server):
+    """No test sees the developer's DAM_* settings or Dagster home. With --catalogue=postgres
+    every test gets a new, empty PostgreSQL database as its DAM_CATALOGUE_URL (processes the
+    test starts inherit it)."""
     for name in SETTING_NAMES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
+    if _catalogue_server is not None:
+        import psycopg2
+
+        name = f"dam_test_{os.getpid()}_{next(_databases)}"
+        admin = f"postgresql://dam@127.0.0.1:{_catalogue_server.port}/postgres"
+        con = psycopg2.connect(admin)
+        con.autocommit = True
+        with con.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+        con.close()
+        monkeypatch.setenv(
+            "DAM_CATALOGUE_URL", f"postgresql://dam@127.0.0.1:{_catalogue_server.port}/{name}"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import shutil
 import time
 
 import dagster as dg
+import pytest
 
 from dam_dagster import dedup_assets
 from dam_dagster.core.changes import (
@@ -20,6 +21,8 @@ from dam_dagster.resources import CatalogueResource, LibraryResource
 from dam_dagster.sensors import library_sensor
 
 from .conftest import make_hard_cases
+
+pytestmark = pytest.mark.catalogue_contract
 
 
 def state(cat: Catalogue) -> dict:

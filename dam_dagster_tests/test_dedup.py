@@ -4,10 +4,14 @@ import json
 import os
 import shutil
 
+import pytest
+
 from dam_dagster.core import dedup
 from dam_dagster.core.store import Catalogue
 
 from .conftest import brute_force_groups, catalogue_groups, run_chain, run_unprivileged, snapshot
+
+pytestmark = pytest.mark.catalogue_contract
 
 
 def ids(catalogue: Catalogue) -> dict[str, int]:

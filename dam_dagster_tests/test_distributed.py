@@ -1,11 +1,12 @@
 """Several machines on this one: the whole pipeline through Dagster's celery executor, with
 Dagster's storage in a real PostgreSQL server, a real Redis as the broker, and two real
 `dam worker` processes (dagster-celery workers, "two machines": separate process groups,
-distinct names) sharing the DuckDB catalogue through its lock, as a shared disk would let
-them. The render bucket is split in two shards (DAM_RENDER_SHARDS=2), rendered at once, one
-per worker; one worker is SIGKILLed mid-render: its step must be given to the other and its
-run must finish, never stay STARTED. The answer is checked against brute force (MD5 of every
-file; a PNG for every model).
+distinct names) writing one catalogue in PostgreSQL (DAM_CATALOGUE_URL, another database of
+the same server) while the thumbnails go to the shared data folder. The render bucket is
+split in two shards (DAM_RENDER_SHARDS=2), rendered at once, one per worker (two writers of
+the catalogue at once); one worker is SIGKILLed mid-render: its step must be given to the
+other and its run must finish, never stay STARTED. The answer is checked against brute force
+(MD5 of every file; a PNG for every model).
 
 Skipped, with the reason, where PostgreSQL or Redis cannot start (`make test-deps` installs
 them as root; CI has them).
@@ -68,6 +69,13 @@ def cluster(tmp_path_factory):
         except ServerUnavailable as exc:
             pytest.skip(f"the distributed test needs PostgreSQL and Redis: {exc}")
         data = base / "data"
+        import psycopg2
+
+        admin = psycopg2.connect(pg.url.replace("+psycopg2", ""))
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("CREATE DATABASE dam_catalogue")
+        admin.close()
         env = {k: v for k, v in os.environ.items() if not k.startswith("DAM_")}
         env.update(
             DAM_LIBRARY_ROOTS=str(library),
@@ -76,6 +84,7 @@ def cluster(tmp_path_factory):
             DAM_EXECUTOR="celery",
             DAM_CELERY_BROKER=broker,
             DAM_DAGSTER_STORAGE_URL=pg.url,
+            DAM_CATALOGUE_URL=pg.url.rsplit("/", 1)[0] + "/dam_catalogue",
             DAM_CELERY_VISIBILITY_TIMEOUT_S=str(VISIBILITY_TIMEOUT_S),
             DAM_FAST_WORKERS="1",  # two workers on two CPUs
             DAM_RENDER_SHARDS="2",  # the <1MB bucket in two partitions, one per worker
@@ -221,7 +230,8 @@ def test_the_pipeline_through_two_workers_survives_one_killed_mid_render(cluster
                 assert message.endswith(f'to queue "{queue}".'), message
 
     # the answer: the same duplicates as brute force, a thumbnail for every model
-    cat = Catalogue(cluster.data, lock_timeout_s=30)
+    cat = Catalogue(cluster.data, lock_timeout_s=30, url=cluster.env["DAM_CATALOGUE_URL"])
+    assert not (cluster.data / "dam.duckdb").exists()  # every worker wrote PostgreSQL
     with cat.connect(write=False) as con:
         rows = con.execute("SELECT path, duplicate_of_id, id FROM library_files").fetchall()
         models = con.execute(

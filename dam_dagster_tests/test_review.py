@@ -19,6 +19,8 @@ from dam_dagster.core.inventory import update_inventory
 
 from .conftest import run_chain, snapshot
 
+pytestmark = pytest.mark.catalogue_contract
+
 NAMES = [
     "keep me.stl",
     "with space.stl",

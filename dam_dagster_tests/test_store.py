@@ -1,19 +1,21 @@
 """The store: a real DuckDB file shared by processes, migrated on open, never held while
-library files are read."""
+library files are read. A catalogue contract: `make test` runs it on PostgreSQL too."""
 
+import contextlib
 import fcntl
 import multiprocessing
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from dam_dagster.core import hashing
+from dam_dagster.core import hashing, store_pg
 from dam_dagster.core.store import SCHEMA_VERSION, Catalogue, CatalogueBusy, CatalogueError
 
 from .conftest import brute_force_groups, catalogue_groups, run_chain
+
+pytestmark = pytest.mark.catalogue_contract
 
 
 def _chain_in_process(data_dir: str, root: str, rounds: int, out) -> None:
@@ -80,15 +82,39 @@ with Catalogue({str(tmp_path / "data")!r}, who='test holder').connect() as con:
     holder.wait(timeout=10)
 
 
+@contextlib.contextmanager
+def _held_by_another(cat: Catalogue, who: str = "another holder"):
+    """The catalogue's lock held the way another process holds it: the file lock beside the
+    DuckDB file, or the advisory lock in a PostgreSQL session of its own."""
+    if cat.backend == "postgres":
+        lock = store_pg.AdvisoryLock(cat.url, who, shared=False)
+        lock.acquire(5, lambda _why: None)
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    with open(cat.lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(who)
+        fh.flush()
+        yield
+
+
 def test_busy_catalogue_gives_a_clear_error(tmp_path):
     cat = Catalogue(tmp_path / "data", lock_timeout_s=0.5)
     with cat.connect():
         pass
-    with open(cat.lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    assert cat.busy() is None
+    with _held_by_another(cat):
+        assert cat.busy()
         with pytest.raises(CatalogueBusy, match="busy.*DAM_LOCK_TIMEOUT_S"):
             with cat.connect():
                 pass
+        if cat.backend == "postgres":  # readers take no lock there (the file's readers do)
+            with cat.connect(write=False) as con:
+                assert con.execute("SELECT count(*) FROM file_inventory").fetchone()[0] == 0
+    assert cat.busy() is None
 
 
 def test_schema_version_recorded_and_newer_file_refused(tmp_path):
@@ -119,16 +145,8 @@ def test_no_connection_is_open_while_library_files_are_read(tmp_path, hard_libra
     checked = []
 
     def lock_is_free() -> bool:
-        # a shared lock conflicts with the store's exclusive one, not with other probes
-        fd = os.open(cat.lock_path, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return True
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
+        # the flock (a shared probe) or the advisory lock (pg_locks): nobody holds it
+        return cat.busy() is None
 
     real = hashing.hash_row  # every file read by every hashing stage goes through it
 

@@ -30,6 +30,12 @@ SETTINGS: tuple[EnvSetting, ...] = (
     EnvSetting("DAM_FOLLOW_SYMLINKS", "0", "1 to follow symbolic links (loops are detected)."),
     EnvSetting("DAM_IO_THREADS", "16", "Threads reading library files at once."),
     EnvSetting("DAM_HASH_ALL_SIZES", "0", "1 to hash every file, even those of a unique size."),
+    EnvSetting(
+        "DAM_CATALOGUE_URL",
+        "",
+        "The catalogue in PostgreSQL (postgresql://user@host:5432/dam) for several machines; "
+        "empty: the DuckDB file in DAM_DATA_DIR.",
+    ),
     EnvSetting("DAM_LOCK_TIMEOUT_S", "300", "Seconds to wait for the catalogue lock."),
     EnvSetting("DAM_SENSOR_INTERVAL_S", "120", "Seconds between two looks of the library sensor."),
     EnvSetting(

@@ -43,18 +43,6 @@ from .thumbnails import SizeBucket
 log = logging.getLogger(__name__)
 
 
-def _signature(path: Path) -> tuple:
-    """What changes when the catalogue file was written: its size and mtime, and its WAL's."""
-    parts = []
-    for p in (path, path.with_name(path.name + ".wal")):
-        try:
-            st = os.stat(p)
-            parts.append((st.st_size, st.st_mtime_ns))
-        except FileNotFoundError:
-            parts.append(None)
-    return tuple(parts)
-
-
 @dataclass
 class _Generation:
     number: int
@@ -189,17 +177,17 @@ class Replica:
     # --- state ------------------------------------------------------------------------
     def stale(self) -> bool:
         """The catalogue changed since the current copy was made (or there is none yet)."""
-        if not self.catalogue.path.exists():
+        if not self.catalogue.exists():
             return False
         gen = self._current
-        return gen is None or _signature(self.catalogue.path) != gen.source
+        return gen is None or self.catalogue.signature() != gen.source
 
     def state(self) -> dict[str, Any]:
         gen = self._current
         stale = self.stale()
         return {
             "ready": gen is not None,
-            "catalogue_exists": self.catalogue.path.exists(),
+            "catalogue_exists": self.catalogue.exists(),
             "made_at": gen.made_at if gen else None,
             "age_s": (time.time() - gen.made_at.timestamp()) if gen else None,
             "stale": stale,
@@ -228,10 +216,10 @@ class Replica:
     # --- refresh ----------------------------------------------------------------------
     def refresh(self) -> bool:
         """Make a new copy if the lock is free now; False (nothing changed) when it is not."""
-        if not self.catalogue.path.exists():
+        if not self.catalogue.exists():
             return False
         with self._refreshing:
-            source = _signature(self.catalogue.path)
+            source = self.catalogue.signature()
             number = next(self._numbers)
             path = self.folder / f"replica-{os.getpid()}-{number}.duckdb"
             t0 = time.monotonic()

@@ -214,7 +214,7 @@ def plan_from_catalogue(
     catalogue: Catalogue, action: str, quarantine_dir: str | None = None
 ) -> Plan:
     with catalogue.connect(write=False) as con:
-        return make_plan(con, action, quarantine_dir, str(catalogue.path))
+        return make_plan(con, action, quarantine_dir, catalogue.where)
 
 
 def _q(fs_path: str) -> bytes:

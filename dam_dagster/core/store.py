@@ -27,28 +27,28 @@ from pathlib import Path
 
 import duckdb
 
+from . import store_pg
+from .catalogue_errors import CatalogueBusy, CatalogueError, CatalogueMissing, PostgresUnavailable
 from .failures import storage_cause
 from .render.api import MODEL_EXTENSIONS as RENDERED_MODEL_EXTENSIONS
 from .render.capabilities import FACTS_VERSION
 
 DB_NAME = "dam.duckdb"
 # Every connection: two threads (the catalogue is one of several things a run does), and a
-# bounded buffer pool, so that a million-file inventory spills its joins to
+# bounded buffer pool (256 MB: at 512 MB DuckDB 1.5 took a million-file inventory to 1.1 GB),
+# so that a million-file inventory spills its joins to
 # `dam.duckdb.tmp/` beside the file rather than growing the process past a NAS's memory.
-DUCKDB_CONFIG = {"threads": 2, "memory_limit": "512MB", "preserve_insertion_order": False}
+DUCKDB_CONFIG = {"threads": 2, "memory_limit": "256MB", "preserve_insertion_order": False}
 SCHEMA_VERSION = 7
 
 
-class CatalogueError(RuntimeError):
-    """Something about the catalogue file a person has to act on."""
-
-
-class CatalogueBusy(CatalogueError):
-    """The lock could not be had within the timeout."""
-
-
-class CatalogueMissing(CatalogueError):
-    """A read of a catalogue that does not exist (reading never creates one)."""
+__all__ = [
+    "Catalogue",
+    "CatalogueBusy",
+    "CatalogueError",
+    "CatalogueMissing",
+    "PostgresUnavailable",
+]
 
 
 # --- schema -------------------------------------------------------------------------------
@@ -568,7 +568,10 @@ class _FileLock:
 
 # --- the catalogue ------------------------------------------------------------------------
 class Catalogue:
-    """The DuckDB catalogue under a data folder. Cheap to create; holds no open connection."""
+    """The catalogue: the DuckDB file under a data folder, or, when a PostgreSQL address is
+    given (`url`, by default DAM_CATALOGUE_URL; '' for the file), a PostgreSQL database
+    (core/store_pg.py). The thumbnails stay under the data folder either way. Cheap to
+    create; holds no open connection."""
 
     _migrated: set[tuple[Path, int]] = set()
     _migrated_guard = threading.Lock()
@@ -579,7 +582,10 @@ class Catalogue:
         lock_timeout_s: float = 300.0,
         on_wait: Callable[[str], None] | None = None,
         who: str = "",
+        url: str | None = None,
     ):
+        raw = store_pg.env_url() if url is None else (url.strip() or None)
+        self.url = store_pg.normalise_url(raw) if raw else None
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_NAME
         self.lock_path = self.data_dir / (DB_NAME + ".lock")
@@ -589,17 +595,55 @@ class Catalogue:
         self.who = who or f"dam pid {os.getpid()}"
         self._waiting = _Waiting(on_wait)
 
+    @property
+    def backend(self) -> str:
+        return "postgres" if self.url else "duckdb"
+
+    @property
+    def where(self) -> str:
+        """Where the catalogue is, for people: the file, or the address without password."""
+        return store_pg.redact(self.url) if self.url else str(self.path)
+
     def exists(self) -> bool:
+        if self.url:
+            return store_pg.has_schema(self.url)
         return self.path.exists()
 
+    def signature(self) -> tuple | None:
+        """Something that changes whenever a write is committed (None: no catalogue yet)."""
+        if self.url:
+            gen = store_pg.generation(self.url)
+            return None if gen is None else ("postgres", gen)
+        if not self.path.exists():
+            return None
+        parts = []
+        for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                st = os.stat(p)
+                parts.append((st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                parts.append(None)
+        return tuple(parts)
+
     @contextlib.contextmanager
-    def connect(self, write: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(
+        self, write: bool = True, alone: bool = True
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection for one short transaction, under the lock. Commits on success.
 
         With write=False nothing is written: a catalogue that does not exist is an error
         (CatalogueMissing), never created, and the file is opened read-only (temporary tables
         still work), so reading works on a full disk.
+
+        `alone=False` says the write may run beside other such writes (rows of the writer's
+        own files: thumbnails, facts): on PostgreSQL they share the advisory lock, while a
+        stage that must run alone holds it exclusively. The DuckDB file has one writer at a
+        time whatever is asked.
         """
+        if self.url:
+            with self._connect_pg(write, alone) as con:
+                yield con
+            return
         if not write and not self.path.exists():
             raise CatalogueMissing(
                 f"there is no catalogue at {self.path}: run `dam run` (or `make dev`) to make "
@@ -629,12 +673,35 @@ class Catalogue:
         finally:
             lock.release()
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The catalogue's lock without a connection (for work on the file itself)."""
+        if self.url:
+            lock = store_pg.AdvisoryLock(self.url, self.who, shared=False)
+            lock.acquire(self.lock_timeout_s, self._waiting.note)
+        else:
+            lock = _FileLock(self.lock_path)
+            lock.acquire(self.lock_timeout_s, self._waiting, self.who)
+        try:
+            yield
+        finally:
+            lock.release()
+
     def copy_to(self, dest: str | os.PathLike, timeout_s: float = 0.0) -> bool:
         """Copy the catalogue file to `dest` under the lock (a consistent snapshot for readers
         such as the library browser). Waits at most `timeout_s` for the lock; returns False,
-        copying nothing, when another process holds it. The lock is held only for the copy."""
+        copying nothing, when another process holds it. The lock is held only for the copy.
+        From PostgreSQL: a DuckDB file made from one snapshot of every table (no lock)."""
         import shutil
 
+        if self.url:
+            if not self.exists():
+                raise CatalogueError(f"there is no catalogue at {self.where} yet: run `dam run`")
+            self._ensure_pg_schema()
+            store_pg.copy_to_duckdb(
+                self.url, Path(dest), lambda con: migrate(con, self.thumbs_dir), DUCKDB_CONFIG
+            )
+            return True
         if not self.path.exists():
             raise CatalogueError(f"there is no catalogue at {self.path} yet: run `dam run` first")
         lock = _FileLock(self.lock_path)
@@ -654,6 +721,8 @@ class Catalogue:
 
     def busy(self) -> str | None:
         """Who holds the catalogue lock right now (a sentence), or None when it is free."""
+        if self.url:
+            return store_pg.busy(self.url)
         if not self.lock_path.exists():
             return None
         fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -668,6 +737,67 @@ class Catalogue:
             return None
         finally:
             os.close(fd)
+
+    # --- PostgreSQL -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _connect_pg(self, write: bool, alone: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        waiting = self._waiting
+        waiting.on_wait = self.on_wait
+        waiting.begin()
+        if not write and not store_pg.has_schema(self.url):
+            raise CatalogueMissing(
+                f"there is no catalogue in {self.where}: run `dam run` (or `make dev`) to make "
+                "one, or check DAM_CATALOGUE_URL"
+            )
+        self._ensure_pg_schema()
+        lock = None
+        if write:
+            lock = store_pg.AdvisoryLock(self.url, self.who, shared=not alone)
+            lock.acquire(self.lock_timeout_s, lambda why: waiting.note(why))
+        try:
+            con = store_pg.connect(self.url, read_only=not write, config=DUCKDB_CONFIG)
+            try:
+                con.execute(store_pg.temp_views(_view_sql(self.thumbs_dir)))
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield con
+                except BaseException:
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT" if write else "ROLLBACK")
+            finally:
+                con.close()
+            if lock is not None:
+                lock.bump()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _ensure_pg_schema(self) -> None:
+        """This release's tables in the PostgreSQL database, made or migrated once per process
+        under the exclusive lock (every other process waits for it, or finds it done)."""
+        key = ("postgres", self.url)
+        if key in self._migrated:
+            return
+        with self._migrated_guard:
+            if key in self._migrated:
+                return
+            if store_pg.schema_versions(self.url) == set(MIGRATIONS):  # current: no lock
+                self._migrated.add(key)
+                return
+            lock = store_pg.AdvisoryLock(self.url, f"{self.who} (schema)", shared=False)
+            lock.acquire(self.lock_timeout_s, lambda why: self._waiting.note(why))
+            try:
+                con = store_pg.connect(self.url, read_only=False, config=DUCKDB_CONFIG)
+                try:
+                    migrate_pg(con, self.where)
+                finally:
+                    con.close()
+                lock.bump()
+            finally:
+                lock.release()
+            self._migrated.add(key)
 
     def _open(self, write: bool, waiting: _Waiting) -> duckdb.DuckDBPyConnection:
         """A connection with the schema and views of this release (migrated if need be)."""
@@ -696,6 +826,8 @@ class Catalogue:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only, config=DUCKDB_CONFIG)
             except duckdb.IOException as exc:
+                if "database file with version number" in str(exc):
+                    raise CatalogueError(newer_duckdb_message(self.path, exc)) from exc
                 if "lock" not in str(exc).lower():  # a full disk, say: its cause, first
                     cause = storage_cause(f"IOException: {exc}", self.data_dir)
                     raise CatalogueError(f"cannot open the catalogue {self.path}: {cause}") from exc
@@ -708,9 +840,26 @@ class Catalogue:
                 time.sleep(0.5)
 
 
+def newer_duckdb_message(path: Path, exc: Exception) -> str:
+    """A catalogue file written by a DuckDB this release's cannot read (DuckDB 2, which
+    dam_dagster used before it pinned DuckDB 1.5.5 for the PostgreSQL catalogue)."""
+    import re
+
+    found = re.search(r"version number (\d+)", str(exc))
+    version = found.group(1) if found else "?"
+    return (
+        f"the catalogue {path} was written by a newer DuckDB (storage version {version}; "
+        f"DuckDB {duckdb.__version__}, which this release uses, cannot read it). Nothing was "
+        "changed. Convert it once with `dam convert-catalogue` (it exports the file with the "
+        "DuckDB that wrote it and keeps the original beside the new one), or move it aside "
+        "and `dam run` builds a new one from the library"
+    )
+
+
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'dam_schema'"
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'dam_schema' "
+        "AND table_catalog = current_database()"
     ).fetchone()[0]
     if not exists:
         return 0
@@ -763,6 +912,53 @@ def migrate(con: duckdb.DuckDBPyConnection, thumbs_dir: Path, target: int = SCHE
         con.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(duckdb.Error):  # already rolled back by a failed write
+            con.execute("ROLLBACK")
+        raise
+    return target
+
+
+def migrate_pg(con: duckdb.DuckDBPyConnection, where: str, target: int = SCHEMA_VERSION) -> int:
+    """The PostgreSQL catalogue at `target`: a new database gets the current schema in one
+    step (the tables DuckDB has after every migration); an older one gets the migrations it
+    lacks, run through the attached database; a newer one is refused. The views are not
+    stored there (each connection makes them, store_pg.temp_views)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        current = schema_version(con)
+        if current > target:
+            raise CatalogueError(
+                f"the catalogue in {where} was written by a newer dam_dagster (schema "
+                f"{current}, this release knows {target}). Upgrade dam_dagster to open it."
+            )
+        if current == 0:
+            con.execute(
+                "CREATE TABLE dam_schema (version INTEGER NOT NULL, "
+                "applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+            )
+            for ddl in store_pg.schema_ddl({v: MIGRATIONS[v] for v in MIGRATIONS if v <= target}):
+                con.execute(ddl)
+            for version in sorted(v for v in MIGRATIONS if v <= target):
+                con.execute(
+                    "INSERT INTO dam_schema (version, applied_at) VALUES (?, current_timestamp)",
+                    [version],
+                )
+        else:
+            applied = {int(v) for (v,) in con.execute("SELECT version FROM dam_schema").fetchall()}
+            for version in sorted(v for v in MIGRATIONS if v <= target and v not in applied):
+                try:
+                    con.execute(MIGRATIONS[version])
+                except duckdb.Error as exc:
+                    raise CatalogueError(
+                        f"cannot bring the catalogue in {where} from schema {current} to "
+                        f"{version}: {exc}"
+                    ) from exc
+                con.execute(
+                    "INSERT INTO dam_schema (version, applied_at) VALUES (?, current_timestamp)",
+                    [version],
+                )
+        con.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
             con.execute("ROLLBACK")
         raise
     return target

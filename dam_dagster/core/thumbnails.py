@@ -467,7 +467,8 @@ class OutcomeWriter:
         rows, self.pending = self.pending, []
         facts, self.pending_facts = self.pending_facts, []
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        with self.catalogue.connect() as con:
+        # rows of this partition's own files: beside other lanes' and shards' writes
+        with self.catalogue.connect(alone=False) as con:
             if rows:
                 con.register("outcomes", self._thumbnail_table(rows, now))
                 con.execute("INSERT OR REPLACE INTO thumbnails BY NAME SELECT * FROM outcomes")

@@ -499,7 +499,7 @@ def duplicates_plan(request: Request):
     with replica.cursor() as cur:
         if cur is None:
             return updating(request, started)
-        plan = review.make_plan(cur, action, target, str(_app(request).catalogue.path))
+        plan = review.make_plan(cur, action, target, _app(request).catalogue.where)
     body = review.render_plan(plan, fmt)
     media = {"sh": "text/x-shellscript", "csv": "text/csv", "json": "application/json"}[fmt]
     name = f"dam-plan-{action}.{fmt}"
