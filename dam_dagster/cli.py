@@ -815,6 +815,10 @@ def serve(host: str | None, port: int | None) -> None:
     from .web.app import Settings, create_app
 
     settings = Settings.from_env(host, port)  # (main() refused a data folder inside a root)
+    try:
+        Catalogue(settings.data_dir).check_readable()
+    except CatalogueError as exc:
+        _fail(str(exc))
     click.echo(
         f"library browser: http://{settings.host}:{settings.port}  "
         f"(catalogue {Catalogue(settings.data_dir).where})",
@@ -882,6 +886,10 @@ def dev(host: str, port: int, browser_port: int | None) -> None:
     import time
 
     roots = _roots(use_sample=True)
+    try:  # before anything starts: a catalogue this release cannot open is one sentence
+        _catalogue(quick=True).check_readable()
+    except CatalogueError as exc:
+        _fail(str(exc))
     from .home import prepare_dagster_home
 
     home = prepare_dagster_home()

@@ -61,6 +61,17 @@ def test_a_duckdb_2_catalogue_is_refused_then_converted(tmp_path, hard_library):
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "written by a newer DuckDB" in refused.stderr
     assert "dam convert-catalogue" in refused.stderr
+    # the long-running commands say it before they start anything (no traceback, no server)
+    for command in (["serve", "--port", "1"], ["dev", "--port", "1"]):
+        served = subprocess.run(
+            [str(BIN / "dam"), *command],
+            env={**env, "DAM_LIBRARY_ROOTS": str(hard_library)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert served.returncode == 2, (command, served.stderr)
+        assert "written by a newer DuckDB" in served.stderr and "Traceback" not in served.stderr
     assert (data / "dam.duckdb").read_bytes() == written  # nothing was changed
 
     out = subprocess.run(

@@ -673,6 +673,22 @@ class Catalogue:
         finally:
             lock.release()
 
+    def check_readable(self) -> None:
+        """Raise the sentence a person needs (CatalogueError) when the catalogue is there but
+        this release cannot open it: a file of a newer DuckDB, an unreachable server. Long
+        running commands (`dam dev`, `dam serve`) ask before they start."""
+        if self.url:
+            store_pg.session(self.url, "dam (looking)").close()
+            return
+        if not self.path.exists():
+            return
+        try:
+            duckdb.connect(str(self.path), read_only=True, config=DUCKDB_CONFIG).close()
+        except duckdb.IOException as exc:
+            if "database file with version number" in str(exc):
+                raise CatalogueError(newer_duckdb_message(self.path, exc)) from exc
+            # held by a writer (DuckDB's own lock): readable, just not this instant
+
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         """The catalogue's lock without a connection (for work on the file itself)."""
@@ -744,7 +760,8 @@ class Catalogue:
         waiting = self._waiting
         waiting.on_wait = self.on_wait
         waiting.begin()
-        if not write and not store_pg.has_schema(self.url):
+        known = ("postgres", self.url) in self._migrated  # made or checked by this process
+        if not write and not known and not store_pg.has_schema(self.url):
             raise CatalogueMissing(
                 f"there is no catalogue in {self.where}: run `dam run` (or `make dev`) to make "
                 "one, or check DAM_CATALOGUE_URL"
