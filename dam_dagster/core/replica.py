@@ -37,7 +37,7 @@ import duckdb
 from .browse import build_browse_tables, last_scan, load_index
 from .review import review_rows
 from .status import status_figures
-from .store import Catalogue, CatalogueBusy, migrate
+from .store import Catalogue, CatalogueBusy, CatalogueError, migrate
 from .thumbnails import SizeBucket
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,13 @@ class Replica:
         cached = self._source_cache
         if cached is not None and now - cached[0] <= max_age_s:
             return cached[1]
-        source = self.catalogue.signature()
+        try:
+            source = self.catalogue.signature()
+        except CatalogueError as exc:  # a server that is down: the copy goes on serving
+            self.last_error = str(exc)
+            known = cached[1] if cached is not None else None
+            self._source_cache = (now + 10.0, known)  # and pages do not each wait for it
+            return known
         self._source_cache = (now, source)
         return source
 
@@ -310,7 +316,12 @@ class Replica:
     def write_review(self, action: Callable[[duckdb.DuckDBPyConnection], Any], wait_s: float = 5.0):
         """Run `action` on the catalogue in one short transaction, then mirror the review
         table into the current copy. Raises CatalogueBusy when the lock stays taken."""
-        cat = Catalogue(self.catalogue.data_dir, wait_s, who="dam serve (duplicate review)")
+        cat = Catalogue(
+            self.catalogue.data_dir,
+            wait_s,
+            who="dam serve (duplicate review)",
+            url=self.catalogue.url or "",
+        )
         with cat.connect() as con:
             result = action(con)
             rows = review_rows(con)
