@@ -356,8 +356,25 @@ def _queue():
     import dagster as dg  # another run storage (PostgreSQL): Dagster reads it
 
     os.environ["DAGSTER_HOME"] = str(home)
-    with dg.DagsterInstance.get() as instance:
-        return queue_state(instance)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            return queue_state(instance)
+    except Exception as exc:  # noqa: BLE001 - an unset variable, an unreachable server...
+        import re
+
+        text = (home / "dagster.yaml").read_text(errors="replace")
+        unset = [n for n in re.findall(r"env:\s*(\w+)", text) if not os.environ.get(n)]
+        why = (
+            f"{', '.join(unset)} is not set here"
+            if unset
+            else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        )
+        click.echo(
+            f"dam: the run storage named in {home / 'dagster.yaml'} cannot be read ({why}); "
+            "the run queue is left out",
+            err=True,
+        )
+        return None
 
 
 @main.command()

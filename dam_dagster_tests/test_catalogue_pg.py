@@ -231,3 +231,66 @@ def test_what_a_person_is_told_when_postgres_is_not_there(server, tmp_path):
 
     with pytest.raises(PostgresUnavailable, match="must be a PostgreSQL address"):
         Catalogue(tmp_path / "data", url="mysql://somewhere/dam")
+
+
+def test_a_stage_that_runs_alone_is_not_starved_by_writers_that_keep_coming(server, tmp_path):
+    """Shared holds handed over without a gap (as busy render lanes make them): the exclusive
+    request waits in PostgreSQL's queue, which holds back the next shared one, so it gets in
+    well within its timeout (a try-lock polled would never find the lock free)."""
+    import threading
+
+    url = new_database(server)
+    with Catalogue(tmp_path / "data", url=url).connect() as con:  # the schema, once
+        con.execute("SELECT 1")
+    stop, handovers = threading.Event(), []
+
+    def render_lanes():
+        held = store_pg.AdvisoryLock(url, "render lane", shared=True)
+        held.acquire(30, lambda _why: None)
+        while not stop.is_set():
+            time.sleep(0.2)
+            nxt = store_pg.AdvisoryLock(url, "render lane", shared=True)
+            try:
+                nxt.acquire(0.5, lambda _why: None)
+            except CatalogueBusy:
+                nxt = None  # someone waits for the lock alone: let go, then queue again
+            held.release()
+            held = nxt or store_pg.AdvisoryLock(url, "render lane", shared=True)
+            if nxt is None:
+                held.acquire(30, lambda _why: None)
+            handovers.append(nxt is not None)
+        held.release()
+
+    lanes = threading.Thread(target=render_lanes)
+    lanes.start()
+    try:
+        time.sleep(1.0)
+        assert store_pg.busy(url)  # the lanes hold it
+        started = time.monotonic()
+        with Catalogue(tmp_path / "data", lock_timeout_s=8, url=url).connect() as con:
+            waited = time.monotonic() - started
+            con.execute("SELECT count(*) FROM file_inventory").fetchone()
+        assert waited < 5, waited
+    finally:
+        stop.set()
+        lanes.join(timeout=60)
+    assert any(handovers) and not all(handovers)  # seamless hand-overs, then one let go
+
+
+def test_the_password_never_shows(tmp_path):
+    port = free_port()  # nothing listens there
+    for url in (
+        f"postgresql://dam:s3cret@127.0.0.1:{port}/dam",
+        f"postgresql://dam@127.0.0.1:{port}/dam?password=s3cret&sslmode=disable",
+    ):
+        assert "s3cret" not in store_pg.redact(url)
+        for attempt in (
+            lambda url=url: store_pg.session(url, "test"),
+            lambda url=url: store_pg.connect(url, read_only=True, config={}),  # DuckDB's ATTACH
+        ):
+            with pytest.raises(PostgresUnavailable) as caught:
+                attempt()
+            exc = caught.value
+            assert "cannot reach the catalogue" in str(exc) and "s3cret" not in str(exc)
+            # nothing chained that a log or Dagster's event log would print with it
+            assert exc.__cause__ is None and exc.__context__ is None

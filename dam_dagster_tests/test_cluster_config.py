@@ -82,3 +82,29 @@ def test_the_dagster_home_of_a_head(monkeypatch, tmp_path):
     written = yaml.safe_load(dagster_yaml())
     assert written["storage"] == {"postgres": {"postgres_url": {"env": "DAM_DAGSTER_STORAGE_URL"}}}
     assert written["concurrency"]["runs"]["max_concurrent_runs"] == 10  # the rest kept
+
+
+def test_status_without_the_heads_storage_setting_says_so_and_goes_on(tmp_path):
+    """A shell on a worker without DAM_DAGSTER_STORAGE_URL: the figures, and one line saying
+    the run queue is left out (it was a traceback from Dagster's config)."""
+    import os
+    import subprocess
+
+    from dam_dagster.core.store import Catalogue
+
+    from .conftest import BIN
+
+    data = tmp_path / "data"
+    with Catalogue(data, url="").connect() as con:
+        con.execute("SELECT 1")
+    home = data / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        "storage:\n  postgres:\n    postgres_url:\n      env: DAM_DAGSTER_STORAGE_URL\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAM_")}
+    env.update(DAM_DATA_DIR=str(data), DAGSTER_HOME=str(home))
+    out = subprocess.run([str(BIN / "dam"), "status"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "files" in out.stdout and "Traceback" not in out.stderr
+    assert "the run queue is left out" in out.stderr and "DAM_DAGSTER_STORAGE_URL" in out.stderr

@@ -54,7 +54,12 @@ def old_duckdb_python(workdir: Path, spec: str, log: Callable[[str], None]) -> P
     """A Python with `spec` installed, in a virtual environment under `workdir`."""
     venv = workdir / "old-duckdb"
     log(f"making a virtual environment with {spec} (pip) in {venv}")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
+    if made.returncode != 0:  # Debian without python3-venv, say
+        raise CatalogueError(
+            f"could not make a virtual environment for {spec}: {made.stderr.strip()[-300:]} "
+            "(or give one whose Python has it: dam convert-catalogue --python PATH)"
+        )
     python = venv / "bin" / "python"
     out = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", spec], capture_output=True, text=True
@@ -106,9 +111,15 @@ def convert(
             while kept.exists():
                 n += 1
                 kept = path.with_name(f"{path.name}.storage-{version}.{n}")
-            os.replace(path, kept)
+            # never a moment without a catalogue file: the original gets a second name, its
+            # WAL (if a writer left one) moves beside it, and the new file takes the name in
+            # one rename (the same folder)
+            try:
+                os.link(path, kept)
+            except OSError:  # a file system without hard links
+                shutil.copy2(path, kept)
             wal = path.with_name(path.name + ".wal")
             if wal.exists():
                 os.replace(wal, kept.with_name(kept.name + ".wal"))
-            shutil.move(str(new), str(path))
+            os.replace(new, path)
     return kept

@@ -37,7 +37,7 @@ import duckdb
 from .browse import build_browse_tables, last_scan, load_index
 from .review import review_rows
 from .status import status_figures
-from .store import Catalogue, CatalogueBusy, migrate
+from .store import Catalogue, CatalogueBusy, CatalogueError, migrate
 from .thumbnails import SizeBucket
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class Replica:
         # After a refresh that took T seconds, the next one waits at least T: on a big
         # catalogue under a stream of writes, refreshing takes at most half the CPU time.
         self._not_before = 0.0
+        self._source_cache: tuple[float, tuple | None] | None = None
         self._opener: queue.Queue | None = None
         self._opener_owner: threading.Thread | None = None
 
@@ -175,19 +176,38 @@ class Replica:
                 log.exception("replica refresh failed")
 
     # --- state ------------------------------------------------------------------------
-    def stale(self) -> bool:
+    def _source(self, max_age_s: float = 0.0) -> tuple | None:
+        """The catalogue's write signature (None: no catalogue), at most `max_age_s` old: a
+        stat of the file, or, in PostgreSQL, a round trip that pages should not each pay."""
+        now = time.monotonic()
+        cached = self._source_cache
+        if cached is not None and now - cached[0] <= max_age_s:
+            return cached[1]
+        try:
+            source = self.catalogue.signature()
+        except CatalogueError as exc:  # a server that is down: the copy goes on serving
+            self.last_error = str(exc)
+            known = cached[1] if cached is not None else None
+            self._source_cache = (now + 10.0, known)  # and pages do not each wait for it
+            return known
+        self._source_cache = (now, source)
+        return source
+
+    def stale(self, max_age_s: float = 0.0) -> bool:
         """The catalogue changed since the current copy was made (or there is none yet)."""
-        if not self.catalogue.exists():
+        source = self._source(max_age_s)
+        if source is None:
             return False
         gen = self._current
-        return gen is None or self.catalogue.signature() != gen.source
+        return gen is None or source != gen.source
 
     def state(self) -> dict[str, Any]:
+        """What the pages say about the copy (the catalogue looked at at most a second ago)."""
         gen = self._current
-        stale = self.stale()
+        stale = self.stale(max_age_s=1.0)
         return {
             "ready": gen is not None,
-            "catalogue_exists": self.catalogue.exists(),
+            "catalogue_exists": self._source(max_age_s=1.0) is not None,
             "made_at": gen.made_at if gen else None,
             "age_s": (time.time() - gen.made_at.timestamp()) if gen else None,
             "stale": stale,
@@ -296,7 +316,12 @@ class Replica:
     def write_review(self, action: Callable[[duckdb.DuckDBPyConnection], Any], wait_s: float = 5.0):
         """Run `action` on the catalogue in one short transaction, then mirror the review
         table into the current copy. Raises CatalogueBusy when the lock stays taken."""
-        cat = Catalogue(self.catalogue.data_dir, wait_s, who="dam serve (duplicate review)")
+        cat = Catalogue(
+            self.catalogue.data_dir,
+            wait_s,
+            who="dam serve (duplicate review)",
+            url=self.catalogue.url or "",
+        )
         with cat.connect() as con:
             result = action(con)
             rows = review_rows(con)

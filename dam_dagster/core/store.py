@@ -678,6 +678,7 @@ class Catalogue:
         this release cannot open it: a file of a newer DuckDB, an unreachable server. Long
         running commands (`dam dev`, `dam serve`) ask before they start."""
         if self.url:
+            store_pg.extension_path()
             store_pg.session(self.url, "dam (looking)").close()
             return
         if not self.path.exists():
@@ -715,7 +716,7 @@ class Catalogue:
                 raise CatalogueError(f"there is no catalogue at {self.where} yet: run `dam run`")
             self._ensure_pg_schema()
             store_pg.copy_to_duckdb(
-                self.url, Path(dest), lambda con: migrate(con, self.thumbs_dir), DUCKDB_CONFIG
+                self.url, Path(dest), lambda con: migrate(con, self.thumbs_dir), self._pg_config()
             )
             return True
         if not self.path.exists():
@@ -772,12 +773,14 @@ class Catalogue:
             lock = store_pg.AdvisoryLock(self.url, self.who, shared=not alone)
             lock.acquire(self.lock_timeout_s, lambda why: waiting.note(why))
         try:
-            con = store_pg.connect(self.url, read_only=not write, config=DUCKDB_CONFIG)
+            con = store_pg.connect(self.url, read_only=not write, config=self._pg_config())
             try:
                 con.execute(store_pg.temp_views(_view_sql(self.thumbs_dir)))
                 con.execute("BEGIN TRANSACTION")
                 try:
                     yield con
+                    if lock is not None:
+                        lock.check()  # never commit a write whose lock the network dropped
                 except BaseException:
                     with contextlib.suppress(duckdb.Error):
                         con.execute("ROLLBACK")
@@ -791,6 +794,11 @@ class Catalogue:
             if lock is not None:
                 lock.release()
 
+    def _pg_config(self) -> dict:
+        """DUCKDB_CONFIG, spilling under the data folder (an in-memory DuckDB would spill into
+        the working directory of whatever process runs the step)."""
+        return {**DUCKDB_CONFIG, "temp_directory": str(self.data_dir / "catalogue.tmp")}
+
     def _ensure_pg_schema(self) -> None:
         """This release's tables in the PostgreSQL database, made or migrated once per process
         under the exclusive lock (every other process waits for it, or finds it done)."""
@@ -800,17 +808,25 @@ class Catalogue:
         with self._migrated_guard:
             if key in self._migrated:
                 return
-            if store_pg.schema_versions(self.url) == set(MIGRATIONS):  # current: no lock
+            versions = store_pg.schema_versions(self.url)
+            if versions == set(MIGRATIONS):  # current: no lock
                 self._migrated.add(key)
                 return
+            if versions > set(MIGRATIONS):  # newer: say so now, not after waiting for a lock
+                raise CatalogueError(
+                    f"the catalogue in {self.where} was written by a newer dam_dagster (schema "
+                    f"{max(versions)}, this release knows {SCHEMA_VERSION}). Upgrade dam_dagster "
+                    "to open it."
+                )
             lock = store_pg.AdvisoryLock(self.url, f"{self.who} (schema)", shared=False)
             lock.acquire(self.lock_timeout_s, lambda why: self._waiting.note(why))
             try:
-                con = store_pg.connect(self.url, read_only=False, config=DUCKDB_CONFIG)
+                con = store_pg.connect(self.url, read_only=False, config=self._pg_config())
                 try:
                     migrate_pg(con, self.where)
                 finally:
                     con.close()
+                lock.ensure_generation()
                 lock.bump()
             finally:
                 lock.release()

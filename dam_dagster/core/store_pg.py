@@ -31,7 +31,7 @@ from pathlib import Path
 
 import duckdb
 
-from .catalogue_errors import CatalogueBusy, PostgresUnavailable
+from .catalogue_errors import CatalogueBusy, CatalogueError, PostgresUnavailable
 
 ALIAS = "dam_catalogue"
 # The catalogue's advisory lock: pg_advisory_lock(LOCK_CLASS, LOCK_ID). Seen in pg_locks as
@@ -58,15 +58,48 @@ def normalise_url(url: str) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL without its password (in the user part or as a `password=` parameter), for
+    messages and logs."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return "<unparseable address>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(":" + parts.password + "@", ":***@")
+    query = re.sub(r"((?:^|&)(?:ssl)?password=)[^&]*", r"\1***", parts.query)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _scrub(message: str, url: str) -> str:
+    """A driver's message without the address's secrets (DuckDB quotes the whole URL)."""
+    message = message.replace(url, redact(url))
+    parts = urllib.parse.urlsplit(url)
+    secrets = [parts.password] if parts.password else []
+    secrets += re.findall(r"(?:^|&)(?:ssl)?password=([^&]*)", parts.query)
+    for secret in filter(None, secrets):
+        message = message.replace(secret, "***")
+    return message
+
+
+# Every connection notices a dead peer within about a minute (a worker host that vanished,
+# a network cut), and gives up connecting after 10 s: a lock held by a session nobody
+# answers for is released by the server, not kept for TCP's default two hours.
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "connect_timeout": "10",
+}
+
+
+def with_keepalives(url: str) -> str:
+    """The URL with KEEPALIVES added to its parameters (those it sets itself win)."""
+    parts = urllib.parse.urlsplit(url)
+    have = dict(urllib.parse.parse_qsl(parts.query))
+    query = urllib.parse.urlencode({**KEEPALIVES, **have})
+    return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
 def extension_path() -> Path:
@@ -104,11 +137,16 @@ def session(url: str, who: str, timeout_s: float = 10.0):
     """A plain psycopg2 session (autocommit) named after `who` in pg_stat_activity."""
     psycopg2 = _psycopg2()
     name = f"{who} on {socket.gethostname()}"[:63]
+    problem = None
     try:
-        con = psycopg2.connect(url, application_name=name, connect_timeout=max(1, int(timeout_s)))
-    except psycopg2.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PostgresUnavailable(f"cannot reach the catalogue at {redact(url)}: {first}") from exc
+        con = psycopg2.connect(
+            with_keepalives(url), application_name=name, connect_timeout=max(1, int(timeout_s))
+        )
+    except psycopg2.Error as exc:
+        text = str(exc).strip()
+        problem = _scrub(text.splitlines()[0] if text else type(exc).__name__, url)
+    if problem is not None:  # raised outside the handler: no chained driver error to leak
+        raise PostgresUnavailable(f"cannot reach the catalogue at {redact(url)}: {problem}")
     con.autocommit = True
     return con
 
@@ -177,30 +215,69 @@ class AdvisoryLock:
         self._con = None
 
     def acquire(self, timeout_s: float, note: Callable[[str], None]) -> None:
+        """Wait in PostgreSQL's lock queue (not by polling a try-lock: an exclusive request
+        that waits there holds back later shared ones, so a stage that must run alone gets in
+        even while render lanes keep writing), a few seconds at a time so that the wait can
+        be reported, up to `timeout_s`."""
         con = session(self.url, self.who)
-        try_lock = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
+        take = "pg_advisory_lock_shared" if self.shared else "pg_advisory_lock"
         deadline = time.monotonic() + timeout_s
-        with con.cursor() as cur:
-            while True:
-                cur.execute(f"SELECT {try_lock}(%s, %s)", (LOCK_CLASS, LOCK_ID))
+        psycopg2 = _psycopg2()
+        try:
+            with con.cursor() as cur:
+                # free now? (a try-lock also gives way to a request already queued)
+                cur.execute(f"SELECT pg_try_{take[3:]}(%s, %s)", (LOCK_CLASS, LOCK_ID))
                 if cur.fetchone()[0]:
                     self._con = con
                     return
-                who = holder(cur) or "another process"
-                if time.monotonic() >= deadline:
-                    con.close()
-                    raise CatalogueBusy(
-                        f"the catalogue at {redact(self.url)} is busy: {who} holds it (waited "
-                        f"{timeout_s:.0f} s; raise DAM_LOCK_TIMEOUT_S to wait longer)"
-                    )
-                note(f"{who} holds it")
-                time.sleep(0.2)
+                note(f"{holder(cur) or 'another process'} holds it")
+                while True:
+                    left = deadline - time.monotonic()
+                    chunk_ms = int(max(50, min(2000, left * 1000)))
+                    cur.execute(f"SET lock_timeout = {chunk_ms}")
+                    try:
+                        cur.execute(f"SELECT {take}(%s, %s)", (LOCK_CLASS, LOCK_ID))
+                    except psycopg2.errors.LockNotAvailable:
+                        who = holder(cur) or "another process"
+                        if time.monotonic() >= deadline:
+                            raise CatalogueBusy(
+                                f"the catalogue at {redact(self.url)} is busy: {who} holds it "
+                                f"(waited {timeout_s:.0f} s; raise DAM_LOCK_TIMEOUT_S to wait "
+                                "longer)"
+                            ) from None
+                        note(f"{who} holds it")
+                        continue
+                    cur.execute("SET lock_timeout = 0")
+                    self._con = con
+                    return
+        except BaseException:
+            with contextlib.suppress(Exception):
+                con.close()
+            raise
+
+    def check(self) -> None:
+        """The lock is still held (its session alive): asked just before a commit, so that a
+        session the network dropped never lets a write in unguarded."""
+        psycopg2 = _psycopg2()
+        try:
+            with self._con.cursor() as cur:
+                cur.execute("SELECT 1")
+        except (psycopg2.Error, AttributeError):
+            raise CatalogueError(
+                f"the connection holding the catalogue's lock at {redact(self.url)} was lost: "
+                "the write was not committed"
+            ) from None
+
+    def ensure_generation(self) -> None:
+        """The write counter exists (made with the schema, under the exclusive lock)."""
+        with self._con.cursor() as cur:
+            cur.execute(f"CREATE SEQUENCE IF NOT EXISTS {GENERATION_SEQ}")
 
     def bump(self) -> None:
-        """Count a committed write (the library browser's copy is then stale)."""
+        """Count a committed write (the library browser's copy is then stale). Best effort:
+        the write is committed whatever happens here."""
         if self._con is not None:
-            with self._con.cursor() as cur:
-                cur.execute(f"CREATE SEQUENCE IF NOT EXISTS {GENERATION_SEQ}")
+            with contextlib.suppress(Exception), self._con.cursor() as cur:
                 cur.execute(f"SELECT nextval('{GENERATION_SEQ}')")
 
     def release(self) -> None:
@@ -230,13 +307,14 @@ def connect(url: str, read_only: bool, config: dict) -> duckdb.DuckDBPyConnectio
     try:
         con.execute(f"LOAD '{ext}'")
         options = "TYPE postgres" + (", READ_ONLY" if read_only else "")
+        problem = None
         try:
-            con.execute(f"ATTACH '{_quote(url)}' AS {ALIAS} ({options})")
+            con.execute(f"ATTACH '{_quote(with_keepalives(url))}' AS {ALIAS} ({options})")
         except duckdb.Error as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise PostgresUnavailable(
-                f"cannot reach the catalogue at {redact(url)}: {_strip_url(first, url)}"
-            ) from exc
+            problem = _scrub(str(exc).strip().splitlines()[0], with_keepalives(url))
+            problem = _scrub(problem, url)
+        if problem is not None:  # outside the handler: DuckDB's message quotes the URL
+            raise PostgresUnavailable(f"cannot reach the catalogue at {redact(url)}: {problem}")
         con.execute(f"USE {ALIAS}")
     except BaseException:
         con.close()
@@ -246,10 +324,6 @@ def connect(url: str, read_only: bool, config: dict) -> duckdb.DuckDBPyConnectio
 
 def _quote(text: str) -> str:
     return text.replace("'", "''")
-
-
-def _strip_url(message: str, url: str) -> str:
-    return message.replace(url, redact(url))
 
 
 def schema_ddl(migrations: dict[int, str]) -> list[str]:
@@ -300,6 +374,13 @@ def copy_to_duckdb(url: str, dest: Path, prepare, config: dict) -> None:
         con.execute("DETACH replica")
     finally:
         con.close()
+
+
+def write_conflict(exc: BaseException) -> bool:
+    """Two writers of the same rows at once (PostgreSQL's serialization failure or a key
+    inserted by both): sending the same idempotent batch again succeeds."""
+    text = str(exc)
+    return "could not serialize access" in text or "duplicate key value" in text
 
 
 def is_postgres_url(url: str | None) -> bool:

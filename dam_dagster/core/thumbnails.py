@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 
 from .archives import MEMBER_MARK
@@ -38,6 +39,7 @@ from .render.capabilities import (
 )
 from .store import MODEL_EXTENSIONS as CATALOGUE_MODEL_EXTENSIONS
 from .store import Catalogue
+from .store_pg import write_conflict
 from .vocabulary import FAILED_STATUSES
 
 MIB = 1024 * 1024
@@ -467,14 +469,29 @@ class OutcomeWriter:
         rows, self.pending = self.pending, []
         facts, self.pending_facts = self.pending_facts, []
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        # rows of this partition's own files: beside other lanes' and shards' writes
-        with self.catalogue.connect(alone=False) as con:
-            if rows:
-                con.register("outcomes", self._thumbnail_table(rows, now))
-                con.execute("INSERT OR REPLACE INTO thumbnails BY NAME SELECT * FROM outcomes")
-            if facts:
-                con.register("measured", self._facts_table(facts, now))
-                con.execute("INSERT OR REPLACE INTO model_facts BY NAME SELECT * FROM measured")
+        outcomes = self._thumbnail_table(rows, now) if rows else None
+        measured = self._facts_table(facts, now) if facts else None
+        # rows of this partition's own files: beside other lanes' and shards' writes. In
+        # PostgreSQL two runs of one partition at once (a redelivered task) can collide on the
+        # same rows; the batch is idempotent, so it is sent again.
+        for attempt in range(1, 4):
+            try:
+                with self.catalogue.connect(alone=False) as con:
+                    if outcomes is not None:
+                        con.register("outcomes", outcomes)
+                        con.execute(
+                            "INSERT OR REPLACE INTO thumbnails BY NAME SELECT * FROM outcomes"
+                        )
+                    if measured is not None:
+                        con.register("measured", measured)
+                        con.execute(
+                            "INSERT OR REPLACE INTO model_facts BY NAME SELECT * FROM measured"
+                        )
+                break
+            except duckdb.Error as exc:
+                if attempt == 3 or not write_conflict(exc):
+                    raise
+                time.sleep(0.5 * attempt)
         self.written += len(rows)
         self.measured += len(facts)
 
