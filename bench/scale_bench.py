@@ -168,18 +168,11 @@ def catalogue_urls(stack: contextlib.ExitStack):
     """A PostgreSQL server of the test suite's kind (dam_dagster_tests/cluster.py), and a new
     database in it for each size."""
     sys.path.insert(0, str(HERE.parent))
-    import psycopg2
-
     from dam_dagster_tests.cluster import postgres
 
     pg = stack.enter_context(postgres())
     for n in range(1, 100):
-        con = psycopg2.connect(f"postgresql://dam@127.0.0.1:{pg.port}/postgres")
-        con.autocommit = True
-        with con.cursor() as cur:
-            cur.execute(f"CREATE DATABASE bench_{n}")
-        con.close()
-        yield f"postgresql://dam@127.0.0.1:{pg.port}/bench_{n}"
+        yield pg.database(f"bench_{n}")
 
 
 def main() -> None:

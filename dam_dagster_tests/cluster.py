@@ -65,6 +65,17 @@ class Postgres:
     url: str  # postgresql+psycopg2://...
     port: int
 
+    def database(self, name: str) -> str:
+        """A new, empty database on this server; its libpq URL (user `dam`, no password)."""
+        import psycopg2
+
+        con = psycopg2.connect(f"postgresql://dam@127.0.0.1:{self.port}/postgres")
+        con.autocommit = True
+        with con.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+        con.close()
+        return f"postgresql://dam@127.0.0.1:{self.port}/{name}"
+
 
 @contextmanager
 def postgres():

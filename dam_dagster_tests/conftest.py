@@ -71,18 +71,8 @@ def _isolated_environment(monkeypatch, tmp_path, _catalogue_server):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
     if _catalogue_server is not None:
-        import psycopg2
-
         name = f"dam_test_{os.getpid()}_{next(_databases)}"
-        admin = f"postgresql://dam@127.0.0.1:{_catalogue_server.port}/postgres"
-        con = psycopg2.connect(admin)
-        con.autocommit = True
-        with con.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {name}")
-        con.close()
-        monkeypatch.setenv(
-            "DAM_CATALOGUE_URL", f"postgresql://dam@127.0.0.1:{_catalogue_server.port}/{name}"
-        )
+        monkeypatch.setenv("DAM_CATALOGUE_URL", _catalogue_server.database(name))
 
 
 @pytest.fixture(scope="session")

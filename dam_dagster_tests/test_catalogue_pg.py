@@ -15,7 +15,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from dam_dagster.core import store_pg
@@ -39,13 +38,7 @@ _names = iter(range(1, 10_000))
 
 
 def new_database(server) -> str:
-    name = f"dam_pg_{os.getpid()}_{next(_names)}"
-    con = psycopg2.connect(f"postgresql://dam@127.0.0.1:{server.port}/postgres")
-    con.autocommit = True
-    with con.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    con.close()
-    return f"postgresql://dam@127.0.0.1:{server.port}/{name}"
+    return server.database(f"dam_pg_{os.getpid()}_{next(_names)}")
 
 
 def _catalogue_rows(cat: Catalogue) -> dict:

@@ -69,13 +69,6 @@ def cluster(tmp_path_factory):
         except ServerUnavailable as exc:
             pytest.skip(f"the distributed test needs PostgreSQL and Redis: {exc}")
         data = base / "data"
-        import psycopg2
-
-        admin = psycopg2.connect(pg.url.replace("+psycopg2", ""))
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute("CREATE DATABASE dam_catalogue")
-        admin.close()
         env = {k: v for k, v in os.environ.items() if not k.startswith("DAM_")}
         env.update(
             DAM_LIBRARY_ROOTS=str(library),
@@ -84,7 +77,7 @@ def cluster(tmp_path_factory):
             DAM_EXECUTOR="celery",
             DAM_CELERY_BROKER=broker,
             DAM_DAGSTER_STORAGE_URL=pg.url,
-            DAM_CATALOGUE_URL=pg.url.rsplit("/", 1)[0] + "/dam_catalogue",
+            DAM_CATALOGUE_URL=pg.database("dam_catalogue"),
             DAM_CELERY_VISIBILITY_TIMEOUT_S=str(VISIBILITY_TIMEOUT_S),
             DAM_FAST_WORKERS="1",  # two workers on two CPUs
             DAM_RENDER_SHARDS="2",  # the <1MB bucket in two partitions, one per worker

@@ -566,6 +566,25 @@ class _FileLock:
             self._fd = None
 
 
+@contextlib.contextmanager
+def _transaction(
+    con: duckdb.DuckDBPyConnection, write: bool, before_commit: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """One transaction: committed (a read: rolled back) when the block ends well, after
+    `before_commit` has had its say; rolled back when it raises."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        if before_commit is not None:
+            before_commit()
+    except BaseException:
+        # DuckDB may have rolled back already (a failed write): keep the cause
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT" if write else "ROLLBACK")
+
+
 # --- the catalogue ------------------------------------------------------------------------
 class Catalogue:
     """The catalogue: the DuckDB file under a data folder, or, when a PostgreSQL address is
@@ -659,15 +678,8 @@ class Catalogue:
         try:
             con = self._open(write, waiting)
             try:
-                con.execute("BEGIN TRANSACTION")
-                try:
+                with _transaction(con, write):
                     yield con
-                except BaseException:
-                    # DuckDB may have rolled back already (a failed write): keep the cause
-                    with contextlib.suppress(duckdb.Error):
-                        con.execute("ROLLBACK")
-                    raise
-                con.execute("COMMIT" if write else "ROLLBACK")
             finally:
                 con.close()
         finally:
@@ -776,16 +788,9 @@ class Catalogue:
             con = store_pg.connect(self.url, read_only=not write, config=self._pg_config())
             try:
                 con.execute(store_pg.temp_views(_view_sql(self.thumbs_dir)))
-                con.execute("BEGIN TRANSACTION")
-                try:
+                # never commit a write whose lock the network dropped
+                with _transaction(con, write, lock.check if lock is not None else None):
                     yield con
-                    if lock is not None:
-                        lock.check()  # never commit a write whose lock the network dropped
-                except BaseException:
-                    with contextlib.suppress(duckdb.Error):
-                        con.execute("ROLLBACK")
-                    raise
-                con.execute("COMMIT" if write else "ROLLBACK")
             finally:
                 con.close()
             if lock is not None:
