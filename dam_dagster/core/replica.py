@@ -243,6 +243,7 @@ class Replica:
             return False
         with self._refreshing:
             source = self.catalogue.signature()
+            self._source_cache = (time.monotonic(), source)  # pages compare with this copy's
             number = next(self._numbers)
             path = self.folder / f"replica-{os.getpid()}-{number}.duckdb"
             t0 = time.monotonic()
