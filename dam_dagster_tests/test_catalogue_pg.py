@@ -287,3 +287,44 @@ def test_the_password_never_shows(tmp_path):
             assert "cannot reach the catalogue" in str(exc) and "s3cret" not in str(exc)
             # nothing chained that a log or Dagster's event log would print with it
             assert exc.__cause__ is None and exc.__context__ is None
+
+
+def test_the_browser_keeps_serving_when_the_server_goes_away(tmp_path, hard_library):
+    """A PostgreSQL server of its own, stopped while the browser runs: pages still answer
+    from the copy, and say why the catalogue cannot be read."""
+    from contextlib import ExitStack
+
+    from starlette.testclient import TestClient
+
+    stack = ExitStack()
+    try:
+        pg = stack.enter_context(postgres())
+    except ServerUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server could be started here: {exc}")
+    try:
+        url = pg.database("going_away")
+        data = tmp_path / "data"
+        run_chain(Catalogue(data, url=url), [hard_library])
+        os.environ["DAM_CATALOGUE_URL"] = url
+        with TestClient(make_app(data)) as client:
+            deadline = time.monotonic() + 60
+            while not client.get("/healthz").json()["replica_ready"]:
+                assert time.monotonic() < deadline, "the browser never made its copy"
+                time.sleep(0.2)
+            before = client.get("/api/models", params={"kind": "all"}).json()["items"]
+            assert before and "cannot be read just now" not in client.get("/").text
+            stack.close()  # the server stops
+            time.sleep(1.2)  # past the browser's one-second look
+            started = time.monotonic()
+            page = client.get("/", params={"kind": "all"})
+            assert time.monotonic() - started < 15  # one look, then cached: never a hang
+            assert page.status_code == 200
+            assert "The catalogue cannot be read just now" in page.text
+            assert "cannot reach the catalogue at postgresql://" in page.text
+            assert client.get("/api/models", params={"kind": "all"}).json()["items"] == before
+            started = time.monotonic()
+            assert client.get("/status").status_code == 200
+            assert time.monotonic() - started < 2  # the failed look is not repeated per page
+    finally:
+        os.environ.pop("DAM_CATALOGUE_URL", None)
+        stack.close()

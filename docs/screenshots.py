@@ -94,7 +94,11 @@ def shoot(url: str, base: Path, out: Path) -> None:
     teapot = next(g for g in groups if any("teapot" in m["name"] for m in g["members"]))
     keep = max(teapot["members"], key=lambda m: m["id"])
     requests.post(url + "/duplicates/keep", data={"file_id": keep["id"]}, timeout=10)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30  # the pictures show the copy caught up with that write
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if not requests.get(url + "/api/status", timeout=10).json()["replica"]["stale"]:
+            break
     [bunny] = requests.get(url + "/api/models", params={"q": "prints bunny"}, timeout=10).json()[
         "items"
     ]

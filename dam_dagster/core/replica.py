@@ -97,6 +97,7 @@ class Replica:
         # catalogue under a stream of writes, refreshing takes at most half the CPU time.
         self._not_before = 0.0
         self._source_cache: tuple[float, tuple | None] | None = None
+        self.unreachable: str | None = None  # why the catalogue could not be looked at
         self._opener: queue.Queue | None = None
         self._opener_owner: threading.Thread | None = None
 
@@ -186,10 +187,11 @@ class Replica:
         try:
             source = self.catalogue.signature()
         except CatalogueError as exc:  # a server that is down: the copy goes on serving
-            self.last_error = str(exc)
+            self.unreachable = str(exc)
             known = cached[1] if cached is not None else None
             self._source_cache = (now + 10.0, known)  # and pages do not each wait for it
             return known
+        self.unreachable = None
         self._source_cache = (now, source)
         return source
 
@@ -216,6 +218,7 @@ class Replica:
             "build_seconds": gen.build_seconds if gen else None,
             "generation": gen.number if gen else 0,
             "last_error": self.last_error,
+            "unreachable": self.unreachable,
         }
 
     @property
@@ -240,6 +243,7 @@ class Replica:
             return False
         with self._refreshing:
             source = self.catalogue.signature()
+            self._source_cache = (time.monotonic(), source)  # pages compare with this copy's
             number = next(self._numbers)
             path = self.folder / f"replica-{os.getpid()}-{number}.duckdb"
             t0 = time.monotonic()
