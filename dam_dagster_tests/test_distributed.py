@@ -155,19 +155,20 @@ def test_the_pipeline_through_two_workers_survives_one_killed_mid_render(cluster
     # the dedup chain: seven steps, each a task on the io queue
     _finish(cluster, _launch(cluster, "dedup"), "dedup")
 
-    # the bucket's two shards (DAM_RENDER_SHARDS=2) at once, one on each worker; the worker of
-    # the first to have thumbnails on disk (the render under way) is killed, as a machine
-    # that loses power
+    # the bucket's two shards (DAM_RENDER_SHARDS=2) at once, one on each worker (each holds
+    # one task at a time); a worker rendering, as soon as the first thumbnail is on disk (the
+    # render under way), is killed, as a machine that loses power. Not waiting for both to
+    # have begun: one shard of small models can be rendered whole before the other starts.
     shards = [f"<1MB shard {i} of 2" for i in (1, 2)]
     runs_by_shard = {key: _launch(cluster, "thumbnails_fast_job", key, tag=key) for key in shards}
     thumbs = cluster.data / "thumbnails"
     deadline, victim = time.monotonic() + 120, None
     while victim is None and time.monotonic() < deadline:
         busy = [w for w in cluster.workers.values() if "to render or measure" in w.text()]
-        if len(busy) == 2 and any(thumbs.rglob("*.png")):
+        if busy and any(thumbs.rglob("*.png")):
             victim = busy[0]
         time.sleep(0.02)
-    assert victim is not None, "the two workers did not both begin rendering"
+    assert victim is not None, "no worker began rendering"
     victim.kill()
     killed_at = time.monotonic()
     made_before_kill = len(list(thumbs.rglob("*.png")))
