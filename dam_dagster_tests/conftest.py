@@ -44,18 +44,24 @@ def pytest_addoption(parser):
 
 
 @pytest.fixture(scope="session")
-def _catalogue_server(request):
-    """The session's PostgreSQL server when --catalogue=postgres (else None)."""
-    if request.config.getoption("--catalogue") != "postgres":
-        yield None
-        return
+def postgres_server():
+    """A throw-away PostgreSQL server for the session (dam_dagster_tests/cluster.py); the
+    tests that need it skip, saying why, where none can start."""
     from dam_dagster_tests.cluster import ServerUnavailable, postgres
 
     try:
         with postgres() as server:
             yield server
     except ServerUnavailable as exc:
-        pytest.skip(f"--catalogue=postgres: no PostgreSQL server could be started: {exc}")
+        pytest.skip(f"no PostgreSQL server could be started here: {exc}")
+
+
+@pytest.fixture(scope="session")
+def _catalogue_server(request):
+    """The session's PostgreSQL server when --catalogue=postgres (else None)."""
+    if request.config.getoption("--catalogue") != "postgres":
+        return None
+    return request.getfixturevalue("postgres_server")
 
 
 _databases = iter(range(1, 1_000_000))

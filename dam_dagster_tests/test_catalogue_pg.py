@@ -25,13 +25,9 @@ from .conftest import BIN, brute_force_groups, catalogue_groups, run_chain
 from .conftest_web import dam_run, make_app, make_web_library
 
 
-@pytest.fixture(scope="module")
-def server():
-    try:
-        with postgres() as pg:
-            yield pg
-    except ServerUnavailable as exc:
-        pytest.skip(f"no PostgreSQL server could be started here: {exc}")
+@pytest.fixture
+def server(postgres_server):
+    return postgres_server  # the session's (conftest.py)
 
 
 _names = iter(range(1, 10_000))
@@ -39,6 +35,14 @@ _names = iter(range(1, 10_000))
 
 def new_database(server) -> str:
     return server.database(f"dam_pg_{os.getpid()}_{next(_names)}")
+
+
+def _copy_ready(client, timeout_s: float = 60) -> None:
+    """Wait until the browser has made its copy of the catalogue."""
+    deadline = time.monotonic() + timeout_s
+    while not client.get("/healthz").json()["replica_ready"]:
+        assert time.monotonic() < deadline, "the browser never made its copy"
+        time.sleep(0.2)
 
 
 def _catalogue_rows(cat: Catalogue) -> dict:
@@ -106,10 +110,7 @@ def test_dam_run_on_postgres_gives_what_it_gives_on_the_file(server, tmp_path, c
     os.environ["DAM_CATALOGUE_URL"] = url
     try:
         with TestClient(make_app(on_pg)) as client:
-            deadline = time.monotonic() + 60
-            while not client.get("/healthz").json()["replica_ready"]:
-                assert time.monotonic() < deadline, "the browser never made its copy"
-                time.sleep(0.2)
+            _copy_ready(client)
             items = client.get("/api/models", params={"q": "torus"}).json()["items"]
             assert items and all(i["thumbnail_status"] == "ok" for i in items)
             assert client.get("/duplicates").status_code == 200
@@ -307,10 +308,7 @@ def test_the_browser_keeps_serving_when_the_server_goes_away(tmp_path, hard_libr
         run_chain(Catalogue(data, url=url), [hard_library])
         os.environ["DAM_CATALOGUE_URL"] = url
         with TestClient(make_app(data)) as client:
-            deadline = time.monotonic() + 60
-            while not client.get("/healthz").json()["replica_ready"]:
-                assert time.monotonic() < deadline, "the browser never made its copy"
-                time.sleep(0.2)
+            _copy_ready(client)
             before = client.get("/api/models", params={"kind": "all"}).json()["items"]
             assert before and "cannot be read just now" not in client.get("/").text
             stack.close()  # the server stops

@@ -383,10 +383,6 @@ def write_conflict(exc: BaseException) -> bool:
     return "could not serialize access" in text or "duplicate key value" in text
 
 
-def is_postgres_url(url: str | None) -> bool:
-    return bool(url and url.strip())
-
-
 def env_url() -> str | None:
     value = os.environ.get("DAM_CATALOGUE_URL", "").strip()
     return value or None
