@@ -85,7 +85,10 @@ def _rows_table(rows: list, now: datetime) -> pa.Table:
 class _RowWriter:
     """Takes hashing outcomes as they come, tallies them, and writes them in batches (each one
     transaction, no connection open in between): memory stays flat and a crash keeps what was
-    written."""
+    written. Rows wait as Arrow tables, not Python tuples (a million of them are ~100 MB),
+    and a batch is large: each write into DuckDB costs about half a second beside its rows
+    (opening the file, checkpointing its index), so a million prefixes written 100,000 at a
+    time took 4.5 s against 2.7 s 500,000 at a time (docs/BENCHMARKS.md)."""
 
     def __init__(
         self,
@@ -93,13 +96,14 @@ class _RowWriter:
         insert_sql: str,
         stats: HashStats,
         counts: str,
-        batch: int = 100_000,
-        every_s: float = 20.0,
+        batch: int = 500_000,
+        every_s: float = 30.0,
     ):
         self.catalogue, self.insert_sql, self.stats = catalogue, insert_sql, stats
         self.counts = counts  # the HashStats field a successful read adds to
         self.batch, self.every_s = batch, every_s
-        self.rows: list = []
+        self.tables: list[pa.Table] = []
+        self.pending = 0
         self.last = time.monotonic()
 
     def add(self, rows: list, failures: list[tuple], bytes_read: int) -> None:
@@ -109,16 +113,18 @@ class _RowWriter:
         stats.errors += len(failures)
         stats.transient_errors += sum(1 for f in failures if f[3])
         stats.failures.extend(f[:3] for f in failures)
-        self.rows.extend(rows)
-        if len(self.rows) >= self.batch or time.monotonic() - self.last >= self.every_s:
+        if rows:
+            self.tables.append(_rows_table(rows, _now()))
+            self.pending += len(rows)
+        if self.pending >= self.batch or time.monotonic() - self.last >= self.every_s:
             self.flush()
 
     def flush(self) -> None:
         self.last = time.monotonic()
-        if not self.rows:
+        if not self.tables:
             return
-        table = _rows_table(self.rows, _now())
-        self.rows = []
+        table = pa.concat_tables(self.tables)
+        self.tables, self.pending = [], 0
         with self.catalogue.connect() as con:
             con.register("outcomes", table)
             con.execute(self.insert_sql)
@@ -198,7 +204,7 @@ def chain_is_current(catalogue: Catalogue, hash_all_sizes: bool = False) -> bool
                 "SELECT stage, scan, options FROM stage_marks"
             ).fetchall()
         }
-        con.execute(_ELIGIBLE, {"all": hash_all_sizes}).fetchall()
+        con.execute(_eligible(hash_all_sizes)).fetchall()
         retries = con.execute(
             "SELECT (SELECT count(*) FROM current_partial_hashes WHERE transient"
             "        AND file_id IN (SELECT file_id FROM eligible))"
@@ -221,10 +227,21 @@ _ELIGIBLE = """
     SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns, f.root,
            a.path AS archive_path, a.raw_path AS archive_raw, f.member
     FROM present_files f LEFT JOIN file_inventory a ON a.file_id = f.archive_id
-    WHERE f.size_bytes > 0 AND ($all OR f.size_bytes IN (
+    WHERE f.size_bytes > 0 AND ({all} OR f.size_bytes IN (
         SELECT size_bytes FROM present_files WHERE size_bytes > 0
         GROUP BY size_bytes HAVING count(*) > 1))
 """
+
+
+def _sql_bool(value: bool) -> str:
+    """The option as a literal, not a parameter: with `$all` as a prepared parameter DuckDB
+    1.5 could not fold `NOT $all AND ...` away and took 5.2 s instead of 0.13 s to list the
+    prefix jobs of a million files (docs/BENCHMARKS.md, "Scale on one machine")."""
+    return "true" if value else "false"
+
+
+def _eligible(hash_all_sizes: bool) -> str:
+    return _ELIGIBLE.format(all=_sql_bool(hash_all_sizes))
 
 
 def prefix_threads(roots: list[str], io_threads: int) -> int:
@@ -248,10 +265,10 @@ def update_partial_hashes(
     """Stages 0, 1a and 1b; with hash_all_sizes every non-empty file gets a partial hash."""
     stats = HashStats()
     t0 = datetime.now()
-    args = {"all": hash_all_sizes}
+    every = _sql_bool(hash_all_sizes)
     with catalogue.connect(write=False) as con:
         scan = _latest_scan(con)
-        con.execute(_ELIGIBLE, args).fetchall()  # stage 0
+        con.execute(_eligible(hash_all_sizes)).fetchall()  # stage 0
         stats.eligible = con.execute("SELECT count(*) FROM eligible").fetchall()[0][0]
         stats.skipped_unique_size = (
             con.execute("SELECT count(*) FROM present_files WHERE size_bytes > 0").fetchall()[0][0]
@@ -262,12 +279,11 @@ def update_partial_hashes(
             SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns, e.ctime_ns,
                    e.archive_path, e.archive_raw, e.member
             FROM eligible e
-            WHERE NOT $all AND e.file_id NOT IN (
+            WHERE NOT {every} AND e.file_id NOT IN (
                 SELECT file_id FROM current_partial_hashes
                 WHERE prefix_hash IS NOT NULL OR {PERMANENT_ERROR})
             ORDER BY e.path
-        """,
-            params=args,
+        """
         ).to_arrow_table()
         roots = [r[0] for r in con.execute("SELECT DISTINCT root FROM eligible").fetchall()]
     network = on_network_filesystem(roots)
@@ -286,9 +302,9 @@ def update_partial_hashes(
     )  # stage 1a
 
     with catalogue.connect(write=False) as con:
-        con.execute(_ELIGIBLE, args).fetchall()  # finished: the next query is a relation
+        con.execute(_eligible(hash_all_sizes)).fetchall()  # finished: the next query is a relation
         partial_jobs = con.sql(
-            """
+            f"""
             WITH cur AS (
                 SELECT p.* FROM current_partial_hashes p JOIN eligible USING (file_id)),
             shared AS (
@@ -299,11 +315,10 @@ def update_partial_hashes(
             FROM eligible e LEFT JOIN cur USING (file_id)
             WHERE cur.partial_hash IS NULL
               AND (cur.error_class IS NULL OR cur.transient IS NOT FALSE)
-              AND ($all OR (cur.size_bytes, cur.prefix_hash) IN (
+              AND ({every} OR (cur.size_bytes, cur.prefix_hash) IN (
                 SELECT (size_bytes, prefix_hash) FROM shared))
             ORDER BY e.path
-        """,
-            params=args,
+        """
         ).to_arrow_table()
     _hash_stage(
         catalogue,
