@@ -183,23 +183,20 @@ def hash_row(
     kind: str, file_id: int, path: str, state: tuple, follow_symlinks: bool = False
 ) -> Row:
     """Hash one file (`kind`: prefix, partial or full); `state` is the inventory's (size,
-    mtime, ctime), recorded with an error when the file cannot be read. Once per file of the
-    library: the system calls it needs and little else (docs/BENCHMARKS.md)."""
+    mtime, ctime), recorded with an error when the file cannot be read."""
     try:
-        fd = open_readonly(path, follow_symlinks)
+        fd = _open(path, follow_symlinks)
     except OSError as exc:
         return _failure_row(file_id, state, exc)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotARegularFile("not a regular file any more")
+        st = _checked_stat(fd)
         if kind != "full":
             _advise_small_reads(fd)
         prefix, partial, full, read = KINDS[kind](fd, st)
         if not _same_state(st, os.fstat(fd)):
             raise ChangedDuringRead("the file changed while it was read")
-        return (file_id, st.st_size, st.st_mtime_ns, st.st_ctime_ns, prefix, partial, full,
-                read, None, None, False)  # fmt: skip
+        state_read = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return (file_id, *state_read, prefix, partial, full, read, None, None, False)
     except (OSError, ChangedDuringRead, NotARegularFile) as exc:
         return _failure_row(file_id, state, exc)
     finally:
@@ -401,19 +398,6 @@ def hash_batch(kind: str, follow_symlinks: bool, columns: tuple) -> tuple[list, 
     try:
         while i < len(jobs):
             fid, path, raw, size, mtime, ctime, zpath, zraw, member = jobs[i]
-            if member is None:  # a loose file, the common case: as little as can be per file
-                fs_path = os.fsdecode(raw) if raw is not None else path
-                try:
-                    row = hash_row(kind, fid, fs_path, (size, mtime, ctime), follow_symlinks)
-                except Exception as exc:  # noqa: BLE001 - one file's surprise is its own outcome
-                    row = _failure_row(fid, (size, mtime, ctime),
-                                       PermanentFailure(type(exc).__name__, str(exc)))  # fmt: skip
-                out.append(row)
-                read += row[7]
-                if row[8] is not None:
-                    failures.append((path, row[8], row[9], row[10]))
-                i += 1
-                continue
             state = (size, mtime, ctime)
             fs_zip = (os.fsdecode(zraw) if zraw is not None else zpath) if member else None
             if member is not None and is_seven_zip(fs_zip):
