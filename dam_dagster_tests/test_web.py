@@ -4,6 +4,7 @@ what may never be served, the duplicate review and its plans, and a busy catalog
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -480,21 +481,30 @@ def test_plan_downloads_cover_only_reviewed_groups(client, site):
 
 # --- the catalogue is busy ----------------------------------------------------------------
 def _hold_lock(data: Path, seconds: float, touch: bool) -> subprocess.Popen:
-    """Another process holding the catalogue's lock, as a long write does."""
+    """Another process holding the catalogue's lock, as a long write does: for `seconds`, or
+    until `_release` says so (a test that must know the lock is still held when it acts)."""
     code = f"""
-import os, time
+import os, select, sys
 from dam_dagster.core.store import _FileLock, _Waiting
 lock = _FileLock(__import__('pathlib').Path({str(data / "dam.duckdb.lock")!r}))
 lock.acquire(10, _Waiting(None), 'a test inventory')
 if {touch!r}:
     os.utime({str(data / "dam.duckdb")!r})  # the write has begun: the file changed
 print('holding', flush=True)
-time.sleep({seconds})
+select.select([sys.stdin], [], [], {seconds})
 lock.release()
 """
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "holding"
     return proc
+
+
+def _release(holder: subprocess.Popen) -> None:
+    with contextlib.suppress(OSError):
+        holder.stdin.close()  # the holder's select returns: it lets go
+    holder.wait(timeout=20)
 
 
 def _get_within(client, url, seconds: float):
@@ -509,7 +519,7 @@ def _get_within(client, url, seconds: float):
 
 def test_a_busy_catalogue_never_hangs_a_page(site):
     with TestClient(make_app(site["data"], poll_s=0.1)) as client:
-        holder = _hold_lock(site["data"], 6, touch=True)
+        holder = _hold_lock(site["data"], 60, touch=True)  # held until _release below
         try:
             for url in ("/", "/duplicates", "/problems", "/status", "/api/models"):
                 response = _get_within(client, url, 5)
@@ -525,11 +535,11 @@ def test_a_busy_catalogue_never_hangs_a_page(site):
             )
             assert "msg=busy" in saved.headers["location"]  # not saved, said plainly
         finally:
-            holder.wait(timeout=20)
-        deadline = time.monotonic() + 10
+            _release(holder)
+        deadline = time.monotonic() + 20
         while "being updated" in client.get("/").text and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert "being updated" not in client.get("/").text
+        assert "being updated" not in client.get("/").text, client.get("/healthz").json()
 
 
 def test_no_copy_yet_says_so_and_retries(site, tmp_path):
