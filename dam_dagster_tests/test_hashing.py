@@ -20,6 +20,93 @@ def reference_partial(data: bytes) -> str:
     return hashlib.md5(head + tail + size.to_bytes(8, "little")).hexdigest()
 
 
+M64 = (1 << 64) - 1
+P1, P2, P3 = 0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9
+P4, P5 = 0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5
+
+
+def reference_xxh64(data: bytes, seed: int = 0) -> str:
+    """XXH64 as its specification states it (github.com/Cyan4973/xxHash, doc/xxhash_spec.md),
+    written without the library the code uses: the prefix hash of docs/HASHING.md."""
+    rotl = lambda x, r: ((x << r) | (x >> (64 - r))) & M64  # noqa: E731
+    u64 = lambda i: int.from_bytes(data[i : i + 8], "little")  # noqa: E731
+
+    def round_(acc, lane):
+        return rotl((acc + lane * P2) & M64, 31) * P1 & M64
+
+    n, i = len(data), 0
+    if n >= 32:
+        v = [(seed + P1 + P2) & M64, (seed + P2) & M64, seed, (seed - P1) & M64]
+        while i + 32 <= n:
+            v = [round_(v[k], u64(i + 8 * k)) for k in range(4)]
+            i += 32
+        h = (rotl(v[0], 1) + rotl(v[1], 7) + rotl(v[2], 12) + rotl(v[3], 18)) & M64
+        for lane in v:
+            h = ((h ^ round_(0, lane)) * P1 + P4) & M64
+    else:
+        h = (seed + P5) & M64
+    h = (h + n) & M64
+    while i + 8 <= n:
+        h = (rotl(h ^ round_(0, u64(i)), 27) * P1 + P4) & M64
+        i += 8
+    if i + 4 <= n:
+        h = (rotl(h ^ (int.from_bytes(data[i : i + 4], "little") * P1 & M64), 23) * P2 + P3) & M64
+        i += 4
+    while i < n:
+        h = rotl(h ^ (data[i] * P5 & M64), 11) * P1 & M64
+        i += 1
+    for shift, prime in ((33, P2), (29, P3)):
+        h = (h ^ (h >> shift)) * prime & M64
+    return f"{h ^ (h >> 32):016x}"
+
+
+def test_the_reference_xxh64_is_the_specification():
+    assert reference_xxh64(b"") == "ef46db3751d8e999"  # the specification's empty input
+
+
+def test_the_prefix_pass_hashes_the_documented_bytes_and_records_every_failure(tmp_path):
+    """The prefix pass of a batch (the inline loop every first run goes through): XXH64 of
+    the first min(size, 4 KiB) bytes and the state read, or an error outcome per file."""
+    from dam_dagster.core.hashing import hash_columns
+
+    paths, states, expected = [], [], {}
+    for i, size in enumerate([1, 31, 32, 33, 4095, 4096, 4097, 100_000]):
+        data = random.Random(size).randbytes(size)
+        path = tmp_path / f"f{i}.stl"
+        path.write_bytes(data)
+        st = path.stat()
+        paths.append(str(path))
+        states.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns))  # as the walk saw them
+        expected[i] = reference_xxh64(data[: 4 * K])
+    shorter = tmp_path / "shorter.stl"  # shorter than the walk saw it
+    shorter.write_bytes(b"x" * 100)
+    os.mkfifo(tmp_path / "pipe.stl")  # a FIFO where the walk saw a file
+    (tmp_path / "link.stl").symlink_to(paths[0])  # a link (not followed)
+    (tmp_path / "folder.stl").mkdir()  # a folder
+    odd = [tmp_path / n for n in ("gone.stl", "shorter.stl", "pipe.stl", "link.stl", "folder.stl")]
+    paths += [str(p) for p in odd]
+    states += [(9, 1, 2), (200, 1, 2), (9, 1, 2), (9, 1, 2), (9, 1, 2)]
+    n = len(paths)
+    sizes, mtimes, ctimes = (list(c) for c in zip(*states))
+    columns = (list(range(n)), paths, [None] * n, sizes, mtimes, ctimes,
+               [None] * n, [None] * n, [None] * n)  # fmt: skip
+    for advise in (False, True):
+        outcomes, failures, read = hash_columns("prefix", False, columns, advise)
+        rows = {r[0]: r for r in zip(*outcomes)}
+        assert len(rows) == n
+        for i, prefix in expected.items():
+            size = states[i][0]
+            assert rows[i][1:8] == (*states[i], prefix, None, None, min(size, 4 * K))
+        assert read == sum(min(s[0], 4 * K) for s in states[: len(expected)])
+        assert [(f[0], f[1]) for f in failures] == [
+            (str(odd[0]), "FileNotFoundError"), (str(odd[1]), "ChangedDuringRead"),
+            (str(odd[2]), "NotARegularFile"), (str(odd[3]), "OSError"),
+            (str(odd[4]), "NotARegularFile"),
+        ]  # fmt: skip
+        for i in range(len(expected), n):  # the walk's state, no hash, permanent
+            assert rows[i][1:4] == states[i] and rows[i][4] is None and rows[i][10] is False
+
+
 def job(path, file_id=1):
     st = os.stat(path)
     return HashJob(file_id, str(path), st.st_size, st.st_mtime_ns)
@@ -116,8 +203,8 @@ def test_hash_table_gives_every_file_one_row_in_threads_or_helper_processes(tmp_
     })  # fmt: skip
     got, failed, read = {}, [], []
 
-    def take(rows, failures, nread):
-        got.update((r[0], r) for r in rows)
+    def take(outcomes, failures, nread):
+        got.update((r[0], r) for r in zip(*outcomes))
         failed.extend(failures)
         read.append(nread)
 

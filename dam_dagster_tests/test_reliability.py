@@ -580,6 +580,52 @@ def test_a_v2_catalogue_upgrades_without_reading_a_file_again(hard_library, tmp_
     assert catalogue_groups(cat) == brute_force_groups(hard_library)
 
 
+def test_md5_prefixes_of_a_v7_catalogue_are_read_again_once_and_nothing_else(
+    tmp_path, hard_library
+):
+    """Schema 8: the prefix tier became XXH64. A catalogue whose prefixes are MD5 (as v7 wrote
+    them) reads every eligible file's 4 KiB again, once, keeps its partial and full hashes,
+    and answers as brute force does; the run after reads nothing."""
+    import hashlib
+
+    data = tmp_path / "data"
+    cat = Catalogue(data)
+    first = run_chain(cat, [hard_library])
+    with cat.connect() as con:
+        rows = con.execute("""SELECT p.file_id, f.path FROM partial_hashes p
+                              JOIN file_inventory f USING (file_id)
+                              WHERE p.prefix_hash IS NOT NULL""").fetchall()
+        for file_id, path in rows:  # the prefixes as v7 computed them
+            with open(path, "rb") as fh:
+                md5 = hashlib.md5(fh.read(4096)).hexdigest()
+            con.execute("UPDATE partial_hashes SET prefix_hash = ? WHERE file_id = ?",
+                        [md5, file_id])  # fmt: skip
+        con.execute("DELETE FROM dam_schema WHERE version = 8")
+        kept = con.execute(
+            "SELECT file_id, partial_hash, full_hash FROM partial_hashes "
+            "WHERE partial_hash IS NOT NULL ORDER BY file_id"
+        ).fetchall()
+    assert len(rows) == first["partial"].prefix_reads > 10 and kept
+    Catalogue._migrated.clear()
+    again = run_chain(cat, [hard_library])
+    assert again["partial"].prefix_reads == len(rows)  # every prefix once more
+    assert again["partial"].files_read == 0 and again["full"].files_read == 0  # nothing else
+    with cat.connect(write=False) as con:
+        assert con.execute("SELECT max(version) FROM dam_schema").fetchone()[0] == SCHEMA_VERSION
+        assert con.execute("SELECT count(*) FROM partial_hashes WHERE length(prefix_hash) <> 16"
+                           ).fetchone()[0] == 0  # fmt: skip
+        assert (
+            kept
+            == con.execute(
+                "SELECT file_id, partial_hash, full_hash FROM partial_hashes "
+                "WHERE partial_hash IS NOT NULL ORDER BY file_id"
+            ).fetchall()
+        )
+    assert catalogue_groups(cat) == brute_force_groups(hard_library)
+    third = run_chain(cat, [hard_library])
+    assert third["partial"].bytes_read == 0 and third["full"].bytes_read == 0
+
+
 def test_the_upgrade_keeps_every_row_of_a_v2_file(tmp_path):
     import duckdb
 

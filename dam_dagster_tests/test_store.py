@@ -148,12 +148,12 @@ def test_no_connection_is_open_while_library_files_are_read(tmp_path, hard_libra
         # the flock (a shared probe) or the advisory lock (pg_locks): nobody holds it
         return cat.busy() is None
 
-    real = hashing.hash_row  # every file read by every hashing stage goes through it
+    real = hashing._open  # every file read by every hashing stage is opened by it
 
     def spy(*a, **kw):
         checked.append(lock_is_free())
         return real(*a, **kw)
 
-    monkeypatch.setattr(hashing, "hash_row", spy)
+    monkeypatch.setattr(hashing, "_open", spy)
     run_chain(cat, [hard_library])
     assert len(checked) > 10 and all(checked)

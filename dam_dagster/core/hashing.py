@@ -1,7 +1,10 @@
 """Reading library files to hash them: prefix, partial and full hashes, a bounded thread pool.
 
-The prefix hash: MD5 of the first min(size, 4 KiB) bytes: one small read per file, to set apart
-files that merely share a size (most of them) before anything larger is read.
+The prefix hash: XXH64 (seed 0, hexadecimal) of the first min(size, 4 KiB) bytes: one small
+read per file, to set apart files that merely share a size (most of them) before anything
+larger is read. It is a filter, not a proof (files sharing it are read again, and a full MD5
+decides), so it is the fast non-cryptographic hash jdupes uses for the same tier: MD5 was 5 us
+of the 12 us a 4 KiB read costs here (docs/BENCHMARKS.md, "Scale on one machine").
 
 The partial hash (docs/HASHING.md; never change it without a schema migration that drops the
 stored hashes):
@@ -11,8 +14,7 @@ stored hashes):
     T = bytes [max(64 KiB, size - 64 KiB), size)
 
 For a file of at most 128 KiB, H || T is the whole file, so one read gives both the partial
-hash and the full hash (plain MD5 of the content, as `md5sum` prints it); for a file of at
-most 4 KiB the prefix read already is that read.
+hash and the full hash (plain MD5 of the content, as `md5sum` prints it).
 
 Files are opened read-only, without following a link unless asked, non-blocking (a FIFO that
 replaced a file cannot hang a thread) and with O_NOATIME where the kernel allows it, so a scan
@@ -22,6 +24,7 @@ error outcome instead of a hash.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -31,6 +34,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+
+import xxhash
 
 from .failures import PermanentFailure, describe_os_error, os_error_is_transient
 from .reading import open_readonly
@@ -42,6 +47,8 @@ SMALL_FILE_MAX = HEAD_BYTES + TAIL_BYTES
 CHUNK_BYTES = 1024 * 1024
 # The prefix and head/tail reads are small and scattered: advise the kernel not to read ahead
 # around them (on a share the readahead would fetch 4x the 4 KiB asked for, docs/BENCHMARKS.md).
+# The passes over many files ask for it on network filesystems only: on a local disk the
+# advice is one more system call per file (1.4 us of a 4 KiB read's 12) and saves nothing.
 SMALL_READ_ADVICE = True
 
 
@@ -73,6 +80,10 @@ class HashOutcome:
         return self.error_class is None
 
 
+# What reading a path that is not a regular file any more fails with (the open succeeds).
+_NOT_A_FILE = frozenset({errno.ESPIPE, errno.EISDIR, errno.EINVAL})
+
+
 class ChangedDuringRead(Exception):
     """The file's size or mtime changed while it was being read."""
 
@@ -85,9 +96,12 @@ def _open(path: str, follow_symlinks: bool) -> int:
     return open_readonly(path, follow_symlinks)
 
 
-def _advise_small_reads(fd: int) -> None:
-    if SMALL_READ_ADVICE and hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+_FADVISE = getattr(os, "posix_fadvise", None)
+
+
+def _advise_small_reads(fd: int, advise: bool | None = None) -> None:
+    if (SMALL_READ_ADVICE if advise is None else advise) and _FADVISE is not None:
+        _FADVISE(fd, 0, 0, os.POSIX_FADV_RANDOM)
 
 
 def _pread_exact(fd: int, length: int, offset: int) -> bytes:
@@ -126,6 +140,9 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
+prefix_hash_of = xxhash.xxh64_hexdigest  # (bytes) -> 16 hexadecimal digits, seed 0
+
+
 # One file's outcome as a plain tuple (a million of them are cheap; a million dataclasses are
 # not): file_id, size, mtime, ctime (the state read), prefix, partial, full, bytes read,
 # error class, error message, transient.
@@ -133,16 +150,8 @@ Row = tuple
 
 
 def _prefix(fd: int, st: os.stat_result) -> tuple:
-    size = st.st_size
-    data = _pread_exact(fd, min(size, PREFIX_BYTES), 0)
-    small = size <= PREFIX_BYTES
-    md5 = _md5(data)
-    return (
-        md5,
-        partial_hash_of(data, b"", size) if small else None,
-        md5 if small else None,
-        len(data),
-    )
+    data = _pread_exact(fd, min(st.st_size, PREFIX_BYTES), 0)
+    return prefix_hash_of(data), None, None, len(data)
 
 
 def _partial(fd: int, st: os.stat_result) -> tuple:
@@ -155,7 +164,7 @@ def _partial(fd: int, st: os.stat_result) -> tuple:
         head = _pread_exact(fd, HEAD_BYTES, 0)
         tail = _pread_exact(fd, TAIL_BYTES, size - TAIL_BYTES)
         full, read = None, HEAD_BYTES + TAIL_BYTES
-    return _md5(head[:PREFIX_BYTES]), partial_hash_of(head, tail, size), full, read
+    return prefix_hash_of(head[:PREFIX_BYTES]), partial_hash_of(head, tail, size), full, read
 
 
 def _full(fd: int, st: os.stat_result) -> tuple:
@@ -180,10 +189,16 @@ KINDS = {"prefix": _prefix, "partial": _partial, "full": _full}
 
 
 def hash_row(
-    kind: str, file_id: int, path: str, state: tuple, follow_symlinks: bool = False
+    kind: str,
+    file_id: int,
+    path: str,
+    state: tuple,
+    follow_symlinks: bool = False,
+    advise: bool | None = None,
 ) -> Row:
     """Hash one file (`kind`: prefix, partial or full); `state` is the inventory's (size,
-    mtime, ctime), recorded with an error when the file cannot be read."""
+    mtime, ctime), recorded with an error when the file cannot be read. `advise`: whether
+    small reads ask the kernel not to read ahead (None: SMALL_READ_ADVICE)."""
     try:
         fd = _open(path, follow_symlinks)
     except OSError as exc:
@@ -191,7 +206,7 @@ def hash_row(
     try:
         st = _checked_stat(fd)
         if kind != "full":
-            _advise_small_reads(fd)
+            _advise_small_reads(fd, advise)
         prefix, partial, full, read = KINDS[kind](fd, st)
         if not _same_state(st, os.fstat(fd)):
             raise ChangedDuringRead("the file changed while it was read")
@@ -211,16 +226,10 @@ def _member_hashes(kind: str, stream, size: int) -> tuple:
         if kind != "prefix" and len(data) != size:
             raise ChangedDuringRead("the member is not the size its archive declares")
         if kind == "prefix":
-            small = size <= PREFIX_BYTES
-            md5 = _md5(data)
-            return (
-                md5,
-                partial_hash_of(data, b"", size) if small else None,
-                md5 if small else None,
-                len(data),
-            )
+            return prefix_hash_of(data), None, None, len(data)
         head, tail = data[:HEAD_BYTES], data[HEAD_BYTES:]
-        return _md5(head[:PREFIX_BYTES]), partial_hash_of(head, tail, size), _md5(data), size
+        partial = partial_hash_of(head, tail, size)
+        return prefix_hash_of(head[:PREFIX_BYTES]), partial, _md5(data), size
     digest = hashlib.md5(usedforsecurity=False)
     head = b""
     tail = bytearray()
@@ -238,7 +247,7 @@ def _member_hashes(kind: str, stream, size: int) -> tuple:
     if read != size:
         raise ChangedDuringRead("the member is not the size its archive declares")
     partial = partial_hash_of(head, bytes(tail), size)
-    return _md5(head[:PREFIX_BYTES]), partial, digest.hexdigest(), read
+    return prefix_hash_of(head[:PREFIX_BYTES]), partial, digest.hexdigest(), read
 
 
 class _OpenArchive:
@@ -382,31 +391,96 @@ class Progress:
         )
 
 
+# The fields of an outcome Row, which hash_columns returns as one list each.
+OUTCOME_FIELDS = ("file_id", "size_bytes", "mtime_ns", "ctime_ns", "prefix_hash",
+                  "partial_hash", "full_hash", "bytes_read", "error_class", "error_message",
+                  "transient")  # fmt: skip
+
+
 def hash_batch(kind: str, follow_symlinks: bool, columns: tuple) -> tuple[list, list, int]:
+    """hash_columns, with the outcomes as rows (tuples of OUTCOME_FIELDS)."""
+    outcomes, failures, read = hash_columns(kind, follow_symlinks, columns)
+    return list(zip(*outcomes)), failures, read
+
+
+def hash_columns(
+    kind: str, follow_symlinks: bool, columns: tuple, advise: bool | None = None
+) -> tuple[tuple[list, ...], list, int]:
     """Hash one batch: columns are lists (file_id, path, raw_path, size, mtime, ctime,
     archive_path, archive_raw, member); a row with a member is a member of that archive.
-    Every job gets a row, whatever happens (an error nobody foresaw is recorded as the
+    Every job gets an outcome, whatever happens (an error nobody foresaw is recorded as the
     file's own). The members of one 7z that follow each other are read in one pass over
-    the archive (hash_7z_members). Returns the rows, the failures among them (path, error
-    class, message, transient), and the bytes read."""
+    the archive (hash_7z_members). Returns the outcomes as columns (one list per
+    OUTCOME_FIELDS: a batch crosses a pipe and becomes an Arrow table cheaply), the failures
+    among them (path, error class, message, transient), and the bytes read. `advise`: see
+    hash_row."""
     from .archives import is_seven_zip
 
-    out, failures, read = [], [], 0
+    out = tuple([] for _ in OUTCOME_FIELDS)
+    add_id, add_size, add_mtime, add_ctime, add_prefix, add_partial, add_full = (
+        c.append for c in out[:7]
+    )
+    add_read, add_class, add_message, add_transient = (c.append for c in out[7:])
+    failures, read = [], 0
     archive: _OpenArchive | None = None
     jobs = list(zip(*columns))
+    fast = kind == "prefix"
+    advise = SMALL_READ_ADVICE if advise is None else advise
+    pread, close = os.pread, os.close
     i = 0
     try:
         while i < len(jobs):
             fid, path, raw, size, mtime, ctime, zpath, zraw, member = jobs[i]
-            state = (size, mtime, ctime)
-            fs_zip = (os.fsdecode(zraw) if zraw is not None else zpath) if member else None
-            if member is not None and is_seven_zip(fs_zip):
+            if fast and member is None:
+                # The prefix pass of a loose file, inline: a million of them make a first run,
+                # and every call here is a microsecond a file. No fstat: the state recorded is
+                # the one the walk saw (a file rewritten since has a new ctime, which the next
+                # walk sees, and its rows stop being current); 2 us of the 8 a file cost here.
+                i += 1
+                want = size if size < PREFIX_BYTES else PREFIX_BYTES
+                try:
+                    fd = _open(os.fsdecode(raw) if raw is not None else path, follow_symlinks)
+                except OSError as exc:
+                    row = _failure_row(fid, (size, mtime, ctime), exc)
+                else:
+                    try:
+                        if advise:
+                            _advise_small_reads(fd, True)
+                        data = pread(fd, want, 0)
+                        if len(data) != want:
+                            data = _pread_exact(fd, want, 0)
+                        add_id(fid)
+                        add_size(size)
+                        add_mtime(mtime)
+                        add_ctime(ctime)
+                        add_prefix(prefix_hash_of(data))
+                        add_partial(None)
+                        add_full(None)
+                        add_read(want)
+                        add_class(None)
+                        add_message(None)
+                        add_transient(False)
+                        read += want
+                        continue
+                    except OSError as exc:
+                        if exc.errno in _NOT_A_FILE:  # a FIFO or a folder where the file was
+                            exc = NotARegularFile("not a regular file any more")
+                        row = _failure_row(fid, (size, mtime, ctime), exc)
+                    except ChangedDuringRead as exc:
+                        row = _failure_row(fid, (size, mtime, ctime), exc)
+                    finally:
+                        close(fd)
+                rows = [row]
+            elif member is not None and is_seven_zip(
+                fs_zip := os.fsdecode(zraw) if zraw is not None else zpath
+            ):
                 j = i
                 while j < len(jobs) and jobs[j][8] is not None and jobs[j][6:8] == (zpath, zraw):
                     j += 1
                 rows = hash_7z_members(kind, fs_zip, jobs[i:j], follow_symlinks)
                 i = j
             else:
+                state = (size, mtime, ctime)
                 try:
                     if member is not None:
                         if archive is None or archive.path != fs_zip:
@@ -417,7 +491,7 @@ def hash_batch(kind: str, follow_symlinks: bool, columns: tuple) -> tuple[list, 
                         row = hash_member_row(kind, fid, archive, member, state)
                     else:
                         fs_path = os.fsdecode(raw) if raw is not None else path
-                        row = hash_row(kind, fid, fs_path, state, follow_symlinks)
+                        row = hash_row(kind, fid, fs_path, state, follow_symlinks, advise)
                 except OSError as exc:  # the archive could not be opened
                     row = _failure_row(fid, state, exc)
                 except Exception as exc:  # noqa: BLE001 - one file's surprise is its own outcome
@@ -425,7 +499,8 @@ def hash_batch(kind: str, follow_symlinks: bool, columns: tuple) -> tuple[list, 
                 rows = [row]
                 i += 1
             for row, job in zip(rows, jobs[i - len(rows) : i]):
-                out.append(row)
+                for column, value in zip(out, row):
+                    column.append(value)
                 read += row[7]
                 if row[8] is not None:
                     failures.append((job[1], row[8], row[9], row[10]))
@@ -501,7 +576,7 @@ def serve() -> None:
         if len(header) < 8:
             return
         request = pickle.loads(_read_exactly(stdin, int.from_bytes(header, "little")))
-        answer = pickle.dumps(hash_batch(*request), protocol=pickle.HIGHEST_PROTOCOL)
+        answer = pickle.dumps(hash_columns(*request), protocol=pickle.HIGHEST_PROTOCOL)
         stdout.write(len(answer).to_bytes(8, "little") + answer)
         stdout.flush()
 
@@ -530,10 +605,12 @@ class _Helper:
             env=env, close_fds=True,
         )  # fmt: skip
 
-    def __call__(self, kind: str, follow_symlinks: bool, columns: tuple):
+    def __call__(self, kind: str, follow_symlinks: bool, columns: tuple, advise: bool | None):
         import pickle
 
-        request = pickle.dumps((kind, follow_symlinks, columns), protocol=pickle.HIGHEST_PROTOCOL)
+        request = pickle.dumps(
+            (kind, follow_symlinks, columns, advise), protocol=pickle.HIGHEST_PROTOCOL
+        )
         self.proc.stdin.write(len(request).to_bytes(8, "little") + request)
         self.proc.stdin.flush()
         size = int.from_bytes(_read_exactly(self.proc.stdout, 8), "little")
@@ -593,23 +670,27 @@ def hash_table(
     jobs,
     kind: str,
     threads: int,
-    on_rows: Callable[[list[Row], list[tuple], int], None],
+    on_rows: Callable[[tuple[list, ...], list[tuple], int], None],
     follow_symlinks: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     progress_every_s: float = 5.0,
     stage: str = "",
-    batch: int = 512,
+    batch: int | None = None,
     processes: int = 0,
+    advise: bool | None = None,
 ) -> None:
     """Hash every job of an Arrow table (file_id, path, raw_path, size_bytes, mtime_ns,
     ctime_ns) with `threads` threads (each driving a helper process when `processes` > 0),
-    handing each batch's outcome rows to `on_rows` as they come, in this thread, with the
-    failures among them (see hash_batch) and the bytes read: a million files never become a
-    million objects at once."""
+    handing each batch's outcomes (columns, see hash_columns) to `on_rows` as they come, in
+    this thread, with the failures among them and the bytes read: a million files never
+    become a million objects at once. Batches of `batch` jobs (prefix reads take a few
+    microseconds a file: 4,096 of them, so the round trips to the helpers cost nothing;
+    other kinds 512). `advise`: see hash_row."""
     total = jobs.num_rows
     if not total:
         return
     workers = max(1, processes or threads)
+    batch = batch or (4096 if kind == "prefix" else 512)
     started = last = time.monotonic()
     done = read = 0
     helpers: list[_Helper] = []
@@ -618,12 +699,12 @@ def hash_table(
     def work(b):
         columns = tuple(b.column(i).to_pylist() for i in range(len(JOB_COLUMNS)))
         if not processes:
-            return hash_batch(kind, follow_symlinks, columns)
+            return hash_columns(kind, follow_symlinks, columns, advise)
         helper = getattr(local, "helper", None)
         if helper is None:
             helper = local.helper = _Helper()
             helpers.append(helper)
-        return helper(kind, follow_symlinks, columns)
+        return helper(kind, follow_symlinks, columns, advise)
 
     import pyarrow as pa
 
@@ -639,10 +720,10 @@ def hash_table(
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    rows, failures, nread = future.result()
-                    done += len(rows)
+                    outcomes, failures, nread = future.result()
+                    done += len(outcomes[0])
                     read += nread
-                    on_rows(rows, failures, nread)
+                    on_rows(outcomes, failures, nread)
                     nxt = next(batches, None)
                     if nxt is not None:
                         pending.add(pool.submit(work, nxt))

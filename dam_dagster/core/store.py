@@ -39,7 +39,7 @@ DB_NAME = "dam.duckdb"
 # so that a million-file inventory spills its joins to
 # `dam.duckdb.tmp/` beside the file rather than growing the process past a NAS's memory.
 DUCKDB_CONFIG = {"threads": 2, "memory_limit": "256MB", "preserve_insertion_order": False}
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 __all__ = [
@@ -322,6 +322,15 @@ MIGRATIONS: dict[int, str] = {
         group_size            INTEGER NOT NULL,
         exact_duplicate_of_id BIGINT            -- an earlier member with the very same bytes
     );
+    """,
+    8: """
+    -- partial_hashes.prefix_hash is XXH64 of the first 4 KiB (it was MD5): a filter in front of
+    -- the partial hash, where MD5 was most of what a million small reads cost. Prefixes of the
+    -- old kind are dropped, so each file's prefix is read once again; its partial and full
+    -- hashes (still MD5, unchanged) are kept. Files of at most 4 KiB no longer get their
+    -- partial and full hash from the prefix read: only those that share (size, prefix) with
+    -- another are read again for them (stage 1b), as every larger file is.
+    UPDATE partial_hashes SET prefix_hash = NULL WHERE prefix_hash IS NOT NULL;
     """,
 }
 

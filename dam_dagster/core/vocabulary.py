@@ -96,7 +96,7 @@ COLUMN_DOCS: dict[str, dict[str, str]] = {
         "file_id": "The file (file_inventory.file_id).",
         "size_bytes": "File size the hash was computed from (current while it matches).",
         "mtime_ns": "File mtime the hash was computed from (current while it matches).",
-        "prefix_hash": "MD5 of the first 4 KiB.",
+        "prefix_hash": "XXH64 of the first 4 KiB (a filter: files sharing it are read again).",
         "partial_hash": "MD5 of the first and last 64 KiB and the size (docs/HASHING.md); "
         "only for files sharing (size, prefix) with another.",
         "full_hash": "MD5 of the whole file, for files up to 128 KiB (read once).",
