@@ -21,8 +21,9 @@ TEST_PACKAGES := fuse3 postgresql redis-server
 
 install: system-deps $(STAMP)
 
-# Re-installs only when pyproject.toml changed since the last install.
-$(STAMP): pyproject.toml
+# Re-installs only when pyproject.toml (or the one C file, core/_fastio.c, which the install
+# compiles) changed since the last install.
+$(STAMP): pyproject.toml dam_dagster/core/_fastio.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,cluster]'

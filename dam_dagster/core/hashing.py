@@ -37,6 +37,11 @@ from dataclasses import dataclass
 
 import xxhash
 
+try:  # the prefix pass in C (core/_fastio.c), built where a compiler was; else the same in Python
+    from . import _fastio
+except ImportError:  # pragma: no cover - a machine without a compiler
+    _fastio = None
+
 from .failures import PermanentFailure, describe_os_error, os_error_is_transient
 from .reading import open_readonly
 
@@ -416,6 +421,10 @@ def hash_columns(
     hash_row."""
     from .archives import is_seven_zip
 
+    if kind == "prefix" and _fastio is not None and not any(columns[8]):
+        done = _loose_prefixes_in_c(columns, follow_symlinks, advise)
+        if done is not None:
+            return done
     out = tuple([] for _ in OUTCOME_FIELDS)
     add_id, add_size, add_mtime, add_ctime, add_prefix, add_partial, add_full = (
         c.append for c in out[:7]
@@ -426,6 +435,8 @@ def hash_columns(
     jobs = list(zip(*columns))
     fast = kind == "prefix"
     advise = SMALL_READ_ADVICE if advise is None else advise
+    if fast and _fastio is not None:
+        jobs, read = _prefix_in_c(jobs, follow_symlinks, advise, out, failures)
     pread, close = os.pread, os.close
     i = 0
     try:
@@ -508,6 +519,52 @@ def hash_columns(
         if archive is not None:
             archive.close()
     return out, failures, read
+
+
+def _loose_prefixes_in_c(columns: tuple, follow_symlinks: bool, advise: bool | None):
+    """A batch of loose files only, every one read: the outcome columns made whole (no row
+    made); None when some file could not be read (the caller then goes row by row)."""
+    ids, paths, raws, sizes, mtimes, ctimes = columns[:6]
+    fs_paths = paths if not any(raws) else [r if r is not None else p for p, r in zip(paths, raws)]
+    advise = SMALL_READ_ADVICE if advise is None else advise
+    hashes, codes = _fastio.prefix_hashes(fs_paths, sizes, follow_symlinks, advise)
+    if any(codes):
+        return None
+    n = len(ids)
+    wants = [s if s < PREFIX_BYTES else PREFIX_BYTES for s in sizes]
+    out = (list(ids), list(sizes), list(mtimes), list(ctimes), hashes, [None] * n, [None] * n,
+           wants, [None] * n, [None] * n, [False] * n)  # fmt: skip
+    return out, [], sum(wants)
+
+
+def _prefix_in_c(jobs: list, follow_symlinks: bool, advise: bool, out: tuple, failures: list):
+    """The prefix pass of the batch's loose files in C (_fastio.prefix_hashes: the same
+    reads, hash and outcomes as hash_columns' loop, the GIL released): their outcomes are
+    appended to `out`. Returns the jobs left (archive members) and the bytes read."""
+    loose = [job for job in jobs if job[8] is None]
+    if not loose:
+        return jobs, 0
+    paths = [raw if raw is not None else path for _, path, raw, *_ in loose]
+    hashes, codes = _fastio.prefix_hashes(paths, [job[3] for job in loose], follow_symlinks, advise)
+    read = 0
+    for job, digest, code in zip(loose, hashes, codes):
+        fid, path, _raw, size, mtime, ctime = job[:6]
+        if code == 0:
+            want = size if size < PREFIX_BYTES else PREFIX_BYTES
+            row = (fid, size, mtime, ctime, digest, None, None, want, None, None, False)
+            read += want
+        else:
+            if code < 0:
+                exc = ChangedDuringRead("the file became shorter while it was read")
+            elif code in _NOT_A_FILE:
+                exc = NotARegularFile("not a regular file any more")
+            else:
+                exc = OSError(code, os.strerror(code), path)
+            row = _failure_row(fid, (size, mtime, ctime), exc)
+            failures.append((path, row[8], row[9], row[10]))
+        for column, value in zip(out, row):
+            column.append(value)
+    return [job for job in jobs if job[8] is not None], read
 
 
 def hash_7z_members(kind: str, fs_path: str, jobs: list, follow_symlinks: bool) -> list[Row]:
