@@ -11,6 +11,19 @@ from dam_dagster.core.walk import PathFilter, RootUnavailable, check_roots, walk
 from .conftest import run_unprivileged
 
 
+@pytest.fixture(autouse=True, params=["C", "Python"])
+def impl(request, monkeypatch):
+    """Every test here walks twice: folders listed in C (core/_fastio.c) and with os.scandir
+    (where no compiler built the C module)."""
+    from dam_dagster.core import walk
+
+    if request.param == "C" and walk._fastio is None:
+        pytest.skip("dam_dagster.core._fastio is not built here (no C compiler at install)")
+    if request.param == "Python":
+        monkeypatch.setattr(walk, "_fastio", None)
+    return request.param
+
+
 def rels(result):
     return sorted(f.rel_path for f in result.files)
 
@@ -94,7 +107,7 @@ def test_missing_root_is_a_clear_error(tmp_path):
         walk_library([tmp_path / "file"])
 
 
-def test_unreadable_folder_is_recorded_not_fatal(shared_tmp):
+def test_unreadable_folder_is_recorded_not_fatal(shared_tmp, impl):
     lib = shared_tmp / "lib"
     (lib / "open").mkdir(parents=True)
     (lib / "open" / "a.stl").write_bytes(b"a")
@@ -106,7 +119,10 @@ def test_unreadable_folder_is_recorded_not_fatal(shared_tmp):
     (lib / "locked").chmod(0o000)
     code = f"""
 import json
+from dam_dagster.core import walk
 from dam_dagster.core.walk import walk_library
+if {impl == "Python"}:
+    walk._fastio = None
 r = walk_library([{str(lib)!r}])
 print(json.dumps({{"files": [f.rel_path for f in r.files],
                    "issues": [[i.path, i.kind] for i in r.issues],

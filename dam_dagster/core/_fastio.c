@@ -1,10 +1,11 @@
-/* The prefix pass of the duplicate finder in C: open, read the first min(size, 4 KiB) bytes,
- * XXH64, close, for a batch of files, with the GIL released for the whole batch.
+/* The two loops a first run spends its time in, in C: the prefix pass of the duplicate finder
+ * (open, read the first min(size, 4 KiB) bytes, XXH64, close, for a batch of files) and the
+ * listing of one folder of the walk (names, types, an lstat of each file), the GIL released.
  *
- * Optional: core/hashing.py does exactly the same in Python when this module is not built
- * (no compiler where the package was installed), and dam_dagster_tests/test_hashing.py checks
- * that both give the same outcome for every file, failures included. Why it exists: a first
- * run on a million small files is mostly this loop, and in Python each file costs ~3 us of
+ * Optional: core/hashing.py and core/walk.py do the same in Python when this module is not
+ * built (no compiler where the package was installed), and the tests check that both give
+ * the same outcome for every file and entry, failures included. Why it exists: a first run on
+ * a million small files is mostly these two loops, and in Python each file costs ~3 us of
  * interpreter beside the ~5 us its system calls take (docs/BENCHMARKS.md).
  *
  * XXH64 is written from its specification (github.com/Cyan4973/xxHash, doc/xxhash_spec.md),
@@ -13,11 +14,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PREFIX_BYTES 4096
@@ -237,6 +240,204 @@ done:
     return result;
 }
 
+/* --- listing a folder ------------------------------------------------------------------ */
+
+PyDoc_STRVAR(scan_folder_doc,
+             "scan_folder(path) -> (errno, mtime_ns, names, kinds, sizes, mtimes, ctimes)\n\n"
+             "One folder of a walk (core/walk.py does the same with os.scandir when this module\n"
+             "is not built). errno is 0 when it was listed (mtime_ns: the folder's, taken before\n"
+             "the listing), else why not (and nothing else). For each entry but . and ..: its\n"
+             "name (surrogate escapes for bytes that are not UTF-8) and a kind: b'f' a regular\n"
+             "file (with its size, mtime and ctime from an lstat), b'd' a folder, b'l' a link,\n"
+             "b'o' anything else, or b'e' an entry whose lstat failed (its errno in sizes).\n"
+             "Links are not followed. The GIL is released while the folder is read.");
+
+typedef struct {
+    char *names;      /* the names, each ending with NUL */
+    size_t used, cap;
+    size_t *offsets;  /* where each name starts */
+    char *kinds;
+    long long *sizes, *mtimes, *ctimes;
+    size_t n, ncap;
+} listing_t;
+
+static int listing_add(listing_t *l, const char *name, char kind, long long size,
+                       long long mtime, long long ctime) {
+    size_t len = strlen(name) + 1;
+    if (l->used + len > l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 4096;
+        while (cap < l->used + len)
+            cap *= 2;
+        char *names = PyMem_RawRealloc(l->names, cap);
+        if (names == NULL)
+            return -1;
+        l->names = names;
+        l->cap = cap;
+    }
+    if (l->n == l->ncap) {
+        size_t ncap = l->ncap ? l->ncap * 2 : 256;
+        size_t *offsets = PyMem_RawRealloc(l->offsets, ncap * sizeof(size_t));
+        if (offsets == NULL)
+            return -1;
+        l->offsets = offsets;
+        char *kinds = PyMem_RawRealloc(l->kinds, ncap);
+        if (kinds == NULL)
+            return -1;
+        l->kinds = kinds;
+        long long *a = PyMem_RawRealloc(l->sizes, ncap * sizeof(long long));
+        if (a == NULL)
+            return -1;
+        l->sizes = a;
+        a = PyMem_RawRealloc(l->mtimes, ncap * sizeof(long long));
+        if (a == NULL)
+            return -1;
+        l->mtimes = a;
+        a = PyMem_RawRealloc(l->ctimes, ncap * sizeof(long long));
+        if (a == NULL)
+            return -1;
+        l->ctimes = a;
+        l->ncap = ncap;
+    }
+    memcpy(l->names + l->used, name, len);
+    l->offsets[l->n] = l->used;
+    l->used += len;
+    l->kinds[l->n] = kind;
+    l->sizes[l->n] = size;
+    l->mtimes[l->n] = mtime;
+    l->ctimes[l->n] = ctime;
+    l->n++;
+    return 0;
+}
+
+static void listing_free(listing_t *l) {
+    PyMem_RawFree(l->names);
+    PyMem_RawFree(l->offsets);
+    PyMem_RawFree(l->kinds);
+    PyMem_RawFree(l->sizes);
+    PyMem_RawFree(l->mtimes);
+    PyMem_RawFree(l->ctimes);
+}
+
+static long long ns(struct timespec t) { return (long long)t.tv_sec * 1000000000LL + t.tv_nsec; }
+
+/* Lists `path` into `l`; returns 0, an errno for the folder itself, or -1 out of memory. */
+static int scan(const char *path, listing_t *l, long long *mtime) {
+    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return errno;
+    struct stat st;
+    if (fstat(dfd, &st) < 0) {
+        int e = errno;
+        close(dfd);
+        return e;
+    }
+    *mtime = ns(st.st_mtim);
+    DIR *dir = fdopendir(dfd);
+    if (dir == NULL) {
+        int e = errno;
+        close(dfd);
+        return e;
+    }
+    for (;;) {
+        errno = 0;
+        struct dirent *e = readdir(dir);
+        if (e == NULL) {
+            int code = errno;
+            closedir(dir);
+            return code;  /* 0 at the end of the folder */
+        }
+        const char *name = e->d_name;
+        if (name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0)))
+            continue;
+        char kind;
+        long long size = 0, mt = 0, ct = 0;
+        unsigned char type = e->d_type;
+        if (type == DT_REG || type == DT_UNKNOWN) {
+            if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+                kind = 'e';
+                size = errno;
+            } else if (S_ISREG(st.st_mode)) {
+                kind = 'f';
+                size = st.st_size;
+                mt = ns(st.st_mtim);
+                ct = ns(st.st_ctim);
+            } else if (S_ISDIR(st.st_mode)) {
+                kind = 'd';
+            } else if (S_ISLNK(st.st_mode)) {
+                kind = 'l';
+            } else {
+                kind = 'o';
+            }
+        } else if (type == DT_DIR) {
+            kind = 'd';
+        } else if (type == DT_LNK) {
+            kind = 'l';
+        } else {
+            kind = 'o';
+        }
+        if (listing_add(l, name, kind, size, mt, ct) < 0) {
+            closedir(dir);
+            return -1;
+        }
+    }
+}
+
+static PyObject *scan_folder(PyObject *self, PyObject *arg) {
+    PyObject *encoded = NULL;
+    if (!PyUnicode_FSConverter(arg, &encoded))
+        return NULL;
+    listing_t l = {0};
+    long long mtime = 0;
+    int code;
+    Py_BEGIN_ALLOW_THREADS
+    code = scan(PyBytes_AS_STRING(encoded), &l, &mtime);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(encoded);
+    if (code == -1) {
+        listing_free(&l);
+        return PyErr_NoMemory();
+    }
+    if (code != 0) {
+        listing_free(&l);
+        return Py_BuildValue("(iOOOOOO)", code, Py_None, Py_None, Py_None, Py_None, Py_None,
+                             Py_None);
+    }
+    PyObject *names = PyList_New((Py_ssize_t)l.n);
+    PyObject *sizes = PyList_New((Py_ssize_t)l.n);
+    PyObject *mtimes = PyList_New((Py_ssize_t)l.n);
+    PyObject *ctimes = PyList_New((Py_ssize_t)l.n);
+    PyObject *kinds = PyBytes_FromStringAndSize(l.kinds, (Py_ssize_t)l.n);
+    PyObject *result = NULL;
+    if (!names || !sizes || !mtimes || !ctimes || !kinds)
+        goto done;
+    for (size_t i = 0; i < l.n; i++) {
+        PyObject *name = PyUnicode_DecodeFSDefault(l.names + l.offsets[i]);
+        PyObject *a = PyLong_FromLongLong(l.sizes[i]);
+        PyObject *b = PyLong_FromLongLong(l.mtimes[i]);
+        PyObject *c = PyLong_FromLongLong(l.ctimes[i]);
+        if (!name || !a || !b || !c) {
+            Py_XDECREF(name);
+            Py_XDECREF(a);
+            Py_XDECREF(b);
+            Py_XDECREF(c);
+            goto done;
+        }
+        PyList_SET_ITEM(names, (Py_ssize_t)i, name);
+        PyList_SET_ITEM(sizes, (Py_ssize_t)i, a);
+        PyList_SET_ITEM(mtimes, (Py_ssize_t)i, b);
+        PyList_SET_ITEM(ctimes, (Py_ssize_t)i, c);
+    }
+    result = Py_BuildValue("(iLOOOOO)", 0, mtime, names, kinds, sizes, mtimes, ctimes);
+done:
+    listing_free(&l);
+    Py_XDECREF(names);
+    Py_XDECREF(sizes);
+    Py_XDECREF(mtimes);
+    Py_XDECREF(ctimes);
+    Py_XDECREF(kinds);
+    return result;
+}
+
 PyDoc_STRVAR(xxh64_hex_doc, "xxh64_hex(data: bytes) -> str: XXH64 (seed 0), 16 hex digits.");
 
 static PyObject *xxh64_hex(PyObject *self, PyObject *arg) {
@@ -253,6 +454,7 @@ static PyObject *xxh64_hex(PyObject *self, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"prefix_hashes", prefix_hashes, METH_VARARGS, prefix_hashes_doc},
     {"xxh64_hex", xxh64_hex, METH_O, xxh64_hex_doc},
+    {"scan_folder", scan_folder, METH_O, scan_folder_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -84,10 +84,12 @@ def _outcomes_table(columns: tuple[list, ...], now: datetime) -> pa.Table:
 class _RowWriter:
     """Takes hashing outcomes as they come, tallies them, and writes them in batches (each one
     transaction, no connection open in between): memory stays flat and a crash keeps what was
-    written. Rows wait as Arrow tables, not Python tuples (985,644 prefix rows: 129 MB),
-    and a batch is large: each write into DuckDB costs about half a second beside its rows
-    (opening the file, checkpointing its index), so a million prefixes written 100,000 at a
-    time took 4.5 s against 2.7 s 500,000 at a time (docs/BENCHMARKS.md)."""
+    written. Rows wait as Arrow tables, not Python tuples (985,644 prefix rows: 129 MB with
+    MD5 prefixes), and a batch is large: each write into DuckDB costs about half a second
+    beside its rows (opening the file, checkpointing its index), so a million prefixes written
+    100,000 at a time took 4.5 s against 2.7 s 500,000 at a time (docs/BENCHMARKS.md); and
+    while it writes, the helpers reading files run out of batches and wait (0.8 s of a
+    million-file prefix pass with a write halfway): a million rows at a time."""
 
     def __init__(
         self,
@@ -95,7 +97,7 @@ class _RowWriter:
         insert_sql: str,
         stats: HashStats,
         counts: str,
-        batch: int = 500_000,
+        batch: int = 1_000_000,
         every_s: float = 30.0,
     ):
         self.catalogue, self.insert_sql, self.stats = catalogue, insert_sql, stats
@@ -105,15 +107,21 @@ class _RowWriter:
         self.pending = 0
         self.last = time.monotonic()
 
-    def add(self, outcomes: tuple[list, ...], failures: list[tuple], bytes_read: int) -> None:
-        """One batch of hashing.hash_columns' outcomes."""
-        stats, n = self.stats, len(outcomes[0])
+    def add(self, outcomes, failures: list[tuple], bytes_read: int) -> None:
+        """One batch of outcomes: hashing.hash_columns' lists, or an Arrow table of the rows'
+        columns but `hashed_at` (hashing.hash_table's fast prefix path)."""
+        stats = self.stats
+        n = outcomes.num_rows if isinstance(outcomes, pa.Table) else len(outcomes[0])
         stats.bytes_read += bytes_read
         setattr(stats, self.counts, getattr(stats, self.counts) + n - len(failures))
         stats.errors += len(failures)
         stats.transient_errors += sum(1 for f in failures if f[3])
         stats.failures.extend(f[:3] for f in failures)
-        if n:
+        if n and isinstance(outcomes, pa.Table):
+            now = pa.repeat(pa.scalar(_now(), pa.timestamp("us")), n)
+            self.tables.append(outcomes.append_column("hashed_at", now))
+            self.pending += n
+        elif n:
             self.tables.append(_outcomes_table(outcomes, _now()))
             self.pending += n
         if self.pending >= self.batch or time.monotonic() - self.last >= self.every_s:
@@ -338,20 +346,25 @@ def update_partial_hashes(
 
     with catalogue.connect(write=False) as con:
         con.execute(_eligible(hash_all_sizes)).fetchall()  # finished: the next query is a relation
+        # (a SEMI JOIN on the two columns, not a tuple IN: 0.3 s against 0.5 s at a million)
         partial_jobs = con.sql(
             f"""
             WITH cur AS (
                 SELECT p.* FROM current_partial_hashes p JOIN eligible USING (file_id)),
             shared AS (
                 SELECT size_bytes, prefix_hash FROM cur WHERE prefix_hash IS NOT NULL
-                GROUP BY size_bytes, prefix_hash HAVING count(*) > 1)
+                GROUP BY size_bytes, prefix_hash HAVING count(*) > 1),
+            wanted AS (
+                SELECT e.file_id FROM eligible e LEFT JOIN cur USING (file_id)
+                WHERE cur.partial_hash IS NULL
+                  AND (cur.error_class IS NULL OR cur.transient IS NOT FALSE) AND {every}
+                UNION ALL
+                SELECT cur.file_id FROM cur SEMI JOIN shared USING (size_bytes, prefix_hash)
+                WHERE NOT {every} AND cur.partial_hash IS NULL
+                  AND (cur.error_class IS NULL OR cur.transient IS NOT FALSE))
             SELECT e.file_id, e.path, e.raw_path, e.size_bytes, e.mtime_ns, e.ctime_ns,
                    e.archive_path, e.archive_raw, e.member
-            FROM eligible e LEFT JOIN cur USING (file_id)
-            WHERE cur.partial_hash IS NULL
-              AND (cur.error_class IS NULL OR cur.transient IS NOT FALSE)
-              AND ({every} OR (cur.size_bytes, cur.prefix_hash) IN (
-                SELECT (size_bytes, prefix_hash) FROM shared))
+            FROM eligible e SEMI JOIN wanted USING (file_id)
             ORDER BY {JOB_ORDER}
         """
         ).to_arrow_table()

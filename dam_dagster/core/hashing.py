@@ -521,6 +521,42 @@ def hash_columns(
     return out, failures, read
 
 
+def _loose_prefix_batch(batch, helper, follow_symlinks: bool, advise: bool | None):
+    """The prefix pass of a batch of loose files (an Arrow record batch of JOB_COLUMNS): only
+    paths and sizes go to _fastio (in a helper process, or in this thread with the GIL
+    released), only hashes come back, and when every file was read the outcomes are an Arrow
+    table made of the batch's own columns (hash_columns when some failed: rare)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    raws = batch.column(2)
+    paths = batch.column(1).to_pylist()
+    if raws.null_count != batch.num_rows:  # names that are not UTF-8: their exact bytes
+        paths = [r if r is not None else p for p, r in zip(paths, raws.to_pylist())]
+    sizes = batch.column(3).to_pylist()
+    advise = SMALL_READ_ADVICE if advise is None else advise
+    if helper is not None:
+        hashes, codes = helper("prefix_hashes", paths, sizes, follow_symlinks, advise)
+    else:
+        hashes, codes = _fastio.prefix_hashes(paths, sizes, follow_symlinks, advise)
+    if any(codes):
+        columns = tuple(batch.column(i).to_pylist() for i in range(len(JOB_COLUMNS)))
+        return hash_columns("prefix", follow_symlinks, columns, advise)
+    n = batch.num_rows
+    wants = pc.min_element_wise(batch.column(3), pa.scalar(PREFIX_BYTES, pa.int64()))
+    nulls = pa.nulls(n, pa.string())
+    table = pa.table(
+        {
+            "file_id": batch.column(0), "size_bytes": batch.column(3),
+            "mtime_ns": batch.column(4), "ctime_ns": batch.column(5),
+            "prefix_hash": pa.array(hashes, pa.string()), "partial_hash": nulls,
+            "full_hash": nulls, "error_class": nulls, "error_message": nulls,
+            "transient": pa.nulls(n, pa.bool_()),
+        }
+    )  # fmt: skip
+    return table, [], pc.sum(wants).as_py() or 0
+
+
 def _loose_prefixes_in_c(columns: tuple, follow_symlinks: bool, advise: bool | None):
     """A batch of loose files only, every one read: the outcome columns made whole (no row
     made); None when some file could not be read (the caller then goes row by row)."""
@@ -633,7 +669,11 @@ def serve() -> None:
         if len(header) < 8:
             return
         request = pickle.loads(_read_exactly(stdin, int.from_bytes(header, "little")))
-        answer = pickle.dumps(hash_columns(*request), protocol=pickle.HIGHEST_PROTOCOL)
+        if request[0] == "prefix_hashes":  # _fastio's loop alone (hash_table's fast path)
+            answer = _fastio.prefix_hashes(*request[1:])
+        else:
+            answer = hash_columns(*request)
+        answer = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
         stdout.write(len(answer).to_bytes(8, "little") + answer)
         stdout.flush()
 
@@ -662,12 +702,12 @@ class _Helper:
             env=env, close_fds=True,
         )  # fmt: skip
 
-    def __call__(self, kind: str, follow_symlinks: bool, columns: tuple, advise: bool | None):
+    def __call__(self, *request):
+        """hash_columns(*request) in the helper; or, with "prefix_hashes" first,
+        _fastio.prefix_hashes(*request[1:])."""
         import pickle
 
-        request = pickle.dumps(
-            (kind, follow_symlinks, columns, advise), protocol=pickle.HIGHEST_PROTOCOL
-        )
+        request = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         self.proc.stdin.write(len(request).to_bytes(8, "little") + request)
         self.proc.stdin.flush()
         size = int.from_bytes(_read_exactly(self.proc.stdout, 8), "little")
@@ -738,9 +778,10 @@ def hash_table(
 ) -> None:
     """Hash every job of an Arrow table (file_id, path, raw_path, size_bytes, mtime_ns,
     ctime_ns) with `threads` threads (each driving a helper process when `processes` > 0),
-    handing each batch's outcomes (columns, see hash_columns) to `on_rows` as they come, in
-    this thread, with the failures among them and the bytes read: a million files never
-    become a million objects at once. Batches of `batch` jobs (prefix reads take a few
+    handing each batch's outcomes (columns, see hash_columns, or an Arrow table of the hash
+    tables' columns from the fast prefix path) to `on_rows` as they come, in this thread,
+    with the failures among them and the bytes read: a million files never become a million
+    objects at once. Batches of `batch` jobs (prefix reads take a few
     microseconds a file: 4,096 of them, so the round trips to the helpers cost nothing;
     other kinds 512). `advise`: see hash_row."""
     total = jobs.num_rows
@@ -754,13 +795,17 @@ def hash_table(
     local = threading.local()
 
     def work(b):
+        helper = None
+        if processes:
+            helper = getattr(local, "helper", None)
+            if helper is None:
+                helper = local.helper = _Helper()
+                helpers.append(helper)
+        if kind == "prefix" and _fastio is not None and b.column(8).null_count == b.num_rows:
+            return _loose_prefix_batch(b, helper, follow_symlinks, advise)
         columns = tuple(b.column(i).to_pylist() for i in range(len(JOB_COLUMNS)))
-        if not processes:
-            return hash_columns(kind, follow_symlinks, columns, advise)
-        helper = getattr(local, "helper", None)
         if helper is None:
-            helper = local.helper = _Helper()
-            helpers.append(helper)
+            return hash_columns(kind, follow_symlinks, columns, advise)
         return helper(kind, follow_symlinks, columns, advise)
 
     import pyarrow as pa
@@ -778,7 +823,7 @@ def hash_table(
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     outcomes, failures, nread = future.result()
-                    done += len(outcomes[0])
+                    done += outcomes.num_rows if hasattr(outcomes, "num_rows") else len(outcomes[0])
                     read += nread
                     on_rows(outcomes, failures, nread)
                     nxt = next(batches, None)

@@ -24,6 +24,11 @@ from pathlib import Path
 
 from .config import DEFAULT_EXCLUDES
 
+try:  # folders listed in C (core/_fastio.c), where a compiler built it; else os.scandir
+    from . import _fastio
+except ImportError:  # pragma: no cover - a machine without a compiler
+    _fastio = None
+
 
 class RootUnavailable(RuntimeError):
     """A library root that is missing, not a folder, or cannot be listed."""
@@ -425,9 +430,35 @@ def _first_visit(folder: str, visited: set[tuple[int, int]], result: WalkResult)
     return True
 
 
+def _unlisted(out: _Listing, folder: str, exc: OSError) -> _Listing:
+    if isinstance(exc, PermissionError):
+        out.issue(folder, "permission_denied", exc, "folder cannot be listed")
+    elif isinstance(exc, FileNotFoundError):
+        out.issue(folder, "vanished", exc, "folder disappeared during the walk")
+    else:
+        out.issue(folder, "error", exc, f"folder cannot be listed: {exc.strerror or exc}")
+    out.unlisted = display_path(folder)
+    out.mtime_ns = None
+    return out
+
+
+def _entry_error(out: _Listing, path: str, exc: OSError) -> None:
+    if isinstance(exc, FileNotFoundError):
+        out.issue(path, "vanished", exc, "disappeared during the walk")
+    elif isinstance(exc, PermissionError):
+        out.issue(path, "permission_denied", exc, "cannot be examined")
+    else:
+        out.issue(path, "error", exc, str(exc.strerror or exc))
+
+
+_FILE, _FOLDER, _LINK, _FAILED = b"f"[0], b"d"[0], b"l"[0], b"e"[0]
+
+
 def _list_folder(
     folder: str, root: str, path_filter: PathFilter, follow_symlinks: bool
 ) -> _Listing:
+    if _fastio is not None:
+        return _list_folder_c(folder, root, path_filter, follow_symlinks)
     out = _Listing(folder=folder)
     try:
         # the folder's mtime first: a name added while it is listed moves it past this one
@@ -498,6 +529,59 @@ def _list_folder(
             out.issue(path, "permission_denied", exc, "cannot be examined")
         except OSError as exc:
             out.issue(path, "error", exc, str(exc.strerror or exc))
+    return out
+
+
+def _list_folder_c(
+    folder: str, root: str, path_filter: PathFilter, follow_symlinks: bool
+) -> _Listing:
+    """_list_folder with the folder read by core/_fastio.c (names, types and each file's
+    lstat in C, relative to the open folder): the same listing, issues and order."""
+    out = _Listing(folder=folder)
+    code, mtime, names, kinds, sizes, mtimes, ctimes = _fastio.scan_folder(folder)
+    if code:
+        return _unlisted(out, folder, OSError(code, os.strerror(code), folder))
+    out.mtime_ns = mtime
+    skip = len(root) + 1
+    prefix = folder if folder.endswith("/") else folder + "/"
+    exclude_name = path_filter.exclude_name
+    exclude_rel = path_filter.exclude_rel
+    include = path_filter.included if path_filter.has_include else None
+    folder_odd = has_undecodable(folder)
+    paths, out_sizes, out_mtimes, out_ctimes = out.paths, out.sizes, out.mtimes, out.ctimes
+    for name, kind, size, mtime_ns, ctime_ns in zip(names, kinds, sizes, mtimes, ctimes):
+        path = prefix + name
+        if (exclude_name is not None and exclude_name(name)) or (
+            exclude_rel is not None and exclude_rel(path[skip:])
+        ):
+            out.excluded += 1
+            continue
+        odd = not name.isascii() and has_undecodable(name)
+        if odd:
+            out.issue(path, "undecodable_name", None, "name is not valid UTF-8")
+        if kind == _FILE:
+            if include is None or include(name, path[skip:]):
+                if odd or folder_odd:
+                    out.undecodable.append(len(paths))
+                paths.append(path)
+                out_sizes.append(size)
+                out_mtimes.append(mtime_ns)
+                out_ctimes.append(ctime_ns)
+            else:
+                out.excluded += 1
+        elif kind == _FOLDER:
+            out.folders.append(path)
+        elif kind == _LINK:
+            _symlink(out, path, root, path[skip:], name, path_filter, follow_symlinks, odd)
+        elif kind == _FAILED:  # its lstat failed: `size` is the errno
+            _entry_error(out, path, OSError(size, os.strerror(size), path))
+        else:
+            out.issue(
+                path,
+                "special_file",
+                None,
+                "not a regular file (FIFO, socket or device): not opened",
+            )
     return out
 
 
