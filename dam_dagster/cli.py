@@ -136,6 +136,7 @@ def _run(roots, skip_thumbnails: bool, force: bool) -> None:
     from .runs import mark_dead_runs_failed, process_tags
     from .terminal import failure_cause
 
+    _freeze_imported_objects()
     instance = dg.DagsterInstance.get()
     for gone in mark_dead_runs_failed(instance):
         left = "unstarted" if gone.status == dg.DagsterRunStatus.NOT_STARTED else "in progress"
@@ -198,6 +199,17 @@ def _run(roots, skip_thumbnails: bool, force: bool) -> None:
             "history); `dam backfill-failed` retries failed thumbnail partitions",
             1,
         )
+
+
+def _freeze_imported_objects() -> None:
+    """Dagster and the definitions make some 100,000 long-lived objects that Python's cyclic
+    garbage collector would go through at every full collection, and again when the process
+    ends: 0.4-0.6 s of every `dam run` (`python -c "import dagster"` takes 1.4 s, 1.0 s with
+    gc.freeze() at its end). Frozen, they are left alone; they are freed as usual at exit."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _dedup_needed(cat: Catalogue, roots) -> bool:
