@@ -114,7 +114,15 @@ def run(sample: bool, skip_thumbnails: bool, force: bool) -> None:
 
 def _run(roots, skip_thumbnails: bool, force: bool) -> None:
     cat = _catalogue(quick=True)
-    dedup_needed = force or _dedup_needed(cat, roots)
+    aside = None
+    if not force and not cat.exists():
+        # A first run: the chain runs whatever the walk finds, so the walk is made by a
+        # process of its own while this one imports Dagster and prepares its home (each on a
+        # CPU of its own: 3 s of walk and 3 s of start-up at a million files).
+        aside = _start_walk_aside(roots)
+        dedup_needed = True
+    else:
+        dedup_needed = force or _dedup_needed(cat, roots)
     buckets = [] if skip_thumbnails else _thumbnail_buckets()
     if not dedup_needed and not _dead_runs_left():
         todo = [b for b in buckets if force or _bucket_has_work(cat, b)]
@@ -137,6 +145,8 @@ def _run(roots, skip_thumbnails: bool, force: bool) -> None:
     from .terminal import failure_cause
 
     _freeze_imported_objects()
+    if aside is not None:
+        _take_walk_aside(aside, roots)
     instance = dg.DagsterInstance.get()
     for gone in mark_dead_runs_failed(instance):
         left = "unstarted" if gone.status == dg.DagsterRunStatus.NOT_STARTED else "in progress"
@@ -212,6 +222,47 @@ def _freeze_imported_objects() -> None:
     gc.freeze()
 
 
+def _start_walk_aside(roots):
+    """A process walking the roots (the walk `dam run` makes before any Dagster run), its
+    result pickled on its standard output; _take_walk_aside collects it."""
+    import subprocess
+
+    code = "from dam_dagster.cli import _walk_aside_main; _walk_aside_main()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps([os.fsencode(r).hex() for r in roots])],
+        stdout=subprocess.PIPE,
+    )
+
+
+def _walk_aside_main() -> None:
+    """The process of _start_walk_aside: the same configuration (.env, .env.local, the
+    environment inherited), the walk pickled on standard output."""
+    import pickle
+
+    load_env_files()
+    roots = [Path(os.fsdecode(bytes.fromhex(r))) for r in json.loads(sys.argv[1])]
+    walk, _path_filter, _follow = _walk_now(roots)
+    sys.stdout.buffer.write(pickle.dumps(walk, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
+
+
+def _take_walk_aside(proc, roots) -> None:
+    """Hand the walk made aside to the inventory (prepare_walk). If it failed, nothing is
+    handed over: the inventory walks itself and says what went wrong."""
+    import pickle
+
+    from .core.inventory import prepare_walk
+
+    data = proc.stdout.read()
+    proc.stdout.close()
+    if proc.wait() != 0 or not data:
+        return
+    walk = pickle.loads(data)
+    del data
+    path_filter, follow = _walk_settings()
+    prepare_walk(roots, walk, path_filter, follow)
+
+
 def _dedup_needed(cat: Catalogue, roots) -> bool:
     """Walk once (no Dagster yet): the chain runs when the walk sees a change or a stage has
     something left (a new scan it has not seen, an error to retry). The walk is handed to
@@ -220,15 +271,8 @@ def _dedup_needed(cat: Catalogue, roots) -> bool:
         return True
     from .core.dedup import chain_is_current
     from .core.inventory import prepare_walk, walk_differs
-    from .core.walk import PathFilter, walk_library, walk_threads
 
-    path_filter = PathFilter(
-        config.parse_patterns(config.env("DAM_INCLUDE")),
-        config.parse_patterns(config.env("DAM_EXCLUDE")),
-    )
-    follow = config.parse_bool(config.env("DAM_FOLLOW_SYMLINKS"))
-    threads = walk_threads(roots, int(config.env("DAM_IO_THREADS")))
-    walk = walk_library(roots, path_filter, follow, threads=threads)
+    walk, path_filter, follow = _walk_now(roots)
     try:
         all_sizes = config.parse_bool(config.env("DAM_HASH_ALL_SIZES"))
         if not walk_differs(cat, walk) and chain_is_current(cat, all_sizes):
@@ -237,6 +281,35 @@ def _dedup_needed(cat: Catalogue, roots) -> bool:
         pass  # the run will say what is wrong with the catalogue
     prepare_walk(roots, walk, path_filter, follow)
     return True
+
+
+def _walk_settings():
+    """The path filter and the link rule of the configuration."""
+    from .core.walk import PathFilter
+
+    path_filter = PathFilter(
+        config.parse_patterns(config.env("DAM_INCLUDE")),
+        config.parse_patterns(config.env("DAM_EXCLUDE")),
+    )
+    return path_filter, config.parse_bool(config.env("DAM_FOLLOW_SYMLINKS"))
+
+
+def _walk_now(roots):
+    """The walk `dam run` makes before it launches anything (no catalogue connection open):
+    (walk, path filter, follow links), with a line on the terminal every few seconds."""
+    from .core.walk import walk_library, walk_threads
+
+    path_filter, follow = _walk_settings()
+
+    def progress(w) -> None:
+        click.echo(
+            f"walking: {len(w):,} files, {w.bytes_seen / 1e9:,.2f} GB, {w.dirs:,} folders so far",
+            err=True,
+        )
+
+    threads = walk_threads(roots, int(config.env("DAM_IO_THREADS")))
+    walk = walk_library(roots, path_filter, follow, on_progress=progress, threads=threads)
+    return walk, path_filter, follow
 
 
 def _thumbnail_buckets():

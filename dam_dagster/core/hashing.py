@@ -141,6 +141,11 @@ def partial_hash_of(head: bytes, tail: bytes, size: int) -> str:
     return digest.hexdigest()
 
 
+def hashing_in_c() -> bool:
+    """Whether the prefix pass runs in C (core/_fastio.c was built)."""
+    return _fastio is not None
+
+
 def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
