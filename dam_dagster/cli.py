@@ -94,12 +94,17 @@ def run(sample: bool, skip_thumbnails: bool, force: bool) -> None:
     chain, then the thumbnail partitions, each recorded as a run of the Dagster instance.
     What has nothing to do is not run: an unchanged library costs one walk."""
     roots = _roots(sample)
+    # A first run (no catalogue yet): the chain runs whatever the walk finds, so the walk is
+    # made by a process of its own, started before anything heavy is imported, while this one
+    # imports Dagster and prepares its home (each on a CPU: at a million files the walk and
+    # the start-up take about 3 s each).
+    aside = None if force or _catalogue_may_exist() else _start_walk_aside(roots)
     import sqlite3
 
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        _run(roots, skip_thumbnails, force)
+        _run(roots, skip_thumbnails, force, aside)
     except (OSError, sqlite3.Error, SQLAlchemyError) as exc:
         # Outside any step: the Dagster home could not be written or read (a full disk, say).
         # A run left in progress by this is marked failed by the next `dam run`.
@@ -112,17 +117,9 @@ def run(sample: bool, skip_thumbnails: bool, force: bool) -> None:
         )
 
 
-def _run(roots, skip_thumbnails: bool, force: bool) -> None:
+def _run(roots, skip_thumbnails: bool, force: bool, aside=None) -> None:
     cat = _catalogue(quick=True)
-    aside = None
-    if not force and not cat.exists():
-        # A first run: the chain runs whatever the walk finds, so the walk is made by a
-        # process of its own while this one imports Dagster and prepares its home (each on a
-        # CPU of its own: 3 s of walk and 3 s of start-up at a million files).
-        aside = _start_walk_aside(roots)
-        dedup_needed = True
-    else:
-        dedup_needed = force or _dedup_needed(cat, roots)
+    dedup_needed = aside is not None or force or _dedup_needed(cat, roots)
     buckets = [] if skip_thumbnails else _thumbnail_buckets()
     if not dedup_needed and not _dead_runs_left():
         todo = [b for b in buckets if force or _bucket_has_work(cat, b)]
@@ -222,28 +219,29 @@ def _freeze_imported_objects() -> None:
     gc.freeze()
 
 
+def _catalogue_may_exist() -> bool:
+    """False only when there is surely no catalogue yet: no DuckDB file in the data folder
+    (a catalogue in PostgreSQL is looked at the usual way)."""
+    return bool(config.env("DAM_CATALOGUE_URL")) or (config.data_dir() / "dam.duckdb").exists()
+
+
 def _start_walk_aside(roots):
-    """A process walking the roots (the walk `dam run` makes before any Dagster run), its
-    result pickled on its standard output; _take_walk_aside collects it."""
+    """A process walking the roots (core/walk.py walk_aside_main), the walk `dam run` makes
+    before any Dagster run; _take_walk_aside collects it."""
     import subprocess
 
-    code = "from dam_dagster.cli import _walk_aside_main; _walk_aside_main()"
-    return subprocess.Popen(
-        [sys.executable, "-c", code, json.dumps([os.fsencode(r).hex() for r in roots])],
-        stdout=subprocess.PIPE,
-    )
+    from .core.walk import walk_threads
 
-
-def _walk_aside_main() -> None:
-    """The process of _start_walk_aside: the same configuration (.env, .env.local, the
-    environment inherited), the walk pickled on standard output."""
-    import pickle
-
-    load_env_files()
-    roots = [Path(os.fsdecode(bytes.fromhex(r))) for r in json.loads(sys.argv[1])]
-    walk, _path_filter, _follow = _walk_now(roots)
-    sys.stdout.buffer.write(pickle.dumps(walk, protocol=pickle.HIGHEST_PROTOCOL))
-    sys.stdout.buffer.flush()
+    path_filter, follow = _walk_settings()
+    spec = {
+        "roots": [os.fsencode(r).hex() for r in roots],
+        "include": list(path_filter.key[1]),
+        "exclude": list(path_filter.key[0]),
+        "follow": follow,
+        "threads": walk_threads(roots, int(config.env("DAM_IO_THREADS"))),
+    }
+    code = "from dam_dagster.core.walk import walk_aside_main; walk_aside_main()"
+    return subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdout=subprocess.PIPE)
 
 
 def _take_walk_aside(proc, roots) -> None:
@@ -297,15 +295,12 @@ def _walk_settings():
 def _walk_now(roots):
     """The walk `dam run` makes before it launches anything (no catalogue connection open):
     (walk, path filter, follow links), with a line on the terminal every few seconds."""
-    from .core.walk import walk_library, walk_threads
+    from .core.walk import progress_line, walk_library, walk_threads
 
     path_filter, follow = _walk_settings()
 
     def progress(w) -> None:
-        click.echo(
-            f"walking: {len(w):,} files, {w.bytes_seen / 1e9:,.2f} GB, {w.dirs:,} folders so far",
-            err=True,
-        )
+        click.echo(progress_line(w), err=True)
 
     threads = walk_threads(roots, int(config.env("DAM_IO_THREADS")))
     walk = walk_library(roots, path_filter, follow, on_progress=progress, threads=threads)

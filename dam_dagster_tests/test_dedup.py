@@ -219,3 +219,40 @@ print(json.dumps({{"issues": s["inventory"].issues_by_kind,
     # the file under the unlisted folder is not marked gone; the error is on record
     assert present == {"a.stl": True, "b.stl": True, "locked/c.stl": True}
     assert err == "PermissionError"
+
+
+def test_a_first_inventory_numbers_files_in_path_order_as_later_ones_do(tmp_path):
+    """The first inventory ranks paths itself (Arrow); later ones let DuckDB number them: both
+    give ids in the order of (path, exact bytes), names that are not UTF-8 and names that
+    only look alike included."""
+    from dam_dagster.core.inventory import update_inventory
+
+    lib = tmp_path / "lib"
+    names = ["b.stl", "a-b.stl", "é.stl", "Z.stl", "a/x.stl", "a b/y.stl", "a.b/z.stl",
+             "bad\\xff.stl"]  # fmt: skip
+    for name in names:
+        (lib / name).parent.mkdir(parents=True, exist_ok=True)
+        (lib / name).write_bytes(name.encode())
+    with open(os.fsencode(str(lib)) + b"/bad\xff.stl", "wb") as fh:  # shows as bad\xff.stl too
+        fh.write(b"raw")
+    first = Catalogue(tmp_path / "first")
+    update_inventory(first, [lib])
+    later = Catalogue(tmp_path / "later")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "zz.stl").write_bytes(b"x")
+    update_inventory(later, [other])
+    update_inventory(later, [lib])  # a catalogue that knows a file already: DuckDB's numbering
+
+    def ids(cat):
+        with cat.connect(write=False) as con:
+            return con.execute(
+                "SELECT path, raw_path, file_id FROM file_inventory "
+                "WHERE path NOT LIKE '%zz.stl' ORDER BY file_id"
+            ).fetchall()
+
+    got = ids(first)
+    assert [(p, r) for p, r, _ in got] == [(p, r) for p, r, _ in ids(later)]
+    assert [i for *_, i in got] == list(range(1, len(names) + 2))
+    by_bytes = sorted(got, key=lambda row: (row[0].encode(), row[1] is None, row[1] or b""))
+    assert got == by_bytes  # path order, as bytes; no raw bytes last

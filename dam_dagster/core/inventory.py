@@ -86,6 +86,16 @@ def _walk_table(walk: WalkResult) -> pa.Table:
     )
 
 
+def _with_path_rank(walked: pa.Table) -> pa.Table:
+    """The walk with `path_rank`: 1, 2, ... in the order of (path, raw_path), as DuckDB sorts
+    them (bytes; no raw bytes, NULL, last). A first inventory gives new files their ids in that
+    order: Arrow's sort of a million paths takes 0.3 s, the window of the INSERT took 1 s."""
+    order = pc.sort_indices(walked, sort_keys=[("path", "ascending"), ("raw_path", "ascending")])
+    rank = np.empty(walked.num_rows, dtype=np.int64)
+    rank[order.to_numpy()] = np.arange(1, walked.num_rows + 1, dtype=np.int64)
+    return walked.append_column("path_rank", pa.array(rank, pa.int64()))
+
+
 def _int64(values) -> pa.Array:
     return pa.array(np.frombuffer(values, dtype=np.int64) if len(values) else [], pa.int64())
 
@@ -162,6 +172,12 @@ def take_prepared_walk(roots, path_filter=None, follow_symlinks=False) -> WalkRe
     if made is None or time.monotonic() - made[0] > PREPARED_MAX_AGE_S:
         return None
     return made[1]
+
+
+def _knows_no_file(catalogue: Catalogue) -> bool:
+    with catalogue.connect(write=False) as con:
+        one = con.execute("SELECT count(*) FROM (SELECT 1 FROM file_inventory LIMIT 1)")
+        return not one.fetchone()[0]
 
 
 def walk_differs(catalogue: Catalogue, walk: WalkResult) -> bool:
@@ -450,6 +466,8 @@ def update_inventory(
     complete = only is None
 
     walked = _walk_table(walk)
+    if complete and (not catalogue.exists() or _knows_no_file(catalogue)):
+        walked = _with_path_rank(walked)
     # the members of new and changed zips: listed now, with no connection open
     members, listed_zips, archive_issues = _list_zips(_zips_to_list(catalogue, walked), path_filter)
     walk.issues.extend(archive_issues)
@@ -461,7 +479,8 @@ def update_inventory(
         con.register("listed_now", listed)
         con.register("unlisted", unlisted)
         con.register("issues", issues)
-        con.execute(f"CREATE TEMP TABLE w AS SELECT {WALKED_COLUMNS} FROM walked")
+        rank = ", path_rank" if "path_rank" in walked.column_names else ""
+        con.execute(f"CREATE TEMP TABLE w AS SELECT {WALKED_COLUMNS}{rank} FROM walked")
         con.execute("CREATE TEMP TABLE listed AS SELECT * FROM listed_now")
         # What this walk speaks for: every file of the roots, or the files directly in the
         # folders it listed and everything under the subfolders they no longer hold.
@@ -492,11 +511,17 @@ def update_inventory(
         had_files = bool(
             con.execute("SELECT count(*) FROM (SELECT 1 FROM file_inventory LIMIT 1)").fetchone()[0]
         )
+        # new files get the next ids in path order; on a first inventory the walk's own
+        # ranks in path order (_with_path_rank) save DuckDB the sort
+        order = (
+            "w.path_rank"
+            if rank and not had_files
+            else "row_number() OVER (ORDER BY w.path, w.raw_path)"
+        )
         new_files = con.execute(
             f"""
             INSERT INTO file_inventory BY NAME
-            SELECT (SELECT COALESCE(max(file_id), 0) FROM file_inventory)
-                       + row_number() OVER (ORDER BY w.path, w.raw_path) AS file_id,
+            SELECT (SELECT COALESCE(max(file_id), 0) FROM file_inventory) + {order} AS file_id,
                    w.path, w.raw_path, w.root, w.rel_path,
                    w.extension, w.size_bytes, w.mtime_ns, w.ctime_ns, true AS present,
                    $now AS first_seen_at, $now AS changed_at, NULL AS gone_at

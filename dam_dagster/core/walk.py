@@ -410,6 +410,33 @@ def walk_library(
     return result
 
 
+def progress_line(w: WalkResult) -> str:
+    """What a walk says every few seconds on a terminal."""
+    return f"walking: {len(w):,} files, {w.bytes_seen / 1e9:,.2f} GB, {w.dirs:,} folders so far"
+
+
+def walk_aside_main() -> None:
+    """A process that walks and pickles its WalkResult on standard output (`dam run` walks a
+    first run this way while it starts Dagster). Its one argument is a JSON object: roots (the
+    hex of their bytes), include and exclude (every pattern, defaults included), follow and
+    threads. Imports no more than the walk needs."""
+    import json
+    import pickle
+    import sys
+
+    spec = json.loads(sys.argv[1])
+    roots = [Path(os.fsdecode(bytes.fromhex(r))) for r in spec["roots"]]
+    path_filter = PathFilter(spec["include"], spec["exclude"], default_excludes=False)
+
+    def progress(w: WalkResult) -> None:
+        sys.stderr.write(progress_line(w) + "\n")
+        sys.stderr.flush()
+
+    walk = walk_library(roots, path_filter, spec["follow"], progress, threads=spec["threads"])
+    sys.stdout.buffer.write(pickle.dumps(walk, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
+
+
 def _first_visit(folder: str, visited: set[tuple[int, int]], result: WalkResult) -> bool:
     try:
         st = os.stat(folder)
