@@ -89,18 +89,21 @@ class _RowWriter:
     beside its rows (opening the file, checkpointing its index), so a million prefixes written
     100,000 at a time took 4.5 s against 2.7 s 500,000 at a time (docs/BENCHMARKS.md); and
     while it writes, the helpers reading files run out of batches and wait (0.8 s of a
-    million-file prefix pass with a write halfway): a million rows at a time."""
+    million-file prefix pass with a write halfway): a million rows at a time.
+
+    `rows` is the SELECT of the rows to write from the batch (`outcomes`) into `table`, each
+    replacing the row of its file_id if there is one (see flush)."""
 
     def __init__(
         self,
         catalogue: Catalogue,
-        insert_sql: str,
+        rows: tuple[str, str],
         stats: HashStats,
         counts: str,
         batch: int = 1_000_000,
         every_s: float = 30.0,
     ):
-        self.catalogue, self.insert_sql, self.stats = catalogue, insert_sql, stats
+        self.catalogue, self.rows, self.stats = catalogue, rows, stats
         self.counts = counts  # the HashStats field a successful read adds to
         self.batch, self.every_s = batch, every_s
         self.tables: list[pa.Table] = []
@@ -128,31 +131,41 @@ class _RowWriter:
             self.flush()
 
     def flush(self) -> None:
+        """One transaction. In the DuckDB file: the batch's rows made, the rows of the same
+        file_ids deleted, the new ones inserted (a million new rows 0.57 s, against 1.0-1.25 s
+        for INSERT OR REPLACE, whose replacing of existing rows also falls off a cliff past
+        DuckDB's memory limit: 300,000 rows in 0.3 s, 500,000 in 68 s; delete and insert, 1.7
+        s). In PostgreSQL: INSERT OR REPLACE (an upsert there), WRITE_SLICE rows a statement."""
         self.last = time.monotonic()
         if not self.tables:
             return
         table = pa.concat_tables(self.tables)
         self.tables, self.pending = [], 0
-        with self.catalogue.connect() as con:  # one transaction, statements of WRITE_SLICE rows
-            for start in range(0, table.num_rows, WRITE_SLICE):
-                con.register("outcomes", table.slice(start, WRITE_SLICE))
-                con.execute(self.insert_sql)
+        target, rows = self.rows
+        with self.catalogue.connect() as con:
+            if self.catalogue.url:
+                for start in range(0, table.num_rows, WRITE_SLICE):
+                    con.register("outcomes", table.slice(start, WRITE_SLICE))
+                    con.execute(f"INSERT OR REPLACE INTO {target} BY NAME {rows}")
+                return
+            con.register("outcomes", table)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE new_rows AS {rows}")
+            con.execute(f"DELETE FROM {target} WHERE file_id IN (SELECT file_id FROM new_rows)")
+            con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM new_rows")
 
 
-# Rows per INSERT OR REPLACE statement. Replacing rows that exist is fast up to a few hundred
-# thousand per statement and falls off a cliff past DuckDB's memory limit: 300,000 rows
-# replaced in 0.3 s, 500,000 in 68 s (DuckDB 1.5.5, 256 MB); three statements of 200,000 in
-# one transaction, 0.8 s. New rows are not affected.
-WRITE_SLICE = 200_000
+WRITE_SLICE = 200_000  # rows per INSERT OR REPLACE (PostgreSQL): see _RowWriter.flush
 
 
-_INSERT_PARTIAL = "INSERT OR REPLACE INTO partial_hashes BY NAME SELECT * FROM outcomes"
+# What the stages write: (table, the rows to write, from the batch `outcomes`).
+_PARTIAL_ROWS = ("partial_hashes", "SELECT * FROM outcomes")
 # A prefix read keeps the partial and full hash a row already has for the same file state (a
 # catalogue from before the prefix was XXH64 reads every prefix again once, not the rest).
 # (No condition on one side inside the join: DuckDB 1.5 then plans a nested loop, 205 s for
 # 500,000 outcomes against 1.0 s so.)
-_INSERT_PREFIX = """
-    INSERT OR REPLACE INTO partial_hashes BY NAME
+_PREFIX_ROWS = (
+    "partial_hashes",
+    """
     SELECT o.* REPLACE (
         CASE WHEN o.error_class IS NULL THEN COALESCE(o.partial_hash, p.partial_hash) END
             AS partial_hash,
@@ -162,20 +175,23 @@ _INSERT_PREFIX = """
         FROM partial_hashes WHERE error_class IS NULL AND partial_hash IS NOT NULL) p
       ON p.file_id = o.file_id AND p.size_bytes = o.size_bytes AND p.mtime_ns = o.mtime_ns
          AND p.ctime_ns IS NOT DISTINCT FROM o.ctime_ns
-"""
-_INSERT_FULL = """
-    INSERT OR REPLACE INTO full_hashes BY NAME
+    """,
+)
+_FULL_ROWS = (
+    "full_hashes",
+    """
     SELECT file_id, size_bytes, mtime_ns, ctime_ns, full_hash, 'full_read' AS source, hashed_at,
            error_class, error_message, transient
     FROM outcomes
-"""
+    """,
+)
 
 
 def _hash_stage(
-    catalogue, jobs: pa.Table, kind, threads, insert_sql, stats, counts, follow, on_progress, stage,
+    catalogue, jobs: pa.Table, kind, threads, rows, stats, counts, follow, on_progress, stage,
     processes: int = 0, advise: bool | None = None,
 ) -> None:  # fmt: skip
-    writer = _RowWriter(catalogue, insert_sql, stats, counts)
+    writer = _RowWriter(catalogue, rows, stats, counts)
     hash_table(jobs, kind, threads, writer.add, follow, on_progress, stage=stage,
                processes=processes, advise=advise)  # fmt: skip
     writer.flush()
@@ -334,7 +350,7 @@ def update_partial_hashes(
         prefix_jobs,
         "prefix",
         prefix_threads(roots, io_threads),
-        _INSERT_PREFIX if carry_over else _INSERT_PARTIAL,
+        _PREFIX_ROWS if carry_over else _PARTIAL_ROWS,
         stats,
         "prefix_reads",
         follow_symlinks,
@@ -375,7 +391,7 @@ def update_partial_hashes(
         partial_jobs,
         "partial",
         io_threads,
-        _INSERT_PARTIAL,
+        _PARTIAL_ROWS,
         stats,
         "files_read",
         follow_symlinks,
@@ -466,7 +482,7 @@ def update_full_hashes(
         jobs,
         "full",
         io_threads,
-        _INSERT_FULL,
+        _FULL_ROWS,
         stats,
         "files_read",
         follow_symlinks,
