@@ -12,7 +12,10 @@ the caches before each measured command; needs root):
 - `dam run --skip-thumbnails --force` unchanged (the chain runs as one Dagster run: its cost
   over the core stages is the per-run cost of the Dagster path, which the UI's runs pay too);
 - `dam status`;
-- at 34k also the whole `dam run` (thumbnails included) on an unchanged library.
+- at 34k also the whole `dam run` (thumbnails included) on an unchanged library;
+- with --pairs N, N more pairs (jdupes, then a first `dam run --skip-thumbnails` on an empty
+  data folder) one after the other: this machine's speed drifts by 20-30 % from one minute to
+  the next, so the ratio of each pair and their median say more than one pair.
 Wall time and peak resident memory of each command: the whole tree of processes summed
 (`dam` and its hashing helpers), sampled from /proc every 0.1 s. Results: a markdown table
 on stdout and bench/out/scale_results.json.
@@ -26,6 +29,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -115,7 +119,7 @@ def ensure_library(size: str, root: Path) -> Path:
     return lib
 
 
-def bench_size(size: str, root: Path, cold: bool, catalogue_url: str = "") -> dict:
+def bench_size(size: str, root: Path, cold: bool, catalogue_url: str = "", pairs: int = 0) -> dict:
     lib = ensure_library(size, root)
     data = root / f"data{size}"
     shutil.rmtree(data, ignore_errors=True)
@@ -131,6 +135,14 @@ def bench_size(size: str, root: Path, cold: bool, catalogue_url: str = "") -> di
     if size == "34k":
         measure([dam, "run"], env, False)  # the thumbnails once (fake STLs fail fast)
         res["unchanged_full"] = measure([dam, "run"], env, cold)
+    res["pairs"] = []
+    for _ in range(pairs):
+        j = measure(["jdupes", "-r", "-q", str(lib)], {}, cold)
+        shutil.rmtree(data, ignore_errors=True)
+        d = measure([dam, "run", "--skip-thumbnails"], env, cold)
+        res["pairs"].append({"jdupes": j["seconds"], "dam": d["seconds"],
+                             "ratio": round(d["seconds"] / j["seconds"], 2),
+                             "dam_peak_tree_mb": d["peak_tree_mb"]})  # fmt: skip
     status = json.loads(measure([dam, "status", "--json"], env, False)["stdout"])
     res["files"], res["duplicate_groups"] = status["files"], status["duplicate_groups"]
     res["jdupes_groups"] = sum(
@@ -183,6 +195,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="34k,1m")
     ap.add_argument("--root", type=Path, default=OUT / "scale")
     ap.add_argument("--cold", action="store_true", help="drop the page cache before each run")
+    ap.add_argument("--pairs", type=int, default=0,
+                    help="N more (jdupes, first dam run) pairs, one after the other")  # fmt: skip
     ap.add_argument(
         "--catalogue",
         choices=("duckdb", "postgres"),
@@ -201,12 +215,19 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         urls = catalogue_urls(stack) if args.catalogue == "postgres" else iter(lambda: "", None)
         results = [
-            bench_size(s.strip(), args.root, args.cold, next(urls)) for s in args.sizes.split(",")
+            bench_size(s.strip(), args.root, args.cold, next(urls), args.pairs)
+            for s in args.sizes.split(",")
         ]
     OUT.mkdir(exist_ok=True)
     suffix = "" if args.catalogue == "duckdb" else f"_{args.catalogue}"
     (OUT / f"scale_results{suffix}.json").write_text(json.dumps(results, indent=2))
     print(table(results))
+    for r in results:
+        if r.get("pairs"):
+            median = statistics.median(p["ratio"] for p in r["pairs"])
+            print(f"\n{r['files']:,} files, pairs (jdupes s, first dam run s, ratio): "
+                  + "; ".join(f"{p['jdupes']} / {p['dam']} / {p['ratio']}x" for p in r["pairs"])
+                  + f"; median ratio {median:.2f}x")  # fmt: skip
     print(f"\nload average at the end: {os.getloadavg()}; cold={args.cold}")
 
 

@@ -36,7 +36,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     # observed, so that it does not show green beside the buckets that hold models).
     emit_backfills=False,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=int(env("DAM_AUTOMATION_INTERVAL_S")),
     description="Runs what follows an updated asset (eager conditions): hashing and dedup after "
     "the inventory, thumbnails after the inventory.",
 )

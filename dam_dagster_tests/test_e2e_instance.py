@@ -37,6 +37,8 @@ def instance_env(tmp_path, monkeypatch):
         "DAM_DATA_DIR": str(data),
         "DAGSTER_HOME": str(data / "dagster_home"),
         "DAM_LIBRARY_ROOTS": str(tmp_path / "lib"),
+        # what follows an update is asked for within 5 s, not 30 (the tests wait for it)
+        "DAM_AUTOMATION_INTERVAL_S": "5",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -39,6 +39,11 @@ SETTINGS: tuple[EnvSetting, ...] = (
     EnvSetting("DAM_LOCK_TIMEOUT_S", "300", "Seconds to wait for the catalogue lock."),
     EnvSetting("DAM_SENSOR_INTERVAL_S", "120", "Seconds between two looks of the library sensor."),
     EnvSetting(
+        "DAM_AUTOMATION_INTERVAL_S",
+        "30",
+        "Seconds between two evaluations of the automation sensor (what follows an update).",
+    ),
+    EnvSetting(
         "DAM_SENSOR_BUDGET_S",
         "20",
         "Seconds one look of the library sensor may spend on folder mtimes (it goes on next tick).",
