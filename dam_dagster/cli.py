@@ -122,7 +122,7 @@ def _run(roots, skip_thumbnails: bool, force: bool, aside=None) -> None:
     dedup_needed = aside is not None or force or _dedup_needed(cat, roots)
     buckets = [] if skip_thumbnails else _thumbnail_buckets()
     if not dedup_needed and not _dead_runs_left():
-        todo = [b for b in buckets if force or _bucket_has_work(cat, b)]
+        todo = buckets if force else _buckets_with_work(cat, buckets)
         if not todo:
             click.echo(
                 "dam: nothing changed since the last run: the catalogue is current", err=True
@@ -171,7 +171,7 @@ def _run(roots, skip_thumbnails: bool, force: bool, aside=None) -> None:
             failed.append(("dedup", None, result))
     if not failed:  # the inventory is what the thumbnails stand on
         if todo is None:
-            todo = [b for b in buckets if force or _bucket_has_work(cat, b)]
+            todo = buckets if force else _buckets_with_work(cat, buckets)
         idle = [b.key for b in buckets if b not in todo]
         if idle:
             click.echo(f"thumbnails: up to date, not run: {', '.join(idle)}", err=True)
@@ -318,16 +318,18 @@ def _thumbnail_buckets():
     return list(render_partitions(threshold, shards))
 
 
-def _bucket_has_work(cat: Catalogue, bucket) -> bool:
-    """Whether a partition would render anything (a busy catalogue: assume it would)."""
-    from .core.thumbnails import plan_bucket
+def _buckets_with_work(cat: Catalogue, buckets: list) -> list:
+    """The partitions that would render anything (a busy catalogue: all of them)."""
+    from .core.thumbnails import plan_buckets
 
+    if not buckets:
+        return []
     size = int(config.env("DAM_THUMBNAIL_SIZE"))
     try:
-        plan = plan_bucket(cat, bucket, size, config.env("DAM_THUMBNAIL_BACKGROUND"))
+        plans = plan_buckets(cat, buckets, size, config.env("DAM_THUMBNAIL_BACKGROUND"))
     except CatalogueError:
-        return True
-    return bool(plan.tasks or plan.unsupported)
+        return list(buckets)
+    return [b for b, plan in zip(buckets, plans) if plan.tasks or plan.unsupported]
 
 
 def _similar_needed(cat: Catalogue) -> bool:

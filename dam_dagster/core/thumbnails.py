@@ -187,11 +187,24 @@ class Plan:
 
 
 def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background: str) -> Plan:
-    exts = ", ".join(f"'{e}'" for e in sorted(THUMBNAIL_EXTENSIONS))
+    return plan_buckets(catalogue, [bucket], size, background)[0]
+
+
+def plan_buckets(
+    catalogue: Catalogue, buckets: list[SizeBucket], size: int, background: str
+) -> list[Plan]:
+    """The plan of each partition, read in one look at the catalogue (`dam run` asks all of
+    them whether they have work: one connection, not one a partition)."""
     caps = capabilities_table()
     with catalogue.connect(write=False) as con:
-        rows = con.execute(
-            f"""
+        rows = [_plan_rows(con, bucket) for bucket in buckets]
+    return [_plan(r, catalogue, size, background, caps) for r in rows]  # no connection open
+
+
+def _plan_rows(con, bucket: SizeBucket) -> list[tuple]:
+    exts = ", ".join(f"'{e}'" for e in sorted(THUMBNAIL_EXTENSIONS))
+    return con.execute(
+        f"""
             SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns,
                    a.path AS archive_path, a.raw_path AS archive_raw, f.member,
                    f.extension, t.status, t.transient, t.thumbnail_relpath, t.thumbnail_size,
@@ -206,8 +219,11 @@ def plan_bucket(catalogue: Catalogue, bucket: SizeBucket, size: int, background:
               AND f.extension IN ({exts}) AND {SHARD_SQL}
             ORDER BY f.path
         """,
-            bucket.sql_args(),
-        ).fetchall()
+        bucket.sql_args(),
+    ).fetchall()
+
+
+def _plan(rows: list[tuple], catalogue: Catalogue, size: int, background: str, caps) -> Plan:
     plan = Plan(in_bucket=len(rows))
     for row in rows:
         (file_id, path, raw, fsize, mtime, ctime, archive, archive_raw, member, ext) = row[:10]
