@@ -157,17 +157,19 @@ def test_threaded_walk_finds_the_same_as_one_thread(hard_library):
 
 
 def test_network_filesystems_get_the_io_threads(tmp_path, monkeypatch):
-    from dam_dagster.core import walk
+    from dam_dagster.core import dedup, walk
+    from dam_dagster.core.config import cpu_count
+    from dam_dagster.core.dedup import prefix_threads
 
     local = walk.filesystem_type(tmp_path)
     assert local and walk.filesystem_type("/proc") == "proc"
-    from dam_dagster.core.dedup import prefix_threads
-
     assert walk.walk_threads([tmp_path], 8) == 1
-    from dam_dagster.core.config import cpu_count
-
-    local_threads = min(8, max(2, cpu_count()))  # one a CPU (the reads in C hold no GIL)
-    assert prefix_threads([str(tmp_path)], 8) == local_threads
+    # in C the prefix reads hold no GIL: every io thread, a local disk too
+    monkeypatch.setattr(dedup, "hashing_in_c", lambda: True)
+    assert prefix_threads([str(tmp_path)], 8) == 8
+    # in Python one a CPU (at least two)
+    monkeypatch.setattr(dedup, "hashing_in_c", lambda: False)
+    assert prefix_threads([str(tmp_path)], 8) == min(8, max(2, cpu_count()))
     assert prefix_threads([str(tmp_path)], 1) == 1
     monkeypatch.setattr(walk, "NETWORK_FILESYSTEMS", frozenset({local}))
     assert walk.walk_threads([tmp_path], 8) == 8

@@ -787,13 +787,14 @@ def hash_table(
     tables' columns from the fast prefix path) to `on_rows` as they come, in this thread,
     with the failures among them and the bytes read: a million files never become a million
     objects at once. Batches of `batch` jobs (prefix reads take a few
-    microseconds a file: 4,096 of them, so the round trips to the helpers cost nothing;
-    other kinds 512). `advise`: see hash_row."""
+    microseconds a file: 1,024 of them, enough that a batch's round trip to a helper costs
+    nothing and few enough that 16 threads all have reads in flight on a cold disk; other
+    kinds 512). `advise`: see hash_row."""
     total = jobs.num_rows
     if not total:
         return
     workers = max(1, processes or threads)
-    batch = batch or (4096 if kind == "prefix" else 512)
+    batch = batch or (1024 if kind == "prefix" else 512)
     started = last = time.monotonic()
     done = read = 0
     helpers: list[_Helper] = []
