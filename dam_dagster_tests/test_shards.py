@@ -40,7 +40,11 @@ def test_the_shard_of_a_path_is_the_md5_of_the_path():
 
 
 def test_the_shards_of_a_bucket_split_its_files_exactly(corpus, tmp_path, catalogue):
-    lib = tmp_path / "lib"
+    lib = next(  # a folder whose 24 paths fall in all three shards (nearly any: 1 in 550 not)
+        lib
+        for lib in (tmp_path / f"lib{k}" for k in range(100))
+        if len({path_shard(str(lib / f"f{i}" / n), 3) for i in range(4) for n in MODELS}) == 3
+    )
     for i in range(4):  # 24 files, the same few models in four folders
         (lib / f"f{i}").mkdir(parents=True)
         for name in MODELS:
@@ -60,7 +64,14 @@ def test_the_shards_of_a_bucket_split_its_files_exactly(corpus, tmp_path, catalo
 
 
 def test_a_shard_partition_renders_its_files_only(corpus, tmp_path):
-    lib, data = tmp_path / "lib", tmp_path / "data"
+    data = tmp_path / "data"
+    # a library folder whose paths fall in both shards (the shard hashes the whole path, so
+    # with six files and a temporary folder all could land in one: 1 time in 64)
+    lib = next(
+        lib
+        for lib in (tmp_path / f"lib{k}" for k in range(100))
+        if len({path_shard(str(lib / n), 2) for n in MODELS}) == 2
+    )
     lib.mkdir()
     for name in MODELS:
         shutil.copy(corpus / name, lib / name)
