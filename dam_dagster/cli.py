@@ -255,7 +255,11 @@ def _take_walk_aside(proc, roots) -> None:
     proc.stdout.close()
     if proc.wait() != 0 or not data:
         return
-    walk = pickle.loads(data)
+    try:
+        walk = pickle.loads(data)
+    except Exception as exc:  # cut short (a debugger, a signal): walk again, never give up
+        click.echo(f"the walk made aside could not be read ({exc}); walking again", err=True)
+        return
     del data
     path_filter, follow = _walk_settings()
     prepare_walk(roots, walk, path_filter, follow)

@@ -248,3 +248,28 @@ def test_an_unchanged_run_skips_with_broken_and_empty_zips_and_a_root_removed(tm
     assert changed.returncode == 0 and "nothing changed" not in changed.stderr
     again = dam("run", "--skip-thumbnails", env=one, cwd=tmp_path)
     assert again.returncode == 0 and "nothing changed since the last run" in again.stderr
+
+
+def test_a_walk_aside_cut_short_is_walked_again_not_a_crash(tmp_path, capsys):
+    """`dam run`'s first run walks in a process of its own; if what it hands back is cut short
+    (a signal, a debugger attached), the inventory walks itself."""
+    from dam_dagster import cli
+    from dam_dagster.core.inventory import take_prepared_walk
+
+    lib = tmp_path / "lib"
+    (lib / "a").mkdir(parents=True)
+    (lib / "a" / "one.stl").write_bytes(b"solid x\nendsolid x\n")
+    roots = [lib]
+    whole = cli._start_walk_aside(roots)
+    cli._take_walk_aside(whole, roots)
+    path_filter, follow = cli._walk_settings()
+    walk = take_prepared_walk(roots, path_filter, follow)
+    assert walk is not None and len(walk) == 1  # the whole walk is handed over
+
+    cut = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'\\x80\\x05\\x95')"],
+        stdout=subprocess.PIPE,
+    )
+    cli._take_walk_aside(cut, roots)
+    assert take_prepared_walk(roots, path_filter, follow) is None  # nothing: walk again
+    assert "could not be read" in capsys.readouterr().err
