@@ -478,6 +478,10 @@ def _entry_error(out: _Listing, path: str, exc: OSError) -> None:
         out.issue(path, "error", exc, str(exc.strerror or exc))
 
 
+def _special(out: _Listing, path: str) -> None:
+    out.issue(path, "special_file", None, "not a regular file (FIFO, socket or device): not opened")
+
+
 _FILE, _FOLDER, _LINK, _FAILED = b"f"[0], b"d"[0], b"l"[0], b"e"[0]
 
 
@@ -492,21 +496,8 @@ def _list_folder(
         out.mtime_ns = os.stat(folder).st_mtime_ns
         with os.scandir(folder) as it:
             entries = list(it)
-    except PermissionError as exc:
-        out.issue(folder, "permission_denied", exc, "folder cannot be listed")
-        out.unlisted = display_path(folder)
-        out.mtime_ns = None
-        return out
-    except FileNotFoundError as exc:
-        out.issue(folder, "vanished", exc, "folder disappeared during the walk")
-        out.unlisted = display_path(folder)
-        out.mtime_ns = None
-        return out
     except OSError as exc:
-        out.issue(folder, "error", exc, f"folder cannot be listed: {exc.strerror or exc}")
-        out.unlisted = display_path(folder)
-        out.mtime_ns = None
-        return out
+        return _unlisted(out, folder, exc)
 
     skip = len(root) + 1
     # The loop runs once per entry of the library: names bound to locals, one regular
@@ -544,18 +535,9 @@ def _list_folder(
             elif entry.is_symlink():
                 _symlink(out, path, root, path[skip:], name, path_filter, follow_symlinks, odd)
             else:
-                out.issue(
-                    path,
-                    "special_file",
-                    None,
-                    "not a regular file (FIFO, socket or device): not opened",
-                )
-        except FileNotFoundError as exc:
-            out.issue(path, "vanished", exc, "disappeared during the walk")
-        except PermissionError as exc:
-            out.issue(path, "permission_denied", exc, "cannot be examined")
+                _special(out, path)
         except OSError as exc:
-            out.issue(path, "error", exc, str(exc.strerror or exc))
+            _entry_error(out, path, exc)
     return out
 
 
@@ -603,12 +585,7 @@ def _list_folder_c(
         elif kind == _FAILED:  # its lstat failed: `size` is the errno
             _entry_error(out, path, OSError(size, os.strerror(size), path))
         else:
-            out.issue(
-                path,
-                "special_file",
-                None,
-                "not a regular file (FIFO, socket or device): not opened",
-            )
+            _special(out, path)
     return out
 
 
