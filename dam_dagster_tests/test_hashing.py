@@ -132,6 +132,50 @@ def test_the_prefix_pass_hashes_the_documented_bytes_and_records_every_failure(
             assert rows[i][1:4] == states[i] and rows[i][4] is None and rows[i][10] is False
 
 
+def test_a_batch_with_an_unreadable_file_is_read_once(tmp_path, monkeypatch):
+    """hash_table's prefix path in C: a batch where one file cannot be read gets its outcomes
+    row by row from the answers it has, without reading the batch's files again."""
+    import pyarrow as pa
+
+    from dam_dagster.core import hashing
+
+    real = _c_module()
+    asked = []
+
+    class Counting:  # the real module, with the paths each prefix_hashes call gets counted
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def prefix_hashes(self, paths, *args):
+            asked.extend(paths)
+            return real.prefix_hashes(paths, *args)
+
+    monkeypatch.setattr(hashing, "_fastio", Counting())
+    paths = []
+    for i in range(50):
+        (tmp_path / f"f{i}.stl").write_bytes(b"solid %d\n" % i)
+        paths.append(str(tmp_path / f"f{i}.stl"))
+    paths.insert(20, str(tmp_path / "gone.stl"))
+    sizes = [os.path.getsize(p) if os.path.exists(p) else 9 for p in paths]
+    jobs = pa.table({
+        "file_id": list(range(len(paths))), "path": paths,
+        "raw_path": pa.array([None] * len(paths), pa.binary()),
+        "size_bytes": sizes, "mtime_ns": [1] * len(paths), "ctime_ns": [2] * len(paths),
+    })  # fmt: skip
+    got, failed = {}, []
+
+    def take(outcomes, failures, nread):
+        got.update((r[0], r) for r in zip(*outcomes))
+        failed.extend(failures)
+
+    hashing.hash_table(jobs, "prefix", 1, take)
+    assert sorted(asked) == sorted(paths)  # every file asked for once
+    assert [(f[0], f[1]) for f in failed] == [(paths[20], "FileNotFoundError")]
+    for i, path in enumerate(paths):
+        if i != 20:
+            assert got[i][4] == reference_xxh64(open(path, "rb").read())
+
+
 def job(path, file_id=1):
     st = os.stat(path)
     return HashJob(file_id, str(path), st.st_size, st.st_mtime_ns)

@@ -426,10 +426,6 @@ def hash_columns(
     hash_row."""
     from .archives import is_seven_zip
 
-    if kind == "prefix" and _fastio is not None and not any(columns[8]):
-        done = _loose_prefixes_in_c(columns, follow_symlinks, advise)
-        if done is not None:
-            return done
     out = tuple([] for _ in OUTCOME_FIELDS)
     add_id, add_size, add_mtime, add_ctime, add_prefix, add_partial, add_full = (
         c.append for c in out[:7]
@@ -530,7 +526,7 @@ def _loose_prefix_batch(batch, helper, follow_symlinks: bool, advise: bool | Non
     """The prefix pass of a batch of loose files (an Arrow record batch of JOB_COLUMNS): only
     paths and sizes go to _fastio (in a helper process, or in this thread with the GIL
     released), only hashes come back, and when every file was read the outcomes are an Arrow
-    table made of the batch's own columns (hash_columns when some failed: rare)."""
+    table made of the batch's own columns (row by row when some failed: rare)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -544,9 +540,11 @@ def _loose_prefix_batch(batch, helper, follow_symlinks: bool, advise: bool | Non
         hashes, codes = helper("prefix_hashes", paths, sizes, follow_symlinks, advise)
     else:
         hashes, codes = _fastio.prefix_hashes(paths, sizes, follow_symlinks, advise)
-    if any(codes):
-        columns = tuple(batch.column(i).to_pylist() for i in range(len(JOB_COLUMNS)))
-        return hash_columns("prefix", follow_symlinks, columns, advise)
+    if any(codes):  # some file could not be read (rare): the outcomes row by row, no read again
+        jobs = list(zip(*(batch.column(i).to_pylist() for i in range(len(JOB_COLUMNS)))))
+        out, failures = tuple([] for _ in OUTCOME_FIELDS), []
+        _, read = _prefix_in_c(jobs, follow_symlinks, advise, out, failures, (hashes, codes))
+        return out, failures, read
     n = batch.num_rows
     wants = pc.min_element_wise(batch.column(3), pa.scalar(PREFIX_BYTES, pa.int64()))
     nulls = pa.nulls(n, pa.string())
@@ -562,31 +560,21 @@ def _loose_prefix_batch(batch, helper, follow_symlinks: bool, advise: bool | Non
     return table, [], pc.sum(wants).as_py() or 0
 
 
-def _loose_prefixes_in_c(columns: tuple, follow_symlinks: bool, advise: bool | None):
-    """A batch of loose files only, every one read: the outcome columns made whole (no row
-    made); None when some file could not be read (the caller then goes row by row)."""
-    ids, paths, raws, sizes, mtimes, ctimes = columns[:6]
-    fs_paths = paths if not any(raws) else [r if r is not None else p for p, r in zip(paths, raws)]
-    advise = SMALL_READ_ADVICE if advise is None else advise
-    hashes, codes = _fastio.prefix_hashes(fs_paths, sizes, follow_symlinks, advise)
-    if any(codes):
-        return None
-    n = len(ids)
-    wants = [s if s < PREFIX_BYTES else PREFIX_BYTES for s in sizes]
-    out = (list(ids), list(sizes), list(mtimes), list(ctimes), hashes, [None] * n, [None] * n,
-           wants, [None] * n, [None] * n, [False] * n)  # fmt: skip
-    return out, [], sum(wants)
-
-
-def _prefix_in_c(jobs: list, follow_symlinks: bool, advise: bool, out: tuple, failures: list):
+def _prefix_in_c(
+    jobs: list, follow_symlinks: bool, advise: bool, out: tuple, failures: list, answers=None
+):
     """The prefix pass of the batch's loose files in C (_fastio.prefix_hashes: the same
     reads, hash and outcomes as hash_columns' loop, the GIL released): their outcomes are
-    appended to `out`. Returns the jobs left (archive members) and the bytes read."""
+    appended to `out`. `answers`: prefix_hashes' (hashes, codes) for these loose files when
+    they were read already. Returns the jobs left (archive members) and the bytes read."""
     loose = [job for job in jobs if job[8] is None]
     if not loose:
         return jobs, 0
-    paths = [raw if raw is not None else path for _, path, raw, *_ in loose]
-    hashes, codes = _fastio.prefix_hashes(paths, [job[3] for job in loose], follow_symlinks, advise)
+    if answers is None:
+        paths = [raw if raw is not None else path for _, path, raw, *_ in loose]
+        sizes = [job[3] for job in loose]
+        answers = _fastio.prefix_hashes(paths, sizes, follow_symlinks, advise)
+    hashes, codes = answers
     read = 0
     for job, digest, code in zip(loose, hashes, codes):
         fid, path, _raw, size, mtime, ctime = job[:6]
