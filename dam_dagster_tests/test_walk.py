@@ -117,23 +117,35 @@ def test_unreadable_folder_is_recorded_not_fatal(shared_tmp, impl):
     (lib / "open").chmod(0o755)
     (lib / "open" / "a.stl").chmod(0o644)
     (lib / "locked").chmod(0o000)
+    # a folder that can be listed but not entered: its names, but no stat of them
+    (lib / "listable").mkdir()
+    (lib / "listable" / "c.stl").write_bytes(b"c")
+    (lib / "listable" / "d.txt").write_bytes(b"d")
+    (lib / "listable").chmod(0o444)
     code = f"""
 import json
 from dam_dagster.core import walk
-from dam_dagster.core.walk import walk_library
+from dam_dagster.core.walk import PathFilter, walk_library
 if {impl == "Python"}:
     walk._fastio = None
 r = walk_library([{str(lib)!r}])
+only = walk_library([{str(lib)!r}], PathFilter(["*.stl"]))
 print(json.dumps({{"files": [f.rel_path for f in r.files],
                    "issues": [[i.path, i.kind] for i in r.issues],
-                   "unlisted": r.unlisted_dirs}}))
+                   "unlisted": r.unlisted_dirs,
+                   "stl_issues": sorted(i.path for i in only.issues),
+                   "stl_excluded": only.excluded}}))
 """
     proc = run_unprivileged(code)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["files"] == ["open/a.stl"]
     assert [str(lib / "locked"), "permission_denied"] in out["issues"]
+    assert [str(lib / "listable" / "c.stl"), "permission_denied"] in out["issues"]
     assert out["unlisted"] == [str(lib / "locked")]
+    # with an include filter, a file it leaves out is not an issue, only excluded
+    assert out["stl_issues"] == sorted([str(lib / "locked"), str(lib / "listable" / "c.stl")])
+    assert out["stl_excluded"] >= 1
 
 
 def test_walk_writes_nothing(tmp_path, hard_library):

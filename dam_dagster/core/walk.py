@@ -583,7 +583,10 @@ def _list_folder_c(
         elif kind == _LINK:
             _symlink(out, path, root, path[skip:], name, path_filter, follow_symlinks, odd)
         elif kind == _FAILED:  # its lstat failed: `size` is the errno
-            _entry_error(out, path, OSError(size, os.strerror(size), path))
+            if include is not None and not include(name, path[skip:]):
+                out.excluded += 1  # as the Python listing: the filter first, then the stat
+            else:
+                _entry_error(out, path, OSError(size, os.strerror(size), path))
         else:
             _special(out, path)
     return out
