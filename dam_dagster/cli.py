@@ -115,6 +115,10 @@ def run(sample: bool, skip_thumbnails: bool, force: bool) -> None:
         _fail(
             f"{cause}: `dam run` stopped outside any step (Dagster home {config.dagster_home()})", 1
         )
+    finally:
+        if aside is not None and aside.poll() is None:  # not taken: `dam run` stopped early
+            aside.kill()
+            aside.wait()
 
 
 def _run(roots, skip_thumbnails: bool, force: bool, aside=None) -> None:
@@ -241,7 +245,12 @@ def _start_walk_aside(roots):
         "threads": walk_threads(roots, int(config.env("DAM_IO_THREADS"))),
     }
     code = "from dam_dagster.core.walk import walk_aside_main; walk_aside_main()"
-    return subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdout=subprocess.PIPE)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps(spec)], stdout=subprocess.PIPE
+        )
+    except OSError:  # no process to be had (a limit reached): the inventory walks itself
+        return None
 
 
 def _take_walk_aside(proc, roots) -> None:

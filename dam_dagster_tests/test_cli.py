@@ -273,3 +273,37 @@ def test_a_walk_aside_cut_short_is_walked_again_not_a_crash(tmp_path, capsys):
     cli._take_walk_aside(cut, roots)
     assert take_prepared_walk(roots, path_filter, follow) is None  # nothing: walk again
     assert "could not be read" in capsys.readouterr().err
+
+
+def test_a_first_run_that_stops_early_leaves_no_walk_behind(tmp_path, slow_share):
+    """The walk aside of a first run dies with a `dam run` that stops before taking it (here:
+    a data folder that cannot be made), rather than walking on (on a share, for minutes)."""
+    source = tmp_path / "source"
+    for i in range(10):
+        (source / f"f{i}").mkdir(parents=True)
+        for j in range(20):
+            (source / f"f{i}" / f"m{j}.stl").write_bytes(b"solid\n")
+    share = slow_share(source, latency_ms=200)  # 210 lookups at 200 ms: a walk of seconds
+    (tmp_path / "a file").write_bytes(b"")
+    env = {
+        "DAM_LIBRARY_ROOTS": str(share.path),
+        "DAM_DATA_DIR": str(tmp_path / "a file" / "d"),
+        "DAGSTER_HOME": "",  # the Dagster home in the data folder, as people have it
+    }
+    run = dam("run", "--skip-thumbnails", env=env, cwd=tmp_path, timeout=120)
+    assert run.returncode != 0 and "outside any step" in run.stderr
+    # a walk left behind walks on, then fails on its pipe (a traceback on the same stderr)
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    walkers = [
+        p for p in os.listdir("/proc")
+        if p.isdigit() and os.fsencode(str(share.path)).hex().encode() in _cmdline(p)
+    ]  # fmt: skip
+    assert walkers == []
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
