@@ -17,6 +17,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -108,22 +109,42 @@ typedef struct {
     char path[4096];
 } folder_t;
 
+/* open(2) and openat(2) again when a signal interrupts them (a share can be slow enough for
+ * one to arrive), as Python's os.open does */
+static int open_again(const char *path, int flags) {
+    int fd;
+    do
+        fd = open(path, flags);
+    while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+static int openat_again(int dirfd, const char *name, int flags) {
+    int fd;
+    do
+        fd = openat(dirfd, name, flags);
+    while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
 static int open_in(folder_t *dir, const char *path, int flags) {
     const char *slash = strrchr(path, '/');
     size_t len = slash ? (size_t)(slash - path) : 0;
-    if (slash == NULL || len == 0 || len >= sizeof dir->path)
-        return open(path, flags);
+    /* a whole path of PATH_MAX or more: what open(2) says of it (ENAMETOOLONG), as in Python,
+     * though the name alone would open relative to its folder */
+    if (slash == NULL || len == 0 || len >= sizeof dir->path || strlen(path) >= PATH_MAX)
+        return open_again(path, flags);
     if (dir->fd < 0 || dir->len != len || memcmp(dir->path, path, len) != 0) {
         if (dir->fd >= 0)
             close(dir->fd);
         memcpy(dir->path, path, len);
         dir->path[len] = 0;
         dir->len = len;
-        dir->fd = open(dir->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        dir->fd = open_again(dir->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dir->fd < 0)
-            return open(path, flags); /* say what the path itself gives */
+            return open_again(path, flags); /* say what the path itself gives */
     }
-    return openat(dir->fd, slash + 1, flags);
+    return openat_again(dir->fd, slash + 1, flags);
 }
 
 static int prefix_one(folder_t *dir, const char *path, long long size, int flags, int advise,
@@ -212,10 +233,11 @@ static PyObject *prefix_hashes(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t i = 0; i < n; i++, made++) {
+    for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(paths, i);
         if (!PyUnicode_FSConverter(item, &encoded[i]))
             goto done;
+        made = i + 1; /* encoded[i] is ours to release from here on */
         cpaths[i] = PyBytes_AS_STRING(encoded[i]);
         csizes[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(sizes, i));
         if (csizes[i] == -1 && PyErr_Occurred())
@@ -351,7 +373,8 @@ static long long ns(struct timespec t) { return (long long)t.tv_sec * 1000000000
 
 /* Lists `path` into `l`; returns 0, an errno for the folder itself, or -1 out of memory. */
 static int scan(const char *path, listing_t *l, long long *mtime) {
-    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    size_t path_len = strlen(path);
+    int dfd = open_again(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0)
         return errno;
     struct stat st;
@@ -382,7 +405,11 @@ static int scan(const char *path, listing_t *l, long long *mtime) {
         long long size = 0, mt = 0, ct = 0;
         unsigned char type = e->d_type;
         if (type == DT_REG || type == DT_UNKNOWN) {
-            if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            if (path_len + 1 + strlen(name) >= PATH_MAX) {
+                /* as Python's stat of the whole path: too long (the name alone would do) */
+                kind = 'e';
+                size = ENAMETOOLONG;
+            } else if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
                 kind = 'e';
                 size = errno;
             } else if (S_ISREG(st.st_mode)) {
