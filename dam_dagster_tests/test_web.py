@@ -517,6 +517,48 @@ def _get_within(client, url, seconds: float):
     return result["r"]
 
 
+def test_the_copy_under_the_lock_runs_at_normal_priority(site, tmp_path, monkeypatch):
+    """The browser's refresh copies the catalogue under its lock, then builds its tables. Only
+    the build runs at nice +10: a copy at +10 on a machine busy rendering could hold the lock
+    for long (writers waiting behind it, the page saying "being updated" meanwhile)."""
+    from dam_dagster.core import replica as replica_module
+    from dam_dagster.core.thumbnails import size_buckets
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = priority()
+    if base != 0:
+        pytest.skip(f"the tests run at nice {base}: the comparison needs nice 0")
+    copies, builds = [], []
+    real_copy, real_build = Catalogue.copy_to, replica_module.build_browse_tables
+
+    def copy_to(self, dest, timeout_s=0.0):
+        copies.append(priority())
+        return real_copy(self, dest, timeout_s)
+
+    def build(con, buckets):
+        builds.append(priority())
+        return real_build(con, buckets)
+
+    monkeypatch.setattr(Catalogue, "copy_to", copy_to)
+    monkeypatch.setattr(replica_module, "build_browse_tables", build)
+    rep = replica_module.Replica(
+        Catalogue(site["data"]), tmp_path / "browser", size_buckets(30), poll_s=0.1
+    )
+    rep.start()
+    try:
+        os.utime(site["data"] / "dam.duckdb")  # a write: the refresh thread copies again
+        deadline = time.monotonic() + 30
+        while rep.refreshes < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert rep.refreshes >= 2, rep.last_error
+    finally:
+        rep.stop()
+    assert copies and set(copies) == {0}  # the start's copy and the refresh thread's
+    assert builds and set(builds) == {10}
+
+
 def test_a_busy_catalogue_never_hangs_a_page(site):
     with TestClient(make_app(site["data"], poll_s=0.1)) as client:
         holder = _hold_lock(site["data"], 60, touch=True)  # held until _release below

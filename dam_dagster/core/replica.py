@@ -163,11 +163,6 @@ class Replica:
                 done.put(exc)
 
     def _run(self) -> None:
-        # A lower priority for the refresh (nice +10 for this thread and the DuckDB threads it
-        # creates): building the browse tables of a million files takes seconds of CPU that
-        # requests should get first.
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         while not self._stop.wait(self.poll_s):
             try:
                 if time.monotonic() >= self._not_before and self.stale():
@@ -252,18 +247,7 @@ class Replica:
             copied = time.monotonic() - t0
             con = None
             try:
-                # Built in a DuckDB of its own, whose threads inherit this thread's lower
-                # priority (see _run): pages keep the CPU while a big copy is being built.
-                build = duckdb.connect(
-                    str(path), config={"threads": 2, "memory_limit": self.memory_limit}
-                )
-                try:
-                    migrate(build, self.catalogue.thumbs_dir)  # an older catalogue: new tables
-                    build_browse_tables(build, self.buckets)
-                    figures = status_figures(build)
-                    scan = last_scan(build)
-                finally:
-                    build.close()
+                figures, scan = _at_low_priority(lambda: self._build(path))
                 con = self._open(path)  # served from a DuckDB made at normal priority
             except BaseException:
                 if con is not None:
@@ -295,6 +279,17 @@ class Replica:
             if self.on_refresh is not None:
                 self.on_refresh(self.state())
             return True
+
+    def _build(self, path: Path) -> tuple[dict, dict | None]:
+        """The browse tables of a fresh copy, in a DuckDB of its own (whose worker threads
+        inherit the priority of the thread that opens it)."""
+        build = duckdb.connect(str(path), config={"threads": 2, "memory_limit": self.memory_limit})
+        try:
+            migrate(build, self.catalogue.thumbs_dir)  # an older catalogue: new tables
+            build_browse_tables(build, self.buckets)
+            return status_figures(build), last_scan(build)
+        finally:
+            build.close()
 
     @contextlib.contextmanager
     def cursor(self) -> Iterator[duckdb.DuckDBPyConnection | None]:
@@ -348,3 +343,26 @@ class Replica:
 
 
 __all__ = ["Replica", "CatalogueBusy"]
+
+
+def _at_low_priority(work: Callable[[], Any]) -> Any:
+    """work() in a thread of its own at nice +10 (and the DuckDB threads it creates): building
+    the browse tables of a million files takes seconds of CPU that requests should get first.
+    Only the build: the copy before it holds the catalogue's lock, and at nice +10 on a busy
+    machine (renders at full speed) it could hold it for long, writers waiting behind it."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        try:
+            out["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, name="dam-replica-build", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
