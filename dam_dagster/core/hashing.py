@@ -427,63 +427,17 @@ def hash_columns(
     from .archives import is_seven_zip
 
     out = tuple([] for _ in OUTCOME_FIELDS)
-    add_id, add_size, add_mtime, add_ctime, add_prefix, add_partial, add_full = (
-        c.append for c in out[:7]
-    )
-    add_read, add_class, add_message, add_transient = (c.append for c in out[7:])
     failures, read = [], 0
     archive: _OpenArchive | None = None
     jobs = list(zip(*columns))
-    fast = kind == "prefix"
     advise = SMALL_READ_ADVICE if advise is None else advise
-    if fast and _fastio is not None:
-        jobs, read = _prefix_in_c(jobs, follow_symlinks, advise, out, failures)
-    pread, close = os.pread, os.close
+    if kind == "prefix":  # the loose files first, in one call; the archive members below
+        jobs, read = _prefix_outcomes(jobs, follow_symlinks, advise, out, failures)
     i = 0
     try:
         while i < len(jobs):
             fid, path, raw, size, mtime, ctime, zpath, zraw, member = jobs[i]
-            if fast and member is None:
-                # The prefix pass of a loose file, inline: a million of them make a first run,
-                # and every call here is a microsecond a file. No fstat: the state recorded is
-                # the one the walk saw (a file rewritten since has a new ctime, which the next
-                # walk sees, and its rows stop being current); 2 us of the 8 a file cost here.
-                i += 1
-                want = size if size < PREFIX_BYTES else PREFIX_BYTES
-                try:
-                    fd = _open(os.fsdecode(raw) if raw is not None else path, follow_symlinks)
-                except OSError as exc:
-                    row = _failure_row(fid, (size, mtime, ctime), exc)
-                else:
-                    try:
-                        if advise:
-                            _advise_small_reads(fd, True)
-                        data = pread(fd, want, 0)
-                        if len(data) != want:
-                            data = _pread_exact(fd, want, 0)
-                        add_id(fid)
-                        add_size(size)
-                        add_mtime(mtime)
-                        add_ctime(ctime)
-                        add_prefix(prefix_hash_of(data))
-                        add_partial(None)
-                        add_full(None)
-                        add_read(want)
-                        add_class(None)
-                        add_message(None)
-                        add_transient(False)
-                        read += want
-                        continue
-                    except OSError as exc:
-                        if exc.errno in _NOT_A_FILE:  # a FIFO or a folder where the file was
-                            exc = NotARegularFile("not a regular file any more")
-                        row = _failure_row(fid, (size, mtime, ctime), exc)
-                    except ChangedDuringRead as exc:
-                        row = _failure_row(fid, (size, mtime, ctime), exc)
-                    finally:
-                        close(fd)
-                rows = [row]
-            elif member is not None and is_seven_zip(
+            if member is not None and is_seven_zip(
                 fs_zip := os.fsdecode(zraw) if zraw is not None else zpath
             ):
                 j = i
@@ -522,11 +476,46 @@ def hash_columns(
     return out, failures, read
 
 
-def _loose_prefix_batch(batch, helper, follow_symlinks: bool, advise: bool | None):
+def _prefix_hashes_py(paths: list, sizes: list, follow_symlinks: bool, advise: bool):
+    """core/_fastio.c's prefix_hashes in Python, where it was not built: for each path (str or
+    bytes) and the size the walk saw, the XXH64 of its first min(size, 4 KiB) bytes and code
+    0, or None and an errno (-1: the file ends sooner). No fstat: the state recorded is the
+    one the walk saw (a file rewritten since has a new ctime, which the next walk sees)."""
+    hashes, codes = [], []
+    pread, close = os.pread, os.close
+    for path, size in zip(paths, sizes):
+        want = size if size < PREFIX_BYTES else PREFIX_BYTES
+        try:
+            fd = _open(path, follow_symlinks)
+        except OSError as exc:
+            hashes.append(None), codes.append(exc.errno or errno.EIO)
+            continue
+        try:
+            if advise:
+                _advise_small_reads(fd, True)
+            data = pread(fd, want, 0)
+            if len(data) != want:
+                data = _pread_exact(fd, want, 0)
+        except OSError as exc:
+            hashes.append(None), codes.append(exc.errno or errno.EIO)
+        except ChangedDuringRead:
+            hashes.append(None), codes.append(-1)
+        else:
+            hashes.append(prefix_hash_of(data)), codes.append(0)
+        finally:
+            close(fd)
+    return hashes, codes
+
+
+# The prefix loop: in C where it was built (the GIL released), else the same in Python.
+prefix_hashes = _fastio.prefix_hashes if _fastio is not None else _prefix_hashes_py
+
+
+def _loose_prefix_batch(batch, follow_symlinks: bool, advise: bool | None):
     """The prefix pass of a batch of loose files (an Arrow record batch of JOB_COLUMNS): only
-    paths and sizes go to _fastio (in a helper process, or in this thread with the GIL
-    released), only hashes come back, and when every file was read the outcomes are an Arrow
-    table made of the batch's own columns (row by row when some failed: rare)."""
+    paths and sizes go to prefix_hashes, only hashes come back, and when every file was read
+    the outcomes are an Arrow table made of the batch's own columns (row by row when some
+    failed: rare)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -536,14 +525,11 @@ def _loose_prefix_batch(batch, helper, follow_symlinks: bool, advise: bool | Non
         paths = [r if r is not None else p for p, r in zip(paths, raws.to_pylist())]
     sizes = batch.column(3).to_pylist()
     advise = SMALL_READ_ADVICE if advise is None else advise
-    if helper is not None:
-        hashes, codes = helper("prefix_hashes", paths, sizes, follow_symlinks, advise)
-    else:
-        hashes, codes = _fastio.prefix_hashes(paths, sizes, follow_symlinks, advise)
+    hashes, codes = prefix_hashes(paths, sizes, follow_symlinks, advise)
     if any(codes):  # some file could not be read (rare): the outcomes row by row, no read again
         jobs = list(zip(*(batch.column(i).to_pylist() for i in range(len(JOB_COLUMNS)))))
         out, failures = tuple([] for _ in OUTCOME_FIELDS), []
-        _, read = _prefix_in_c(jobs, follow_symlinks, advise, out, failures, (hashes, codes))
+        _, read = _prefix_outcomes(jobs, follow_symlinks, advise, out, failures, (hashes, codes))
         return out, failures, read
     n = batch.num_rows
     wants = pc.min_element_wise(batch.column(3), pa.scalar(PREFIX_BYTES, pa.int64()))
@@ -560,20 +546,18 @@ def _loose_prefix_batch(batch, helper, follow_symlinks: bool, advise: bool | Non
     return table, [], pc.sum(wants).as_py() or 0
 
 
-def _prefix_in_c(
+def _prefix_outcomes(
     jobs: list, follow_symlinks: bool, advise: bool, out: tuple, failures: list, answers=None
 ):
-    """The prefix pass of the batch's loose files in C (_fastio.prefix_hashes: the same
-    reads, hash and outcomes as hash_columns' loop, the GIL released): their outcomes are
-    appended to `out`. `answers`: prefix_hashes' (hashes, codes) for these loose files when
-    they were read already. Returns the jobs left (archive members) and the bytes read."""
+    """The prefix pass of the batch's loose files (prefix_hashes, in one call): their outcomes
+    are appended to `out`. `answers`: prefix_hashes' (hashes, codes) for these loose files
+    when they were read already. Returns the jobs left (archive members) and the bytes read."""
     loose = [job for job in jobs if job[8] is None]
     if not loose:
         return jobs, 0
     if answers is None:
         paths = [raw if raw is not None else path for _, path, raw, *_ in loose]
-        sizes = [job[3] for job in loose]
-        answers = _fastio.prefix_hashes(paths, sizes, follow_symlinks, advise)
+        answers = prefix_hashes(paths, [job[3] for job in loose], follow_symlinks, advise)
     hashes, codes = answers
     read = 0
     for job, digest, code in zip(loose, hashes, codes):
@@ -585,7 +569,7 @@ def _prefix_in_c(
         else:
             if code < 0:
                 exc = ChangedDuringRead("the file became shorter while it was read")
-            elif code in _NOT_A_FILE:
+            elif code in _NOT_A_FILE:  # a FIFO or a folder where the file was
                 exc = NotARegularFile("not a regular file any more")
             else:
                 exc = OSError(code, os.strerror(code), path)
@@ -662,11 +646,7 @@ def serve() -> None:
         if len(header) < 8:
             return
         request = pickle.loads(_read_exactly(stdin, int.from_bytes(header, "little")))
-        if request[0] == "prefix_hashes":  # _fastio's loop alone (hash_table's fast path)
-            answer = _fastio.prefix_hashes(*request[1:])
-        else:
-            answer = hash_columns(*request)
-        answer = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        answer = pickle.dumps(hash_columns(*request), protocol=pickle.HIGHEST_PROTOCOL)
         stdout.write(len(answer).to_bytes(8, "little") + answer)
         stdout.flush()
 
@@ -696,8 +676,7 @@ class _Helper:
         )  # fmt: skip
 
     def __call__(self, *request):
-        """hash_columns(*request) in the helper; or, with "prefix_hashes" first,
-        _fastio.prefix_hashes(*request[1:])."""
+        """hash_columns(*request) in the helper."""
         import pickle
 
         request = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
@@ -789,17 +768,16 @@ def hash_table(
     local = threading.local()
 
     def work(b):
-        helper = None
-        if processes:
-            helper = getattr(local, "helper", None)
-            if helper is None:
-                helper = local.helper = _Helper()
-                helpers.append(helper)
-        if kind == "prefix" and _fastio is not None and b.column(8).null_count == b.num_rows:
-            return _loose_prefix_batch(b, helper, follow_symlinks, advise)
-        columns = tuple(b.column(i).to_pylist() for i in range(len(JOB_COLUMNS)))
-        if helper is None:
+        if not processes:
+            if kind == "prefix" and b.column(8).null_count == b.num_rows:  # loose files only
+                return _loose_prefix_batch(b, follow_symlinks, advise)
+            columns = tuple(b.column(i).to_pylist() for i in range(len(JOB_COLUMNS)))
             return hash_columns(kind, follow_symlinks, columns, advise)
+        helper = getattr(local, "helper", None)
+        if helper is None:
+            helper = local.helper = _Helper()
+            helpers.append(helper)
+        columns = tuple(b.column(i).to_pylist() for i in range(len(JOB_COLUMNS)))
         return helper(kind, follow_symlinks, columns, advise)
 
     import pyarrow as pa
