@@ -478,81 +478,59 @@ def _entry_error(out: _Listing, path: str, exc: OSError) -> None:
         out.issue(path, "error", exc, str(exc.strerror or exc))
 
 
-def _special(out: _Listing, path: str) -> None:
-    out.issue(path, "special_file", None, "not a regular file (FIFO, socket or device): not opened")
+_FILE, _FOLDER, _LINK, _OTHER, _FAILED = b"f"[0], b"d"[0], b"l"[0], b"o"[0], b"e"[0]
 
 
-_FILE, _FOLDER, _LINK, _FAILED = b"f"[0], b"d"[0], b"l"[0], b"e"[0]
+def _scan_folder_py(folder: str) -> tuple:
+    """core/_fastio.c's scan_folder with os.scandir, where the C was not built: the same
+    answer, (errno, mtime_ns, names, kinds, sizes, mtimes, ctimes). Like the C, it takes an
+    lstat of every regular file before any filter looks at its name."""
+    try:
+        # the folder's mtime first: a name added while it is listed moves it past this one
+        mtime = os.stat(folder).st_mtime_ns
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError as exc:
+        return (exc.errno or errno.EIO, None, None, None, None, None, None)
+    names, kinds, sizes, mtimes, ctimes = [], bytearray(), [], [], []
+    for entry in entries:
+        size = mt = ct = 0
+        try:
+            if entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                kind, size, mt, ct = _FILE, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+            elif entry.is_dir(follow_symlinks=False):
+                kind = _FOLDER
+            elif entry.is_symlink():
+                kind = _LINK
+            else:
+                kind = _OTHER
+        except OSError as exc:
+            kind, size = _FAILED, exc.errno or errno.EIO
+        names.append(entry.name)
+        kinds.append(kind)
+        sizes.append(size)
+        mtimes.append(mt)
+        ctimes.append(ct)
+    return 0, mtime, names, bytes(kinds), sizes, mtimes, ctimes
 
 
 def _list_folder(
     folder: str, root: str, path_filter: PathFilter, follow_symlinks: bool
 ) -> _Listing:
-    if _fastio is not None:
-        return _list_folder_c(folder, root, path_filter, follow_symlinks)
+    """One folder of a walk: its files (those the filters keep), subfolders, links followed
+    or not, and its issues. Read by core/_fastio.c (names, types and each file's lstat in C,
+    relative to the open folder) where it was built, else by _scan_folder_py: one answer."""
+    scan = _fastio.scan_folder if _fastio is not None else _scan_folder_py
     out = _Listing(folder=folder)
-    try:
-        # the folder's mtime first: a name added while it is listed moves it past this one
-        out.mtime_ns = os.stat(folder).st_mtime_ns
-        with os.scandir(folder) as it:
-            entries = list(it)
-    except OSError as exc:
-        return _unlisted(out, folder, exc)
-
-    skip = len(root) + 1
-    # The loop runs once per entry of the library: names bound to locals, one regular
-    # expression per pattern kind, regular files tested first, stat only for them.
-    exclude_name = path_filter.exclude_name
-    exclude_rel = path_filter.exclude_rel
-    include = path_filter.included if path_filter.has_include else None
-    folder_odd = has_undecodable(folder)
-    paths, sizes, mtimes, ctimes = out.paths, out.sizes, out.mtimes, out.ctimes
-    for entry in entries:
-        name = entry.name
-        path = entry.path
-        if (exclude_name is not None and exclude_name(name)) or (
-            exclude_rel is not None and exclude_rel(path[skip:])
-        ):
-            out.excluded += 1
-            continue
-        odd = not name.isascii() and has_undecodable(name)
-        if odd:
-            out.issue(path, "undecodable_name", None, "name is not valid UTF-8")
-        try:
-            if entry.is_file(follow_symlinks=False):
-                if include is None or include(name, path[skip:]):
-                    st = entry.stat(follow_symlinks=False)
-                    if odd or folder_odd:
-                        out.undecodable.append(len(paths))
-                    paths.append(path)
-                    sizes.append(st.st_size)
-                    mtimes.append(st.st_mtime_ns)
-                    ctimes.append(st.st_ctime_ns)
-                else:
-                    out.excluded += 1
-            elif entry.is_dir(follow_symlinks=False):
-                out.folders.append(path)
-            elif entry.is_symlink():
-                _symlink(out, path, root, path[skip:], name, path_filter, follow_symlinks, odd)
-            else:
-                _special(out, path)
-        except OSError as exc:
-            _entry_error(out, path, exc)
-    return out
-
-
-def _list_folder_c(
-    folder: str, root: str, path_filter: PathFilter, follow_symlinks: bool
-) -> _Listing:
-    """_list_folder with the folder read by core/_fastio.c (names, types and each file's
-    lstat in C, relative to the open folder): the same listing, issues and order."""
-    out = _Listing(folder=folder)
-    code, mtime, names, kinds, sizes, mtimes, ctimes = _fastio.scan_folder(folder)
+    code, mtime, names, kinds, sizes, mtimes, ctimes = scan(folder)
     if code:
         return _unlisted(out, folder, OSError(code, os.strerror(code), folder))
     out.mtime_ns = mtime
     skip = len(root) + 1
     prefix = folder if folder.endswith("/") else folder + "/"
+    # The loop runs once per entry of the library: names bound to locals, one regular
+    # expression per pattern kind.
     exclude_name = path_filter.exclude_name
     exclude_rel = path_filter.exclude_rel
     include = path_filter.included if path_filter.has_include else None
@@ -584,11 +562,16 @@ def _list_folder_c(
             _symlink(out, path, root, path[skip:], name, path_filter, follow_symlinks, odd)
         elif kind == _FAILED:  # its lstat failed: `size` is the errno
             if include is not None and not include(name, path[skip:]):
-                out.excluded += 1  # as the Python listing: the filter first, then the stat
+                out.excluded += 1  # a file the filter leaves out is no issue
             else:
                 _entry_error(out, path, OSError(size, os.strerror(size), path))
-        else:
-            _special(out, path)
+        else:  # a FIFO, socket or device
+            out.issue(
+                path,
+                "special_file",
+                None,
+                "not a regular file (FIFO, socket or device): not opened",
+            )
     return out
 
 
