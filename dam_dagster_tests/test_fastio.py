@@ -102,3 +102,50 @@ def test_a_bad_size_raises_and_leaks_nothing():
         with pytest.raises(TypeError):
             fastio.prefix_hashes([path], ["not a size"], False, False)
     assert sys.getrefcount(path) == before
+
+
+def test_a_file_gone_before_its_lstat_is_vanished_in_python_too(tmp_path, monkeypatch):
+    """On a filesystem that gives no entry types, os.scandir looks each name up itself, and a
+    file removed between the listing and that lookup answers False to is_file, is_dir and
+    is_symlink (its FileNotFoundError swallowed). The C listing gets ENOENT from its lstat
+    and says `vanished`; the Python listing said `special_file`. The race cannot be made on
+    demand here, so os.scandir gives such an entry beside a real one."""
+    import errno as errno_
+
+    from dam_dagster.core import walk
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "kept.stl").write_bytes(b"solid")
+    real_scandir = os.scandir
+
+    class Gone:
+        name = "gone.stl"
+        path = str(lib / "gone.stl")
+
+        def is_file(self, follow_symlinks=True):
+            return False
+
+        is_dir = is_file
+
+        def is_symlink(self):
+            return False
+
+        def stat(self, follow_symlinks=True):
+            raise FileNotFoundError(errno_.ENOENT, "No such file or directory", self.path)
+
+    class Listing:
+        def __init__(self, folder):
+            self.entries = [*real_scandir(folder), Gone()]
+
+        def __enter__(self):
+            return iter(self.entries)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(walk, "_fastio", None)
+    monkeypatch.setattr(walk.os, "scandir", Listing)
+    result = walk_library([lib], PathFilter())
+    assert [f.path for f in result.files] == [str(lib / "kept.stl")]
+    assert [(i.path, i.kind) for i in result.issues] == [(str(lib / "gone.stl"), "vanished")]

@@ -504,6 +504,9 @@ def _scan_folder_py(folder: str) -> tuple:
             elif entry.is_symlink():
                 kind = _LINK
             else:
+                # os.scandir answers "not a file" for a name gone before its lstat (on a
+                # filesystem without entry types): ask, so it is `vanished` as in C
+                entry.stat(follow_symlinks=False)
                 kind = _OTHER
         except OSError as exc:
             kind, size = _FAILED, exc.errno or errno.EIO
