@@ -131,6 +131,11 @@ def test_sample_library_run(tmp_path):
     # the duplicate pair is found; the same-size stranger is not mistaken for a copy
     assert status["duplicate_groups"] == 1 and status["duplicate_files"] == 1
     assert status["models"] >= 8
+    # every model measured is desk-sized, in mm (the glTF one in metres, as glTF says)
+    found = dam("find", "--format", "json", env={"DAM_DATA_DIR": str(tmp_path / "data")})
+    sizes = {os.path.basename(r["path"]): r["size_z_mm"] for r in json.loads(found.stdout)}
+    assert round(sizes["red_cone.glb"], 3) == 30.0 and round(sizes["cube_20mm.stl"], 3) == 20.0
+    assert len(sizes) >= 8 and all(5 <= z <= 60 for z in sizes.values())
 
 
 def test_find_similar_and_retry(corpus, tmp_path):

@@ -56,6 +56,7 @@ def make_sample_library(dest: str | Path, overwrite: bool = False) -> Path:
     cone.apply_transform(
         trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0])
     )  # glTF is Y-up
+    cone.apply_scale(0.001)  # glTF is in metres: 20 x 20 x 30 mm, like the other models
     cone.visual.face_colors = np.tile([200, 60, 40, 255], (len(cone.faces), 1))
     (dest / "figures" / "red_cone.glb").write_bytes(trimesh.Scene(cone).export(file_type="glb"))
     capsule = trimesh.creation.capsule(height=30, radius=8)
