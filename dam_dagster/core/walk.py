@@ -504,10 +504,16 @@ def _scan_folder_py(folder: str) -> tuple:
             elif entry.is_symlink():
                 kind = _LINK
             else:
-                # os.scandir answers "not a file" for a name gone before its lstat (on a
-                # filesystem without entry types): ask, so it is `vanished` as in C
-                entry.stat(follow_symlinks=False)
                 kind = _OTHER
+                # os.scandir answers "not a file" for a name gone before its own lstat (on a
+                # filesystem without entry types): ask, so it is `vanished` as in C. Only
+                # that: a FIFO in a folder listable but not searchable is `_OTHER` in C too.
+                try:
+                    entry.stat(follow_symlinks=False)
+                except FileNotFoundError as exc:
+                    kind, size = _FAILED, exc.errno
+                except OSError:
+                    pass
         except OSError as exc:
             kind, size = _FAILED, exc.errno or errno.EIO
         names.append(entry.name)
