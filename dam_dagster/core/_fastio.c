@@ -113,9 +113,8 @@ static uint64_t xxh64(const unsigned char *p, size_t len) {
 /* The folder of the previous file, kept open: files come in path order, so most share it,
  * and opening a name relative to it spares the kernel a lookup of every folder of the path. */
 typedef struct {
-    int fd; /* -1 when the folder could not be opened (or none yet) */
-    int tried;
-    size_t len;
+    int fd;     /* -1 when the folder could not be opened (or none yet) */
+    size_t len; /* the length of `path`; SIZE_MAX before the first folder */
     char path[4096];
 } folder_t;
 
@@ -144,13 +143,12 @@ static int open_in(folder_t *dir, const char *path, int flags) {
      * though the name alone would open relative to its folder */
     if (slash == NULL || len == 0 || len >= sizeof dir->path || strlen(path) >= PATH_MAX)
         return open_again(path, flags);
-    if (!dir->tried || dir->len != len || memcmp(dir->path, path, len) != 0) {
+    if (dir->len != len || memcmp(dir->path, path, len) != 0) {
         if (dir->fd >= 0)
             close(dir->fd);
         memcpy(dir->path, path, len);
         dir->path[len] = 0;
-        dir->len = len;
-        dir->tried = 1; /* a folder that cannot be opened is not tried again for each file */
+        dir->len = len; /* a folder that cannot be opened is not tried again for each file */
         dir->fd = open_again(dir->path, FOLDER_FLAGS);
     }
     if (dir->fd < 0)
@@ -256,7 +254,7 @@ static PyObject *prefix_hashes(PyObject *self, PyObject *args) {
     }
     int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW);
     Py_BEGIN_ALLOW_THREADS
-    folder_t dir = {.fd = -1, .tried = 0};
+    folder_t dir = {.fd = -1, .len = SIZE_MAX};
     for (Py_ssize_t i = 0; i < n; i++)
         status[i] = prefix_one(&dir, cpaths[i], csizes[i], flags, advise, &digests[i], &nread[i]);
     if (dir.fd >= 0)

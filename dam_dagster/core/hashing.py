@@ -768,16 +768,16 @@ def hash_table(
     local = threading.local()
 
     def work(b):
+        # loose files only (no archive member): their columns go to the prefix loop whole
+        if not processes and kind == "prefix" and b.column(8).null_count == b.num_rows:
+            return _loose_prefix_batch(b, follow_symlinks, advise)
+        columns = tuple(b.column(i).to_pylist() for i in range(len(JOB_COLUMNS)))
         if not processes:
-            if kind == "prefix" and b.column(8).null_count == b.num_rows:  # loose files only
-                return _loose_prefix_batch(b, follow_symlinks, advise)
-            columns = tuple(b.column(i).to_pylist() for i in range(len(JOB_COLUMNS)))
             return hash_columns(kind, follow_symlinks, columns, advise)
         helper = getattr(local, "helper", None)
         if helper is None:
             helper = local.helper = _Helper()
             helpers.append(helper)
-        columns = tuple(b.column(i).to_pylist() for i in range(len(JOB_COLUMNS)))
         return helper(kind, follow_symlinks, columns, advise)
 
     import pyarrow as pa
