@@ -198,15 +198,21 @@ def plan_buckets(
     caps = capabilities_table()
     with catalogue.connect(write=False) as con:
         rows = [_plan_rows(con, bucket) for bucket in buckets]
-    return [_plan(r, catalogue, size, background, caps) for r in rows]  # no connection open
+    return [_plan(*r, catalogue, size, background, caps) for r in rows]  # no connection open
 
 
-def _plan_rows(con, bucket: SizeBucket) -> list[tuple]:
+def _plan_rows(con, bucket: SizeBucket) -> tuple[list[tuple], dict]:
+    """The partition's files with their thumbnail and facts rows, in path order; and the
+    path (and raw path) of each zip its members come from. The zips are a query of their
+    own: joined to the whole inventory in the first, a million files ran DuckDB out of its
+    memory limit (the join built from every path of the inventory)."""
     exts = ", ".join(f"'{e}'" for e in sorted(THUMBNAIL_EXTENSIONS))
-    return con.execute(
+    where = f"""f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
+              AND f.extension IN ({exts}) AND {SHARD_SQL}"""
+    rows = con.execute(
         f"""
             SELECT f.file_id, f.path, f.raw_path, f.size_bytes, f.mtime_ns, f.ctime_ns,
-                   a.path AS archive_path, a.raw_path AS archive_raw, f.member,
+                   f.archive_id, f.member,
                    f.extension, t.status, t.transient, t.thumbnail_relpath, t.thumbnail_size,
                    t.background, t.memory_kills,
                    t.renderer_version, t.capabilities, t.retry_requested,
@@ -214,21 +220,30 @@ def _plan_rows(con, bucket: SizeBucket) -> list[tuple]:
             FROM present_files f
             LEFT JOIN current_thumbnails t USING (file_id)
             LEFT JOIN current_model_facts m USING (file_id)
-            LEFT JOIN file_inventory a ON a.file_id = f.archive_id
-            WHERE f.size_bytes >= $low AND ($high IS NULL OR f.size_bytes < $high)
-              AND f.extension IN ({exts}) AND {SHARD_SQL}
+            WHERE {where}
             ORDER BY f.path
         """,
         bucket.sql_args(),
     ).fetchall()
+    archives = con.execute(
+        f"""
+            SELECT file_id, path, raw_path FROM file_inventory
+            WHERE file_id IN (SELECT f.archive_id FROM present_files f
+                              WHERE f.archive_id IS NOT NULL AND {where})
+        """,
+        bucket.sql_args(),
+    ).fetchall()
+    return rows, {fid: (path, raw) for fid, path, raw in archives}
 
 
-def _plan(rows: list[tuple], catalogue: Catalogue, size: int, background: str, caps) -> Plan:
+def _plan(
+    rows: list[tuple], archives: dict, catalogue: Catalogue, size: int, background: str, caps
+) -> Plan:
     plan = Plan(in_bucket=len(rows))
     for row in rows:
-        (file_id, path, raw, fsize, mtime, ctime, archive, archive_raw, member, ext) = row[:10]
-        status, transient, rel, tsize, tbg, kills = row[10:16]
-        made_by, made_with, retry, has_facts = row[16:]
+        (file_id, path, raw, fsize, mtime, ctime, archive_id, member, ext) = row[:9]
+        status, transient, rel, tsize, tbg, kills = row[9:15]
+        made_by, made_with, retry, has_facts = row[15:]
         plan.states[file_id] = (fsize, mtime, ctime)
         plan.exts[file_id] = ext
         if status == "memory" and kills:
@@ -266,6 +281,7 @@ def _plan(rows: list[tuple], catalogue: Catalogue, size: int, background: str, c
         if facts_only:
             plan.facts_only.add(file_id)
         if member is not None:  # read from its zip by the worker (core/archives.py)
+            archive, archive_raw = archives.get(archive_id, (None, None))
             fs_archive = os.fsdecode(archive_raw) if archive_raw is not None else archive
             fs_path = f"{fs_archive}{MEMBER_MARK}{member}"
         else:
